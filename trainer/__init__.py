@@ -1,0 +1,1 @@
+"""Training, experiments and ONNX export for the xray_infer models (needs the ``train`` extra)."""

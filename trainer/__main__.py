@@ -1,0 +1,150 @@
+"""Command line of the trainer.
+
+    python -m trainer experiments --out runs/grid --device cuda --workers 4
+    python -m trainer report --grid runs/grid --out docs
+    python -m trainer export --grid runs/grid --out xray_infer/models/default.onnx
+    python -m trainer train --out runs/one --epochs 10 --size 128     # a single run
+"""
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from .data import cached_arrays, preprocess_records
+from .dataset import DATA_ROOT, limit_per_class, load_splits
+from .train import RunConfig, train_run
+
+
+def _device(name):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _load(splits, size, cfg, limit):
+    if limit:
+        return {k: preprocess_records(limit_per_class(v, limit), size, cfg.mean, cfg.std)
+                for k, v in splits.items()}
+    return {k: cached_arrays(v, size, cfg.mean, cfg.std) for k, v in splits.items()}
+
+
+def cmd_train(a):
+    net = RunConfig().net
+    if a.widths:
+        net = replace(net, widths=tuple(a.widths))
+    cfg = RunConfig(name=a.name, net=replace(net, input_size=a.size), epochs=a.epochs, seed=a.seed,
+                    batch_size=a.batch_size)
+    torch.set_num_threads(a.threads)
+    data = _load(load_splits(a.data), a.size, cfg, a.limit)
+    result, state = train_run(cfg, data, _device(a.device))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{cfg.name}_s{cfg.seed}.json").write_text(json.dumps(result))
+    torch.save(state, out / f"{cfg.name}_s{cfg.seed}.pt")
+    print(json.dumps({k: result[k] for k in ("val", "test") if k in result}, indent=1))
+
+
+def cmd_experiments(a):
+    from .experiments import run_grid
+    run_grid(a.out, seeds=tuple(a.seeds), workers=a.workers, device=_device(a.device),
+             epochs=a.epochs, size=a.size, phases=tuple(a.phases),
+             keep_checkpoints=a.keep_checkpoints, limit=a.limit, log=lambda m: print(m, flush=True))
+
+
+def _selected_run(grid):
+    """(result json path) of the seed with the best validation macro-F1 of the selected config."""
+    summary = json.loads((Path(grid) / "summary.json").read_text())
+    name = summary["selected"]
+    paths = sorted((Path(grid) / "runs").glob(f"{name}_s*.json"))
+    results = [(json.loads(p.read_text()), p) for p in paths]
+    return max(results, key=lambda rp: (rp[0]["val"]["macro_f1"], -rp[0]["val"]["loss"]))[1]
+
+
+def cmd_export(a):
+    from .export import export
+    run_path = Path(a.run) if a.run else _selected_run(a.grid)
+    result = json.loads(run_path.read_text())
+    cfg = RunConfig.from_dict(result["config"])
+    state = torch.load(run_path.with_suffix(".pt"), map_location="cpu")
+    splits = load_splits(a.data)
+    data = _load({k: splits[k] for k in ("val", "test")}, cfg.net.input_size, cfg, a.limit)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    provenance = {"run": run_path.stem, "selection": "best validation macro-F1",
+                  "command": "python -m trainer " + " ".join(sys.argv[1:]),
+                  "trained_on": result.get("device", ""), "code_commit": commit,
+                  "best_epoch": result["best_epoch"]}
+    spec = export(cfg, state, a.out, data, model_version=a.version, provenance=provenance)
+    m = spec.metrics
+    print(f"wrote {a.out}: temperature {m['temperature']:.3f}, parity {m['export_parity_max_abs_diff']:.1e}")
+    for split in ("val", "test"):
+        s = m[split]
+        print(f"  {split}: accuracy {s['accuracy']:.4f} macro-F1 {s['macro_f1']:.4f} "
+              f"normal-vs-pneumonia accuracy {s['binary_accuracy']:.4f} AUC {s['binary_auc']:.4f}")
+
+
+def cmd_report(a):
+    from .report import write_report
+    write_report(a.grid, a.out, model=a.model)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/)")
+    common.add_argument("--limit", type=int, default=0,
+                        help="use only the first N images of each class per split (smoke runs)")
+
+    t = sub.add_parser("train", parents=[common], help="one run from the base config")
+    t.add_argument("--out", required=True)
+    t.add_argument("--name", default="base")
+    t.add_argument("--epochs", type=int, default=RunConfig.epochs)
+    t.add_argument("--size", type=int, default=RunConfig().net.input_size)
+    t.add_argument("--widths", type=int, nargs="+")
+    t.add_argument("--batch-size", type=int, default=RunConfig.batch_size)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--device", default="auto")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("experiments", parents=[common],
+                       help="ablation grid (phases 1-3), resumable")
+    e.add_argument("--out", required=True)
+    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    e.add_argument("--workers", type=int, default=1)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--epochs", type=int, help="override every run's epochs (quick grids)")
+    e.add_argument("--size", type=int, help="override the input size (quick grids)")
+    e.add_argument("--phases", type=int, nargs="+", default=[1, 2, 3])
+    e.add_argument("--keep-checkpoints", type=int, metavar="K",
+                   help="keep .pt files only for the K best configurations on validation")
+    e.set_defaults(fn=cmd_experiments)
+
+    x = sub.add_parser("export", parents=[common], help="export a run to ONNX with metadata")
+    src = x.add_mutually_exclusive_group(required=True)
+    src.add_argument("--grid", help="experiments folder: export its validation-selected run")
+    src.add_argument("--run", help="a run's .json (its .pt beside it)")
+    x.add_argument("--out", required=True)
+    x.add_argument("--version", default="0.1.0")
+    x.set_defaults(fn=cmd_export)
+
+    r = sub.add_parser("report", help="docs/experiments.md and plots from an experiments folder")
+    r.add_argument("--grid", required=True)
+    r.add_argument("--out", default="docs")
+    r.add_argument("--model", default="xray_infer/models/default.onnx")
+    r.set_defaults(fn=cmd_report)
+    a = p.parse_args(argv)
+    a.fn(a)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Decode and preprocess images once, through the library's own kernel, and cache the tensors."""
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from xray_infer.decode import read_image
+from xray_infer.preprocess import preprocess_into
+
+CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
+
+
+def preprocess_records(records, size, mean, std, threads=None):
+    """float32 ``(N, 1, size, size)`` for the records' images and int64 labels."""
+    out = np.empty((len(records), 1, size, size), np.float32)
+
+    def one(i):
+        img = read_image(records[i].path)
+        preprocess_into(img.pixels, out[i, 0], mean=mean, std=std, maxval=img.maxval,
+                        source=records[i].path)
+
+    with ThreadPoolExecutor(threads or os.cpu_count()) as pool:
+        list(pool.map(one, range(len(records))))
+    return out, np.array([r.label for r in records], np.int64)
+
+
+def cached_arrays(records, size, mean, std, cache_dir=CACHE_DIR):
+    """``preprocess_records`` memoised on disk, keyed by the file list and parameters."""
+    key = hashlib.sha256(repr(([r.path for r in records], size, mean, std)).encode())
+    path = Path(cache_dir) / f"x_{size}_{key.hexdigest()[:16]}.npy"
+    labels = np.array([r.label for r in records], np.int64)
+    if path.exists():
+        return np.load(path, mmap_mode="r"), labels
+    x, labels = preprocess_records(records, size, mean, std)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, x)
+    os.replace(tmp, path)
+    return x, labels

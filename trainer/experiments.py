@@ -1,0 +1,181 @@
+"""The ablation grid: each technique changed alone from one base, then combinations, then
+hyperparameters, over several seeds. Every run is written to ``<out>/runs/<name>_s<seed>.json``
+as it finishes (config, per-epoch curves, validation-selected metrics, test metrics once).
+
+Selection uses validation macro-F1 averaged over seeds; test figures are reported, never used.
+"""
+import json
+import multiprocessing as mp
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dataset import limit_per_class, load_splits
+from .data import cached_arrays
+from .train import RunConfig, train_run
+
+BASE = RunConfig()
+
+#: Phase 1: one technique changed at a time (group -> [(run name, config)]).
+ABLATIONS = {
+    "base": [("base", BASE)],
+    "padding": [("pad-valid", replace(BASE, net=replace(BASE.net, padding="valid"))),
+                ("pad-reflect", replace(BASE, net=replace(BASE.net, padding="reflect")))],
+    "dropout": [("drop-none", replace(BASE, net=replace(BASE.net, dropout="none"))),
+                ("drop-cls-0.5", replace(BASE, net=replace(BASE.net, dropout_rate=0.5))),
+                ("drop-spatial-0.1", replace(BASE, net=replace(BASE.net, dropout="spatial",
+                                                                  dropout_rate=0.1)))],
+    "batch_norm": [("bn-off", replace(BASE, net=replace(BASE.net, batch_norm=False), lr=5e-4))],
+    "stride": [("stride-conv", replace(BASE, net=replace(BASE.net, downsample="stride"))),
+               ("stride-stem", replace(BASE, net=replace(BASE.net, stem_stride=2)))],
+    "training": [("no-augment", replace(BASE, augment=False)),
+                 ("no-class-weights", replace(BASE, class_weights=False))],
+}
+
+#: Phase 3: hyperparameters, applied to the best configuration after phase 2.
+HYPER = {
+    "lr-0.5x": lambda c: replace(c, lr=c.lr / 2),
+    "lr-2x": lambda c: replace(c, lr=c.lr * 2),
+    "size-160": lambda c: replace(c, net=replace(c.net, input_size=160)),
+    "epochs-60": lambda c: replace(c, epochs=60),
+    "wide-32-256": lambda c: replace(c, net=replace(c.net, widths=(32, 64, 128, 256, 256))),
+    "batch-32": lambda c: replace(c, batch_size=32),
+}
+
+_DATA = {}  # per-process memo of loaded arrays, keyed by input size
+
+
+def _data(size, cfg, limit=0):
+    if size not in _DATA:
+        splits = load_splits()
+        if limit:
+            splits = {k: limit_per_class(v, limit) for k, v in splits.items()}
+        _DATA[size] = {k: cached_arrays(v, size, cfg.mean, cfg.std) for k, v in splits.items()}
+    return _DATA[size]
+
+
+def _run_one(args):
+    cfg, out_dir, device, limit = args
+    path = Path(out_dir) / "runs" / f"{cfg.name}_s{cfg.seed}.json"
+    if path.exists():  # resume: a finished run is never repeated
+        return json.loads(path.read_text())
+    torch.set_num_threads(max(1, int(os.environ.get("TRAINER_THREADS", "2"))))
+    log_path = Path(out_dir) / "logs" / f"{cfg.name}_s{cfg.seed}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        try:
+            result, state = train_run(cfg, _data(cfg.net.input_size, cfg, limit), device,
+                                      log=lambda m: print(m, file=log, flush=True))
+        except Exception as e:  # one broken variant must not end the grid; it is reported
+            print(f"FAILED: {type(e).__name__}: {e}", file=log, flush=True)
+            return {"config": cfg.to_dict(), "error": f"{type(e).__name__}: {e}"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path.with_suffix(".pt"))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)
+    return result
+
+
+def _score(results):
+    """Mean validation macro-F1 over seeds (ties broken by lower mean validation loss)."""
+    return (np.mean([r["val"]["macro_f1"] for r in results]),
+            -np.mean([r["val"]["loss"] for r in results]))
+
+
+def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=None,
+             phases=(1, 2, 3), keep_checkpoints=None, limit=0, log=print):
+    """Run the phases; returns {run name: [result per seed]} and writes ``<out>/summary.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def adjust(cfg, name, group):
+        if epochs:
+            cfg = replace(cfg, epochs=epochs)
+        if size:
+            cfg = replace(cfg, net=replace(cfg.net, input_size=size))
+        return replace(cfg, name=name), group
+
+    # Prepare caches once in the parent so workers only memory-map them.
+    for s in {size or BASE.net.input_size, 160}:
+        _data(s, BASE, limit)
+    results, groups, failed = {}, {}, []
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        def run(named):
+            jobs = [(replace(cfg, seed=seed), out_dir, device, limit)
+                    for (cfg, group) in named for seed in seeds]
+            t0 = time.perf_counter()
+            for cfg_seed, res in zip(jobs, pool.map(_run_one, jobs)):
+                cfg = cfg_seed[0]
+                if "error" in res:
+                    failed.append(f"{cfg.name} s{cfg.seed}: {res['error']}")
+                    log(f"{cfg.name} s{cfg.seed}: FAILED {res['error']}")
+                    continue
+                results.setdefault(cfg.name, []).append(res)
+                log(f"{cfg.name} s{cfg.seed}: val f1 {res['val']['macro_f1']:.3f} "
+                    f"acc {res['val']['accuracy']:.3f} (epoch {res['best_epoch']}), "
+                    f"{res['train_seconds']:.0f}s; {time.perf_counter() - t0:.0f}s into phase")
+            for cfg, group in named:
+                if cfg.name in results:
+                    groups[cfg.name] = {"group": group, "config": cfg.to_dict()}
+            write_summary()
+
+        def write_summary():
+            best_name = max(results, key=lambda n: _score(results[n]))
+            summary = {"selected": best_name, "selection": "mean validation macro-F1 over seeds",
+                       "seeds": list(seeds), "device": device, "runs": groups,
+                       "failed": failed}
+            (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            if keep_checkpoints is not None:
+                keep = sorted(results, key=lambda n: _score(results[n]), reverse=True)
+                keep = set(keep[:keep_checkpoints])
+                for pt in (out_dir / "runs").glob("*.pt"):
+                    if pt.stem.rsplit("_s", 1)[0] not in keep:
+                        pt.unlink()
+            return summary
+
+        if 1 in phases:
+            run([adjust(cfg, name, group) for group, items in ABLATIONS.items()
+                 for name, cfg in items])
+        base_score = _score(results["base"])
+        if 2 in phases:
+            helped = [name for name in results if name != "base"
+                      and _score(results[name]) > base_score
+                      and groups[name]["group"] != "training"]
+            combos = []
+            if helped:
+                ranked = sorted(helped, key=lambda n: _score(results[n]), reverse=True)
+                combined = _combine([RunConfig.from_dict(groups[n]["config"]) for n in ranked])
+                combos.append(adjust(combined, "combo-" + "+".join(ranked), "combination"))
+            log(f"phase 2: ablations that beat base on validation: {helped or 'none'}")
+            if combos:
+                run(combos)
+        best_name = max(results, key=lambda n: _score(results[n]))
+        if 3 in phases:
+            best = RunConfig.from_dict(groups[best_name]["config"])
+            run([adjust(f(best), f"{best_name}--{h}", "hyperparameters")
+                 for h, f in HYPER.items()])
+    summary = write_summary()
+    best_name = summary["selected"]
+    log(f"selected on validation: {best_name}")
+    return results, summary
+
+
+def _combine(configs):
+    """Apply each config's changes from BASE onto BASE; for a field changed by several, the
+    first (best-scoring) config wins."""
+    top, net = {}, {}
+    for c in configs:
+        for k in ("lr", "epochs", "batch_size", "weight_decay", "label_smoothing"):
+            if getattr(c, k) != getattr(BASE, k):
+                top.setdefault(k, getattr(c, k))
+        for k in BASE.net.__dataclass_fields__:
+            if getattr(c.net, k) != getattr(BASE.net, k):
+                net.setdefault(k, getattr(c.net, k))
+    return replace(BASE, net=replace(BASE.net, **net), **top)

@@ -1,0 +1,123 @@
+"""Reading an image file into the 2-D grayscale array that preprocessing takes.
+
+Every failure is a DecodeError naming the file and the reason; nothing here returns a
+half-decoded image. Files are read into memory first so that size checks happen before the
+decoder allocates anything.
+"""
+import os
+import struct
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from .errors import DecodeError
+
+#: Largest image (width x height) decoded; a header declaring more is rejected before decoding.
+#: 100 MP is about four times the largest radiograph detectors produce.
+MAX_PIXELS = 100_000_000
+#: Largest file read.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+#: File extensions collected when scanning folders (matched case-insensitively).
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp")
+
+
+class Decoded(NamedTuple):
+    """A decoded scan: 2-D ``pixels`` (uint8 or uint16) and the declared maximum value."""
+    pixels: np.ndarray
+    maxval: float
+
+
+def _declared_size(data):
+    """(width, height) from a PNG or JPEG header, or None when the format is not one of those."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                i += 1
+                continue
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            length = struct.unpack(">H", data[i + 2:i + 4])[0]
+            # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                height, width = struct.unpack(">HH", data[i + 5:i + 9])
+                return width, height
+            i += 2 + length
+    return None
+
+
+def _to_gray(img, path):
+    if img.ndim == 2:
+        return img
+    if img.ndim == 3 and img.shape[2] == 1:
+        return img[:, :, 0]
+    if img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    if img.ndim == 3 and img.shape[2] == 4:
+        # Alpha is ignored: radiographs exported as RGBA carry an opaque alpha channel.
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY)
+    raise DecodeError(path, f"unsupported image layout {img.shape}")
+
+
+def decode_bytes(data, source="<bytes>"):
+    """Decode an encoded image held in memory. See ``read_image``."""
+    if len(data) == 0:
+        raise DecodeError(source, "empty file (0 bytes)")
+    size = _declared_size(data)
+    if size is not None:
+        width, height = size
+        if width == 0 or height == 0:
+            raise DecodeError(source, f"header declares an empty image ({width}x{height})")
+        if width * height > MAX_PIXELS:
+            raise DecodeError(source, f"header declares {width}x{height} pixels, over the limit "
+                                      f"of {MAX_PIXELS:,} (xray_infer.decode.MAX_PIXELS)")
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
+        # libjpeg fills a truncated scan with grey and only warns; refuse it instead.
+        raise DecodeError(source, "truncated JPEG (no end-of-image marker)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DecodeError(source, "not a decodable image (unknown format or corrupt data)")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise DecodeError(source, f"unsupported pixel type {img.dtype}")
+    img = _to_gray(img, source)
+    if img.shape[0] * img.shape[1] > MAX_PIXELS:
+        raise DecodeError(source, f"{img.shape[1]}x{img.shape[0]} pixels is over the limit "
+                                  f"of {MAX_PIXELS:,}")
+    return Decoded(np.ascontiguousarray(img), 255.0 if img.dtype == np.uint8 else 65535.0)
+
+
+def read_image(path):
+    """Read ``path`` into a ``Decoded`` 2-D grayscale scan.
+
+    Colour is converted to luminance (ITU-R BT.601 weights, as OpenCV defines them); 8-bit
+    data keeps maxval 255 and 16-bit data maxval 65535.
+
+    Raises
+    ------
+    DecodeError
+        The file is missing, a directory, unreadable, empty, larger than the limits, truncated,
+        or not an image OpenCV can decode. The error names the file.
+    """
+    path = os.fspath(path)
+    try:
+        if os.path.isdir(path):
+            raise DecodeError(path, "is a directory, not an image file")
+        st = os.stat(path)
+        if st.st_size > MAX_FILE_BYTES:
+            raise DecodeError(path, f"file is {st.st_size:,} bytes, over the limit of "
+                                    f"{MAX_FILE_BYTES:,}")
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise DecodeError(path, "no such file") from None
+    except PermissionError:
+        raise DecodeError(path, "permission denied") from None
+    except OSError as e:
+        raise DecodeError(path, f"cannot read file: {e.strerror or e}") from None
+    return decode_bytes(data, path)

@@ -1,0 +1,38 @@
+"""Exception and warning hierarchy of xray_infer."""
+
+
+class XrayInferError(Exception):
+    """Base class of every error raised by xray_infer."""
+
+
+class InputError(XrayInferError):
+    """One input could not be turned into a model input. Names the input and the reason."""
+
+    def __init__(self, source, reason):
+        self.source = str(source)
+        self.reason = reason
+        super().__init__(f"{self.source}: {reason}")
+
+
+class DecodeError(InputError):
+    """A file is missing, unreadable, empty, truncated, too large or not a supported image."""
+
+
+class ImageError(InputError):
+    """A decoded array has a shape, dtype or size the preprocessing cannot take."""
+
+
+class ModelError(XrayInferError):
+    """A model file is missing, corrupted, or lacks valid xray_infer metadata."""
+
+
+class ProviderError(XrayInferError):
+    """Requested ONNX Runtime execution providers are not available."""
+
+
+class XrayInferWarning(UserWarning):
+    """Base class of xray_infer warnings."""
+
+
+class ProviderWarning(XrayInferWarning):
+    """A requested execution provider is not active in the created session."""

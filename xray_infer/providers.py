@@ -1,0 +1,55 @@
+"""Choosing ONNX Runtime execution providers."""
+import ctypes.util
+import warnings
+
+import onnxruntime as ort
+
+from .errors import ProviderError, ProviderWarning
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def _name(p):
+    return p[0] if isinstance(p, tuple) else p
+
+
+def resolve(requested=None):
+    """The provider list to create a session with.
+
+    ``None`` prefers TensorRT (only when its runtime library is installed), then CUDA, then CPU.
+    An explicit list is checked against ``onnxruntime.get_available_providers()``; entries are
+    names or ``(name, options)`` tuples.
+    """
+    available = ort.get_available_providers()
+    if requested is None:
+        chosen = []
+        if "TensorrtExecutionProvider" in available and ctypes.util.find_library("nvinfer"):
+            chosen.append("TensorrtExecutionProvider")
+        if "CUDAExecutionProvider" in available:
+            chosen.append("CUDAExecutionProvider")
+        return chosen + ["CPUExecutionProvider"]
+    if isinstance(requested, (str, tuple)):
+        requested = [requested]
+    requested = list(requested)
+    if not requested:
+        raise ProviderError("providers must name at least one execution provider")
+    unknown = [_name(p) for p in requested if _name(p) not in available]
+    if unknown:
+        raise ProviderError(f"execution provider(s) {', '.join(unknown)} not available in this "
+                            f"onnxruntime build; available: {', '.join(available)}")
+    return requested
+
+
+def prepare(providers):
+    """Load the CUDA/cuDNN libraries that onnxruntime-gpu needs, when a GPU provider is used."""
+    if any(_name(p) in GPU_PROVIDERS for p in providers) and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+
+
+def check_active(requested, active):
+    """Warn when a requested GPU provider did not make it into the session."""
+    for p in requested:
+        if _name(p) in GPU_PROVIDERS and _name(p) not in active:
+            warnings.warn(f"{_name(p)} was requested but is not active (session runs on "
+                          f"{', '.join(active)}); check the CUDA/cuDNN installation",
+                          ProviderWarning, stacklevel=3)
