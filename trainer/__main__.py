@@ -52,7 +52,7 @@ def cmd_experiments(a):
     from .experiments import run_grid
     run_grid(a.out, seeds=tuple(a.seeds), workers=a.workers, device=_device(a.device),
              epochs=a.epochs, size=a.size, phases=tuple(a.phases),
-             keep_checkpoints=a.keep_checkpoints, limit=a.limit, log=lambda m: print(m, flush=True))
+             keep_checkpoints=a.keep_checkpoints, limit=a.limit, more_hyper=a.more_hyper, log=lambda m: print(m, flush=True))
 
 
 def _selected_run(grid):
@@ -127,6 +127,8 @@ def main(argv=None):
     e.add_argument("--phases", type=int, nargs="+", default=[1, 2, 3])
     e.add_argument("--keep-checkpoints", type=int, metavar="K",
                    help="keep .pt files only for the K best configurations on validation")
+    e.add_argument("--more-hyper", action="store_true",
+                   help="phase 3 also tries doubled widths and a larger input size")
     e.set_defaults(fn=cmd_experiments)
 
     x = sub.add_parser("export", parents=[common], help="export a run to ONNX with metadata")

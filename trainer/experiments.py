@@ -33,7 +33,8 @@ ABLATIONS = {
     "batch_norm": [("bn-off", replace(BASE, net=replace(BASE.net, batch_norm=False), lr=5e-4))],
     "stride": [("stride-conv", replace(BASE, net=replace(BASE.net, downsample="stride"))),
                ("stride-stem", replace(BASE, net=replace(BASE.net, stem_stride=2)))],
-    "training": [("no-augment", replace(BASE, augment=False)),
+    "training": [("no-augment", replace(BASE, augment=0.0)),
+                 ("augment-2x", replace(BASE, augment=2.0)),
                  ("no-class-weights", replace(BASE, class_weights=False))],
 }
 
@@ -41,10 +42,14 @@ ABLATIONS = {
 HYPER = {
     "lr-0.5x": lambda c: replace(c, lr=c.lr / 2),
     "lr-2x": lambda c: replace(c, lr=c.lr * 2),
-    "size-160": lambda c: replace(c, net=replace(c.net, input_size=160)),
-    "epochs-60": lambda c: replace(c, epochs=60),
-    "wide-32-256": lambda c: replace(c, net=replace(c.net, widths=(32, 64, 128, 256, 256))),
+    "epochs-2x": lambda c: replace(c, epochs=c.epochs * 2),
     "batch-32": lambda c: replace(c, batch_size=32),
+}
+#: Costlier hyperparameters, run with ``--more-hyper`` (widths double the compute, size+32
+#: about 1.6 times).
+MORE_HYPER = {
+    "width-2x": lambda c: replace(c, net=replace(c.net, widths=tuple(2 * w for w in c.net.widths))),
+    "size+32": lambda c: replace(c, net=replace(c.net, input_size=c.net.input_size + 32)),
 }
 
 _DATA = {}  # per-process memo of loaded arrays, keyed by input size
@@ -89,21 +94,18 @@ def _score(results):
 
 
 def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=None,
-             phases=(1, 2, 3), keep_checkpoints=None, limit=0, log=print):
+             phases=(1, 2, 3), keep_checkpoints=None, limit=0, more_hyper=False, log=print):
     """Run the phases; returns {run name: [result per seed]} and writes ``<out>/summary.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def adjust(cfg, name, group):
+        """Apply the grid-wide --epochs/--size overrides (phases 1-2 only)."""
         if epochs:
             cfg = replace(cfg, epochs=epochs)
         if size:
             cfg = replace(cfg, net=replace(cfg.net, input_size=size))
         return replace(cfg, name=name), group
-
-    # Prepare caches once in the parent so workers only memory-map them.
-    for s in {size or BASE.net.input_size, 160}:
-        _data(s, BASE, limit)
     results, groups, failed = {}, {}, []
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
@@ -146,21 +148,22 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
         base_score = _score(results["base"])
         if 2 in phases:
             helped = [name for name in results if name != "base"
-                      and _score(results[name]) > base_score
-                      and groups[name]["group"] != "training"]
+                      and _score(results[name]) > base_score]
             combos = []
             if helped:
                 ranked = sorted(helped, key=lambda n: _score(results[n]), reverse=True)
-                combined = _combine([RunConfig.from_dict(groups[n]["config"]) for n in ranked])
-                combos.append(adjust(combined, "combo-" + "+".join(ranked), "combination"))
+                combined, used = _combine([RunConfig.from_dict(groups[n]["config"])
+                                           for n in ranked])
+                combos.append(adjust(combined, "combo-" + "+".join(used), "combination"))
             log(f"phase 2: ablations that beat base on validation: {helped or 'none'}")
             if combos:
                 run(combos)
         best_name = max(results, key=lambda n: _score(results[n]))
         if 3 in phases:
             best = RunConfig.from_dict(groups[best_name]["config"])
-            run([adjust(f(best), f"{best_name}--{h}", "hyperparameters")
-                 for h, f in HYPER.items()])
+            # ``best`` already carries the overrides; hyperparameters change it from there.
+            run([(replace(f(best), name=f"{best_name}--{h}"), "hyperparameters")
+                 for h, f in {**HYPER, **(MORE_HYPER if more_hyper else {})}.items()])
     summary = write_summary()
     best_name = summary["selected"]
     log(f"selected on validation: {best_name}")
@@ -169,13 +172,19 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
 
 def _combine(configs):
     """Apply each config's changes from BASE onto BASE; for a field changed by several, the
-    first (best-scoring) config wins."""
-    top, net = {}, {}
+    first (best-scoring) config wins. Returns (config, names of the configs that contributed)."""
+    top, net, used = {}, {}, []
     for c in configs:
-        for k in ("lr", "epochs", "batch_size", "weight_decay", "label_smoothing"):
-            if getattr(c, k) != getattr(BASE, k):
-                top.setdefault(k, getattr(c, k))
+        contributed = False
+        for k in ("lr", "epochs", "batch_size", "weight_decay", "label_smoothing", "augment",
+                  "class_weights"):
+            if getattr(c, k) != getattr(BASE, k) and k not in top:
+                top[k] = getattr(c, k)
+                contributed = True
         for k in BASE.net.__dataclass_fields__:
-            if getattr(c.net, k) != getattr(BASE.net, k):
-                net.setdefault(k, getattr(c.net, k))
-    return replace(BASE, net=replace(BASE.net, **net), **top)
+            if getattr(c.net, k) != getattr(BASE.net, k) and k not in net:
+                net[k] = getattr(c.net, k)
+                contributed = True
+        if contributed:
+            used.append(c.name)
+    return replace(BASE, net=replace(BASE.net, **net), **top), used

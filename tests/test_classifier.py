@@ -1,0 +1,203 @@
+"""classify()/Classifier with real ONNX Runtime sessions on real scans."""
+import glob
+import os
+import threading
+import tracemalloc
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import xray_infer
+from xray_infer import Classifier, Decoded, ModelError, ProviderError, classify
+from xray_infer.decode import read_image
+from xray_infer.preprocess import reference_preprocess
+from xray_infer.spec import METADATA_KEY, ModelSpec
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return Classifier(providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def scans(data):
+    return sorted(glob.glob(str(data / "chest_xray/test/*/*.jpeg")))[::40]
+
+
+def _reference_probs(clf, path):
+    """Straightforward path: reference preprocessing + a plain InferenceSession.run."""
+    img = read_image(path)
+    x = reference_preprocess(img.pixels, size=clf.spec.input_size, mean=clf.spec.mean,
+                             std=clf.spec.std, maxval=img.maxval)
+    sess = ort.InferenceSession(str(clf.model_path), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {clf.spec.input_name: x[None, None]})[0][0].astype(np.float64)
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def test_bundled_model_carries_its_spec(clf):
+    s = clf.spec
+    assert s.class_names == ("normal", "bacterial", "viral")
+    assert s.input_size > 0 and s.std > 0
+    assert {"val", "test"} <= set(s.metrics)
+
+
+def test_results_in_order_with_probabilities(clf, scans):
+    results = clf.classify(scans, batch_size=3)
+    assert [r.source for r in results] == scans
+    for r in results:
+        assert r.ok and r.label in clf.class_names
+        assert set(r.probabilities) == set(clf.class_names)
+        assert abs(sum(r.probabilities.values()) - 1) < 1e-6
+        assert r.label == max(r.probabilities, key=r.probabilities.get)
+
+
+def test_matches_reference_path(clf, scans):
+    for r in clf.classify(scans[:6]):
+        ref = _reference_probs(clf, r.source)
+        got = np.array([r.probabilities[n] for n in clf.class_names])
+        assert np.abs(got - ref).max() < 1e-4
+        assert clf.class_names[int(ref.argmax())] == r.label
+
+
+def test_one_shot_classify_and_arrays(clf, scans):
+    by_path = classify(scans[:2], providers=["CPUExecutionProvider"])
+    img = read_image(scans[0])
+    arrays = clf.classify([img.pixels, Decoded(img.pixels, img.maxval),
+                           img.pixels.astype(np.float32) / 255])
+    assert [r.source for r in arrays] == ["<array 0>", "<array 1>", "<array 2>"]
+    for r in arrays:
+        assert r.label == by_path[0].label
+        assert abs(r.probabilities["normal"] - by_path[0].probabilities["normal"]) < 1e-4
+    single = clf.classify(img.pixels)
+    assert len(single) == 1 and single[0].label == by_path[0].label
+
+
+def test_bad_files_mixed_into_a_batch(clf, scans, tmp_path):
+    empty = tmp_path / "empty.jpeg"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(os.urandom(500))
+    inputs = [scans[0], str(empty), scans[1], str(tmp_path / "missing.jpeg"), str(garbage),
+              np.zeros((3, 3, 3), np.uint8), scans[2], 42]
+    results = clf.classify(inputs, batch_size=3)
+    assert len(results) == len(inputs)
+    ok = [r.ok for r in results]
+    assert ok == [True, False, True, False, False, False, True, False]
+    assert "empty file" in results[1].error
+    assert "no such file" in results[3].error
+    assert "not a decodable image" in results[4].error
+    assert "2-D" in results[5].error
+    assert "unsupported input type" in results[7].error
+    good = clf.classify([scans[0], scans[1], scans[2]])
+    assert [r.label for r in good] == [results[i].label for i in (0, 2, 6)]
+
+
+def test_all_bad_batch(clf, tmp_path):
+    results = clf.classify([str(tmp_path / "a.jpeg"), str(tmp_path / "b.jpeg")])
+    assert [r.ok for r in results] == [False, False]
+
+
+def test_providers(scans):
+    with pytest.raises(ProviderError, match="Available|available") as e:
+        Classifier(providers=["NoSuchExecutionProvider"])
+    assert "CPUExecutionProvider" in str(e.value)
+    clf = Classifier(providers=["CPUExecutionProvider"], threads=1)
+    assert clf.providers == ["CPUExecutionProvider"]
+    default = Classifier()
+    assert default.providers[-1] == "CPUExecutionProvider"
+
+
+def test_model_without_metadata_is_rejected(tmp_path):
+    m = onnx.load(str(xray_infer.DEFAULT_MODEL))
+    del m.metadata_props[:]
+    p = tmp_path / "bare.onnx"
+    onnx.save(m, str(p))
+    with pytest.raises(ModelError, match="not an xray_infer model"):
+        Classifier(p)
+
+
+def test_model_with_broken_metadata_is_rejected(tmp_path):
+    m = onnx.load(str(xray_infer.DEFAULT_MODEL))
+    spec = ModelSpec.from_metadata({p.key: p.value for p in m.metadata_props})
+    del m.metadata_props[:]
+    bad = dict(spec.to_metadata())
+    bad[METADATA_KEY] = bad[METADATA_KEY].replace('"std"', '"sd"')
+    for k, v in bad.items():
+        m.metadata_props.add(key=k, value=v)
+    p = tmp_path / "nostd.onnx"
+    onnx.save(m, str(p))
+    with pytest.raises(ModelError, match="lacks std"):
+        Classifier(p)
+
+
+def test_corrupted_or_foreign_model_files(tmp_path):
+    data = xray_infer.DEFAULT_MODEL.read_bytes()
+    p = tmp_path / "m.onnx"
+    p.write_bytes(data[:1000] + b"\x00" * 64 + data[1064:])
+    sha = (xray_infer.DEFAULT_MODEL.parent / "default.onnx.sha256").read_text()
+    (tmp_path / "m.onnx.sha256").write_text(sha)
+    with pytest.raises(ModelError, match="SHA-256"):
+        Classifier(p)
+    q = tmp_path / "foreign.onnx"
+    q.write_bytes(b"definitely not protobuf")
+    with pytest.raises(ModelError, match="not a loadable ONNX model"):
+        Classifier(q)
+    with pytest.raises(ModelError, match="not found"):
+        Classifier(tmp_path / "absent.onnx")
+
+
+def test_generator_input_keeps_memory_bounded(clf, scans):
+    """600 inputs from a generator: peak Python-side memory stays a few batches' worth."""
+    n, size = 600, clf.spec.input_size
+    img = read_image(scans[0]).pixels
+    one_batch = 8 * size * size * 4
+
+    def gen():
+        for _ in range(n):
+            yield img
+
+    tracemalloc.start()
+    count = 0
+    for r in clf.iter_classify(gen(), batch_size=8):
+        assert r.ok
+        count += 1
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == n
+    assert peak < 12 * one_batch, (peak, one_batch)  # unbatched would be n * size**2 * 4
+
+
+def test_concurrent_use_matches_sequential(clf, scans):
+    expected = [r.probabilities for r in clf.classify(scans)]
+    out, errors = {}, []
+
+    def work(k):
+        try:
+            out[k] = [r.probabilities for r in clf.classify(scans, batch_size=2 + k)]
+        except Exception as e:  # collected: an assertion in a thread would be lost
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for k in range(4):
+        for a, b in zip(out[k], expected):
+            assert max(abs(a[c] - b[c]) for c in a) < 1e-5
+
+
+def test_invalid_batch_size():
+    with pytest.raises(ValueError):
+        Classifier(batch_size=0)
+
+
+def test_no_warning_on_plain_cpu():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Classifier(providers=["CPUExecutionProvider"])

@@ -1,0 +1,85 @@
+"""Decoding files into 2-D grayscale scans, and the errors for files that are not."""
+import os
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from xray_infer.decode import MAX_PIXELS, decode_bytes, read_image
+from xray_infer.errors import DecodeError
+
+SCAN = "chest_xray/test/NORMAL/IM-0001-0001.jpeg"
+
+
+def test_reads_real_scan_as_2d_uint8(data):
+    d = read_image(data / SCAN)
+    assert d.pixels.ndim == 2 and d.pixels.dtype == np.uint8 and d.maxval == 255
+    assert d.pixels.shape == (224, 224)
+
+
+def test_colour_and_16_bit_png(tmp_path, data):
+    gray = read_image(data / SCAN).pixels
+    bgr = cv2.merge([gray, gray, gray])
+    cv2.imwrite(str(tmp_path / "rgb.png"), bgr)
+    assert np.array_equal(read_image(tmp_path / "rgb.png").pixels, gray)
+    cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA))
+    assert np.array_equal(read_image(tmp_path / "rgba.png").pixels, gray)
+    g16 = gray.astype(np.uint16) * 257
+    cv2.imwrite(str(tmp_path / "g16.png"), g16)
+    d = read_image(tmp_path / "g16.png")
+    assert d.pixels.dtype == np.uint16 and d.maxval == 65535
+    assert np.allclose(d.pixels / d.maxval, gray / 255.0)
+
+
+def _png(width, height):
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)))
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("empty.jpeg", b"", "empty file"),
+    ("garbage.jpeg", b"this is not an image at all" * 10, "not a decodable image"),
+    ("bomb.png", _png(60000, 60000), "over the limit"),
+    ("zero.png", _png(0, 10), "empty image"),
+])
+def test_bad_files_raise_specific_errors(tmp_path, name, content, reason):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(DecodeError, match=reason) as e:
+        read_image(p)
+    assert str(p) in str(e.value)
+
+
+def test_truncated_jpeg(tmp_path, data):
+    raw = (data / SCAN).read_bytes()
+    p = tmp_path / "cut.jpeg"
+    p.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DecodeError, match="truncated"):
+        read_image(p)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(DecodeError, match="no such file"):
+        read_image(tmp_path / "nope.jpeg")
+    (tmp_path / "dir.jpeg").mkdir()
+    with pytest.raises(DecodeError, match="directory"):
+        read_image(tmp_path / "dir.jpeg")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files regardless of permissions")
+def test_unreadable_file(tmp_path):
+    p = tmp_path / "locked.jpeg"
+    p.write_bytes(b"\xff\xd8")
+    p.chmod(0)
+    with pytest.raises(DecodeError, match="permission"):
+        read_image(p)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    assert 60000 * 60000 > MAX_PIXELS
+    with pytest.raises(DecodeError, match="60000x60000"):
+        decode_bytes(_png(60000, 60000), "bomb.png")

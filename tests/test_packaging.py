@@ -1,0 +1,31 @@
+"""The library stands without torch, and its kernel is the compiled one."""
+import subprocess
+import sys
+from pathlib import Path
+
+import xray_infer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_import_and_classify_without_torch():
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # any 'import torch' now fails\n"
+        "import xray_infer, glob, os\n"
+        "s = os.path.join(os.path.dirname(xray_infer.__file__), 'samples', '*.jpeg')\n"
+        "r = xray_infer.classify(sorted(glob.glob(s)))\n"
+        "assert len(r) == 6 and all(x.ok for x in r), r\n"
+        "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+        "print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_bundled_files_are_package_data():
+    pkg = Path(xray_infer.__file__).parent
+    assert (pkg / "models" / "default.onnx").is_file()
+    assert (pkg / "models" / "default.onnx.sha256").is_file()
+    assert "CC BY 4.0" in (pkg / "samples" / "ATTRIBUTION.md").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"torch==2.13.0"' in pyproject
