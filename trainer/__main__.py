@@ -52,7 +52,8 @@ def cmd_experiments(a):
     from .experiments import run_grid
     run_grid(a.out, seeds=tuple(a.seeds), workers=a.workers, device=_device(a.device),
              epochs=a.epochs, size=a.size, phases=tuple(a.phases),
-             keep_checkpoints=a.keep_checkpoints, limit=a.limit, more_hyper=a.more_hyper, log=lambda m: print(m, flush=True))
+             keep_checkpoints=a.keep_checkpoints, limit=a.limit, more_hyper=a.more_hyper,
+             convs_per_block=a.convs_per_block, log=lambda m: print(m, flush=True))
 
 
 def _selected_run(grid):
@@ -82,6 +83,10 @@ def cmd_export(a):
                   "trained_on": result.get("device", ""), "code_commit": commit,
                   "best_epoch": result["best_epoch"]}
     spec = export(cfg, state, a.out, data, model_version=a.version, provenance=provenance)
+    if a.save_checkpoint:
+        Path(a.save_checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"config": cfg.to_dict(), "state_dict": state,
+                    "temperature": spec.metrics["temperature"]}, a.save_checkpoint)
     m = spec.metrics
     print(f"wrote {a.out}: temperature {m['temperature']:.3f}, parity {m['export_parity_max_abs_diff']:.1e}")
     for split in ("val", "test"):
@@ -92,7 +97,8 @@ def cmd_export(a):
 
 def cmd_report(a):
     from .report import write_report
-    write_report(a.grid, a.out, model=a.model)
+    path = write_report(a.grid, a.out, model=a.model, notes=a.notes)
+    print(f"wrote {path}")
 
 
 def main(argv=None):
@@ -124,6 +130,8 @@ def main(argv=None):
     e.add_argument("--device", default="auto")
     e.add_argument("--epochs", type=int, help="override every run's epochs (quick grids)")
     e.add_argument("--size", type=int, help="override the input size (quick grids)")
+    e.add_argument("--convs-per-block", type=int,
+                   help="override the convolutions per block (cheaper grids on a CPU)")
     e.add_argument("--phases", type=int, nargs="+", default=[1, 2, 3])
     e.add_argument("--keep-checkpoints", type=int, metavar="K",
                    help="keep .pt files only for the K best configurations on validation")
@@ -137,12 +145,15 @@ def main(argv=None):
     src.add_argument("--run", help="a run's .json (its .pt beside it)")
     x.add_argument("--out", required=True)
     x.add_argument("--version", default="0.1.0")
+    x.add_argument("--save-checkpoint", metavar="PT",
+                   help="also save the torch weights + config (for parity benchmarks)")
     x.set_defaults(fn=cmd_export)
 
     r = sub.add_parser("report", help="docs/experiments.md and plots from an experiments folder")
-    r.add_argument("--grid", required=True)
+    r.add_argument("--grid", nargs="+", required=True, help="experiment folders")
     r.add_argument("--out", default="docs")
     r.add_argument("--model", default="xray_infer/models/default.onnx")
+    r.add_argument("--notes", help="a Markdown file appended as the reading of the results")
     r.set_defaults(fn=cmd_report)
     a = p.parse_args(argv)
     a.fn(a)

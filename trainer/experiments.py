@@ -94,13 +94,16 @@ def _score(results):
 
 
 def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=None,
-             phases=(1, 2, 3), keep_checkpoints=None, limit=0, more_hyper=False, log=print):
+             phases=(1, 2, 3), keep_checkpoints=None, limit=0, more_hyper=False,
+             convs_per_block=None, log=print):
     """Run the phases; returns {run name: [result per seed]} and writes ``<out>/summary.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def adjust(cfg, name, group):
-        """Apply the grid-wide --epochs/--size overrides (phases 1-2 only)."""
+        """Apply the grid-wide overrides (phases 1-2; phase 3 starts from their result)."""
+        if convs_per_block:
+            cfg = replace(cfg, net=replace(cfg.net, convs_per_block=convs_per_block))
         if epochs:
             cfg = replace(cfg, epochs=epochs)
         if size:

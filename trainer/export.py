@@ -104,3 +104,14 @@ def export(run_cfg, state_dict, out_path, data, *, model_version, provenance):
     digest = hashlib.sha256(out_path.read_bytes()).hexdigest()
     out_path.with_name(out_path.name + ".sha256").write_text(f"{digest}  {out_path.name}\n")
     return spec
+
+
+def load_checkpoint(path):
+    """The eval-mode torch module saved by ``export --save-checkpoint``, temperature included,
+    so that it computes the same logits as the exported ONNX graph."""
+    from .train import RunConfig
+    ckpt = torch.load(path, map_location="cpu")
+    cfg = RunConfig.from_dict(ckpt["config"])
+    model = build(cfg.net, len(CLASS_NAMES))
+    model.load_state_dict(ckpt["state_dict"])
+    return _Scaled(model, ckpt["temperature"]).eval(), cfg

@@ -1,0 +1,1 @@
+"""Reproducible speed and parity measurements: ``python -m benchmarks --help``."""

@@ -1,0 +1,50 @@
+"""Benchmarks: each prints a table and, with --json, writes its numbers and the machine.
+
+    python -m benchmarks preprocess   # Cython kernel vs OpenCV vs Pillow on 240 full-res scans
+    python -m benchmarks decode       # JPEG decoding cost, full and reduced size
+    python -m benchmarks inference    # ONNX Runtime vs PyTorch eager, batch 1..128
+    python -m benchmarks e2e          # folder scoring vs a naive per-image loop, decode bound
+    python -m benchmarks parity       # torch vs ORT, kernel vs reference, full-res vs 224 copies
+    python -m benchmarks all --json-dir docs/bench
+"""
+import argparse
+import os
+from pathlib import Path
+
+from . import parity as _parity
+from . import speed
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = {"preprocess": speed.preprocess, "decode": speed.decode, "inference": speed.inference,
+            "e2e": speed.e2e, "parity": _parity.parity}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("which", choices=[*COMMANDS, "all"])
+    p.add_argument("--limit", type=int, default=0, help="use only N inputs (smoke runs)")
+    p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument("--json", help="write results here (single benchmark)")
+    p.add_argument("--json-dir", help="with 'all': write <dir>/<benchmark>.json")
+    p.add_argument("--model", help="ONNX model (default: the bundled one)")
+    p.add_argument("--checkpoint", default=str(ROOT / "models" / "default.pt"),
+                   help="torch checkpoint of the same model (python -m trainer export "
+                        "--save-checkpoint)")
+    p.add_argument("--providers", type=lambda s: s.split(","), default=["CPUExecutionProvider"])
+    p.add_argument("--device", default="cpu", help="torch device for the baselines")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
+    p.add_argument("--batch-size", type=int, default=32, help="e2e batch size")
+    a = p.parse_args(argv)
+    names = list(COMMANDS) if a.which == "all" else [a.which]
+    json_path = a.json
+    for name in names:
+        if a.json_dir:
+            a.json = os.path.join(a.json_dir, f"{name}.json")
+        else:
+            a.json = json_path
+        COMMANDS[name](a)
+
+
+if __name__ == "__main__":
+    main()

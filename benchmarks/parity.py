@@ -1,0 +1,60 @@
+"""Accuracy parity: torch vs ONNX Runtime, Cython kernel vs reference preprocessing, and
+full-resolution scans vs their 224x224 copies."""
+from pathlib import Path
+
+import numpy as np
+
+from xray_infer import Classifier
+from xray_infer.decode import read_image
+from xray_infer.preprocess import preprocess, reference_preprocess
+
+from .common import DATA, fullres_paths, print_table, save
+
+
+def parity(args):
+    from trainer.dataset import scan_split
+    from trainer.export import load_checkpoint
+    import torch
+    clf = Classifier(args.model, providers=["CPUExecutionProvider"])
+    model, _ = load_checkpoint(args.checkpoint)
+    s = clf.spec
+    records = scan_split(DATA / "chest_xray" / "test")
+    if args.limit:
+        records = records[::max(1, len(records) // args.limit)][:args.limit]
+    kern, ref = [], []
+    for r in records:
+        img = read_image(r.path)
+        kw = dict(size=s.input_size, mean=s.mean, std=s.std, maxval=img.maxval)
+        kern.append(preprocess(img.pixels, **kw))
+        ref.append(reference_preprocess(img.pixels, **kw))
+    kern, ref = np.stack(kern)[:, None], np.stack(ref)[:, None]
+    sess = clf.session
+    ort_k = np.concatenate([sess.run(None, {s.input_name: kern[i:i + 64]})[0]
+                            for i in range(0, len(kern), 64)])
+    ort_r = np.concatenate([sess.run(None, {s.input_name: ref[i:i + 64]})[0]
+                            for i in range(0, len(ref), 64)])
+    with torch.no_grad():
+        torch_k = model(torch.from_numpy(kern)).numpy()
+    labels = np.array([r.label for r in records])
+    res = {"n_test": len(records),
+           "torch_vs_ort_max_abs_logit_diff": float(np.abs(torch_k - ort_k).max()),
+           "torch_vs_ort_prediction_disagreements": int((torch_k.argmax(1) != ort_k.argmax(1)).sum()),
+           "kernel_vs_reference_max_abs_input_diff": float(np.abs(kern - ref).max()),
+           "kernel_vs_reference_prediction_disagreements": int((ort_k.argmax(1) != ort_r.argmax(1)).sum()),
+           "test_accuracy_ort": float((ort_k.argmax(1) == labels).mean())}
+    # Full-resolution scans against their 224x224 copies in chest_xray/train.
+    full = fullres_paths(args.limit)
+    copies = [DATA / "chest_xray" / "train" / Path(p).parent.name / Path(p).name for p in full]
+    pairs = [(f, str(c)) for f, c in zip(full, copies) if c.exists()]
+    a = clf.classify([f for f, _ in pairs])
+    b = clf.classify([c for _, c in pairs])
+    agree = [x.label == y.label for x, y in zip(a, b)]
+    pdiff = [max(abs(x.probabilities[k] - y.probabilities[k]) for k in s.class_names)
+             for x, y in zip(a, b)]
+    res.update({"fullres_pairs": len(pairs), "fullres_vs_224_agreement": float(np.mean(agree)),
+                "fullres_vs_224_median_max_prob_diff": float(np.median(pdiff))})
+    print_table(f"parity on {len(records)} test images and {len(pairs)} full-resolution/224 pairs",
+                ["check", "value"], [[k, f"{v:.3g}" if isinstance(v, float) else v]
+                                     for k, v in res.items()])
+    save(args.json, "parity", {"results": res})
+    return res

@@ -1,0 +1,203 @@
+"""Preprocessing, decoding, inference and end-to-end throughput, each against baselines
+measured in the same run."""
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from xray_infer import Classifier
+from xray_infer.decode import read_image
+from xray_infer.preprocess import preprocess_into, reference_preprocess
+
+from .common import fullres_paths, median, percentile, print_table, save, timeit
+
+
+def _spec(model=None):
+    return Classifier(model, providers=["CPUExecutionProvider"]).spec
+
+
+def preprocess(args):
+    """Resize + normalise of decoded full-resolution scans: kernel vs OpenCV vs Pillow."""
+    from PIL import Image
+    spec = _spec(args.model)
+    size, mean, std = spec.input_size, spec.mean, spec.std
+    images = [read_image(p).pixels for p in fullres_paths(args.limit)]
+    def kernel(img):  # allocates its output like the baselines do
+        return preprocess_into(img, np.empty((size, size), np.float32), mean=mean, std=std)
+
+    def opencv(img):
+        r = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+        return (r.astype(np.float32) / 255.0 - mean) / std
+
+    def pillow(img):
+        r = Image.fromarray(img).resize((size, size), Image.Resampling.BOX)
+        return (np.asarray(r, np.float32) / 255.0 - mean) / std
+
+    methods = {"cython kernel": kernel, "opencv INTER_AREA + numpy": opencv,
+               "pillow BOX + numpy": pillow}
+    refs = [reference_preprocess(im, size=size, mean=mean, std=std) for im in images]
+    parity = {name: max(float(np.abs(fn(im) - ref).max()) for im, ref in zip(images, refs))
+              for name, fn in methods.items()}
+    rows, results = [], {}
+    cv2_threads = cv2.getNumThreads()
+    for name, fn in methods.items():
+        cv2.setNumThreads(1)  # single-threaded; with all cores, one image per pool thread
+        single = timeit(lambda: [fn(im) for im in images], repeat=args.repeat)
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            multi = timeit(lambda: list(pool.map(fn, images)), repeat=args.repeat)
+        ms = 1e3 * median(single) / len(images)
+        results[name] = {"ms_per_scan_1_thread": ms,
+                         "scans_per_s_all_cores": len(images) / median(multi),
+                         "max_abs_diff_vs_reference": parity[name]}
+    cv2.setNumThreads(cv2_threads)
+    base = results["opencv INTER_AREA + numpy"]["ms_per_scan_1_thread"]
+    for name, r in results.items():
+        r["speedup_vs_opencv_1_thread"] = base / r["ms_per_scan_1_thread"]
+        rows.append([name, f"{r['ms_per_scan_1_thread']:.3f}", f"{r['speedup_vs_opencv_1_thread']:.2f}x",
+                     f"{r['scans_per_s_all_cores']:.0f}", f"{r['max_abs_diff_vs_reference']:.1e}"])
+    shapes = np.array([im.shape for im in images])
+    print_table(f"preprocess: {len(images)} decoded full-resolution scans "
+                f"(median {int(np.median(shapes[:, 1]))}x{int(np.median(shapes[:, 0]))} px) -> "
+                f"{size}x{size}, median of {args.repeat} passes",
+                ["method", "ms/scan 1 thread", "vs opencv", f"scans/s {os.cpu_count()} threads",
+                 "max |diff| vs reference"], rows)
+    save(args.json, "preprocess", {"n": len(images), "size": size, "results": results})
+    return results
+
+
+def decode(args):
+    """JPEG decoding of full-resolution scans, full size and libjpeg's reduced sizes."""
+    from PIL import Image
+    import io
+    blobs = [open(p, "rb").read() for p in fullres_paths(args.limit)]
+    flags = {"opencv IMREAD_UNCHANGED (library path)": cv2.IMREAD_UNCHANGED,
+             "opencv IMREAD_GRAYSCALE": cv2.IMREAD_GRAYSCALE,
+             "opencv IMREAD_REDUCED_GRAYSCALE_2": cv2.IMREAD_REDUCED_GRAYSCALE_2,
+             "opencv IMREAD_REDUCED_GRAYSCALE_4": cv2.IMREAD_REDUCED_GRAYSCALE_4}
+    methods = {name: (lambda b, f=f: cv2.imdecode(np.frombuffer(b, np.uint8), f))
+               for name, f in flags.items()}
+
+    def pil(b):
+        im = Image.open(io.BytesIO(b))
+        im.draft("L", (im.width // 4, im.height // 4))
+        return np.asarray(im.convert("L"))
+    methods["pillow draft 1/4 (DCT scaling)"] = pil
+    methods["pillow full"] = lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("L"))
+    rows, results = [], {}
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    for name, fn in methods.items():
+        single = timeit(lambda: [fn(b) for b in blobs], repeat=args.repeat)
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            multi = timeit(lambda: list(pool.map(fn, blobs)), repeat=args.repeat)
+        results[name] = {"ms_per_scan_1_thread": 1e3 * median(single) / len(blobs),
+                         "scans_per_s_all_cores": len(blobs) / median(multi)}
+        rows.append([name, f"{results[name]['ms_per_scan_1_thread']:.2f}",
+                     f"{results[name]['scans_per_s_all_cores']:.0f}"])
+    cv2.setNumThreads(cv2_threads)
+    mb = sum(map(len, blobs)) / 1e6
+    print_table(f"decode: {len(blobs)} full-resolution JPEGs ({mb:.1f} MB), from memory",
+                ["decoder", "ms/scan 1 thread", f"scans/s {os.cpu_count()} threads"], rows)
+    save(args.json, "decode", {"n": len(blobs), "results": results})
+    return results
+
+
+def _torch_model(args, device):
+    import torch
+
+    from trainer.export import load_checkpoint
+    model, _ = load_checkpoint(args.checkpoint)
+    return model.to(device), torch
+
+
+def inference(args):
+    """ONNX Runtime vs PyTorch eager, per batch size: latency p50/p95 and throughput."""
+    clf = Classifier(args.model, providers=args.providers)
+    model, torch = _torch_model(args, args.device)
+    size = clf.spec.input_size
+    rng = np.random.default_rng(0)
+    rows, results = [], {}
+    for bs in args.batch_sizes:
+        x = rng.standard_normal((bs, 1, size, size)).astype(np.float32)
+        iters = max(3, min(50, int(args.repeat * 256 / bs)))
+        ort_t = timeit(lambda: clf.predict(x), repeat=iters, warmup=2)
+        xt = torch.from_numpy(x).to(args.device)
+
+        def torch_run():
+            with torch.inference_mode():
+                out = model(xt)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            return out
+        torch_t = timeit(torch_run, repeat=iters, warmup=2)
+        r = {"onnxruntime": {"p50_ms": 1e3 * median(ort_t), "p95_ms": 1e3 * percentile(ort_t, 95),
+                             "img_per_s": bs / median(ort_t)},
+             "torch_eager": {"p50_ms": 1e3 * median(torch_t), "p95_ms": 1e3 * percentile(torch_t, 95),
+                             "img_per_s": bs / median(torch_t)}}
+        r["speedup"] = r["onnxruntime"]["img_per_s"] / r["torch_eager"]["img_per_s"]
+        results[bs] = r
+        rows.append([bs, f"{r['onnxruntime']['p50_ms']:.2f}", f"{r['onnxruntime']['p95_ms']:.2f}",
+                     f"{r['onnxruntime']['img_per_s']:.0f}", f"{r['torch_eager']['p50_ms']:.2f}",
+                     f"{r['torch_eager']['p95_ms']:.2f}", f"{r['torch_eager']['img_per_s']:.0f}",
+                     f"{r['speedup']:.2f}x"])
+    print_table(f"inference: {size}x{size} input, ORT {clf.providers[0]} vs torch eager on "
+                f"{args.device} ({torch.get_num_threads()} torch threads)",
+                ["batch", "ORT p50 ms", "ORT p95 ms", "ORT img/s", "torch p50 ms", "torch p95 ms",
+                 "torch img/s", "ORT/torch"], rows)
+    save(args.json, "inference", {"providers": clf.providers, "device": args.device,
+                                  "results": results})
+    return results
+
+
+def e2e(args):
+    """Scoring a folder of full-resolution scans: xray_infer vs a typical per-image loop, and
+    the bound set by JPEG decoding alone on all cores."""
+    from PIL import Image
+    paths = fullres_paths(args.limit)
+    clf = Classifier(args.model, providers=args.providers, batch_size=args.batch_size)
+    model, torch = _torch_model(args, args.device)
+    spec = clf.spec
+    clf.classify(paths[:8])  # warm-up: session, thread pools
+
+    def ours():
+        return clf.classify(paths)
+
+    def naive():
+        out = []
+        for p in paths:
+            im = Image.open(p).convert("L").resize((spec.input_size, spec.input_size),
+                                                   Image.Resampling.BILINEAR)
+            x = (np.asarray(im, np.float32) / 255.0 - spec.mean) / spec.std
+            with torch.no_grad():
+                logits = model(torch.from_numpy(x)[None, None].to(args.device))
+            out.append(int(logits.argmax()))
+        return out
+
+    def decode_only():
+        def one(p):
+            with open(p, "rb") as f:
+                return cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            return list(pool.map(one, paths))
+
+    t_ours = timeit(ours, repeat=args.repeat)
+    t_naive = timeit(naive, repeat=max(1, args.repeat // 2))
+    t_dec = timeit(decode_only, repeat=args.repeat)
+    n = len(paths)
+    results = {"xray_infer": n / median(t_ours), "naive_loop": n / median(t_naive),
+               "decode_bound": n / median(t_dec)}
+    results["speedup_vs_naive"] = results["xray_infer"] / results["naive_loop"]
+    results["fraction_of_decode_bound"] = results["xray_infer"] / results["decode_bound"]
+    print_table(f"end to end: {n} full-resolution scans, {spec.input_size}px model, "
+                f"{os.cpu_count()} cores, providers {clf.providers[0]}",
+                ["path", "scans/s", "relative"],
+                [["xray_infer Classifier.classify", f"{results['xray_infer']:.1f}", "1.00"],
+                 ["naive loop (Pillow + torch per image)", f"{results['naive_loop']:.1f}",
+                  f"{results['naive_loop'] / results['xray_infer']:.2f}"],
+                 ["decode only (OpenCV, all cores)", f"{results['decode_bound']:.1f}",
+                  f"{results['decode_bound'] / results['xray_infer']:.2f}"]])
+    print(f"speedup vs naive: {results['speedup_vs_naive']:.1f}x; "
+          f"{100 * results['fraction_of_decode_bound']:.0f}% of the decode bound")
+    save(args.json, "e2e", {"n": n, "batch_size": args.batch_size, "results": results})
+    return results

@@ -1,0 +1,226 @@
+"""docs/experiments.md and its plots, from experiments folders and the shipped model."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import CLASS_NAMES
+from .metrics import NORMAL, roc_curve
+from .train import RunConfig
+
+METRICS = [("val", "accuracy"), ("val", "macro_f1"), ("val", "loss"), ("test", "accuracy"),
+           ("test", "macro_f1"), ("test", "binary_accuracy"), ("test", "binary_auc")]
+HEAD = ["val acc", "val macro-F1", "val loss", "test acc", "test macro-F1",
+        "test normal-vs-pneumonia acc", "test AUC"]
+
+
+def load_grid(grid):
+    """(summary, {run name: [results]}) of an experiments folder."""
+    grid = Path(grid)
+    summary_path = grid / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    runs = {}
+    for p in sorted((grid / "runs").glob("*.json")):
+        r = json.loads(p.read_text())
+        if "error" not in r:
+            runs.setdefault(r["config"]["name"], []).append(r)
+    return summary, runs
+
+
+def _fmt(values, digits=3):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def _changes(cfg):
+    """The fields in which a run's config differs from the base config, as text."""
+    base = RunConfig().to_dict()
+    cfg = RunConfig.from_dict(cfg).to_dict()
+    out = []
+    for k, v in cfg["net"].items():
+        if v != base["net"][k]:
+            out.append(f"{k}={v}")
+    for k, v in cfg.items():
+        if k not in ("net", "name", "seed") and v != base[k]:
+            out.append(f"{k}={v}")
+    return ", ".join(out) or "(base)"
+
+
+def table(runs, names):
+    lines = ["| run | differs from base | seeds | " + " | ".join(HEAD) + " | best epoch | train s |",
+             "|" + "---|" * (len(HEAD) + 5)]
+    for n in names:
+        rs = runs[n]
+        cells = [_fmt([r[s].get(m) for r in rs]) for s, m in METRICS]
+        lines.append(f"| {n} | {_changes(rs[0]['config'])} | {len(rs)} | " + " | ".join(cells)
+                     + f" | {_fmt([r['best_epoch'] for r in rs], 0)} | "
+                     f"{_fmt([r['train_seconds'] for r in rs], 0)} |")
+    return "\n".join(lines)
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(runs, names, path, title):
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for n in names:
+        h = runs[n][0]["history"]
+        ep = [e["epoch"] for e in h]
+        line, = axes[0].plot(ep, [e["train_loss"] for e in h], label=n)
+        axes[1].plot(ep, [e["val_loss"] for e in h], color=line.get_color())
+        axes[2].plot(ep, [e["val_macro_f1"] for e in h], color=line.get_color())
+    for ax, t in zip(axes, ("train loss", "validation loss", "validation macro-F1")):
+        ax.set_title(t)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{title} (seed {runs[names[0]][0]['config']['seed']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_confusions(cms, path):
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(cms), figsize=(4.5 * len(cms), 4))
+    for ax, (title, cm) in zip(np.atleast_1d(axes), cms.items()):
+        cm = np.asarray(cm)
+        ax.imshow(cm / cm.sum(1, keepdims=True), cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                        color="white" if cm[i, j] > cm[i].sum() / 2 else "black")
+        ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+        ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_rocs(curves, path):
+    """curves: {title: (labels, probs)}; normal-vs-pneumonia and one-vs-rest per class."""
+    from .metrics import roc_auc
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.5))
+    for ax, (title, (labels, probs)) in zip(np.atleast_1d(axes), curves.items()):
+        labels, probs = np.asarray(labels), np.asarray(probs)
+        pos, score = labels != NORMAL, 1 - probs[:, NORMAL]
+        fpr, tpr = roc_curve(pos, score)
+        ax.plot(fpr, tpr, lw=2, label=f"pneumonia vs normal (AUC {roc_auc(pos, score):.3f})")
+        for k, name in enumerate(CLASS_NAMES):
+            fpr, tpr = roc_curve(labels == k, probs[:, k])
+            ax.plot(fpr, tpr, lw=1, ls="--",
+                    label=f"{name} vs rest (AUC {roc_auc(labels == k, probs[:, k]):.3f})")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_title(title)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _model_probs(model_path):
+    """(spec, {split: (labels, probs)}) of an exported model on validation and test."""
+    import onnxruntime as ort
+
+    from xray_infer.spec import ModelSpec
+
+    from .data import cached_arrays
+    from .dataset import load_splits
+    from .export import ort_logits
+    from .metrics import softmax
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    spec = ModelSpec.from_metadata(sess.get_modelmeta().custom_metadata_map, str(model_path))
+    splits = load_splits()
+    out = {}
+    for split in ("val", "test"):
+        x, y = cached_arrays(splits[split], spec.input_size, spec.mean, spec.std)
+        out[split] = (y, softmax(ort_logits(model_path, x)))
+    return spec, out
+
+
+def write_report(grids, out_dir, model=None, notes=None):
+    """Write ``<out_dir>/experiments.md`` (+ img/, experiments.json) from experiment folders."""
+    out_dir = Path(out_dir)
+    img = out_dir / "img"
+    img.mkdir(parents=True, exist_ok=True)
+    md = ["# Experiments", "",
+          "Generated by `python -m trainer report` from the experiment folders below; every "
+          "figure here comes from those runs. Selection uses the validation split only (patients "
+          "carved out of the published train split, 15% of each class); the published test "
+          "split is evaluated once per finished run, for reporting.", ""]
+    compact = {}
+    for grid in grids:
+        grid = Path(grid)
+        summary, runs = load_grid(grid)
+        if not runs:
+            continue
+        tag = grid.name
+        first = next(iter(runs.values()))[0]
+        size = first["config"]["net"]["input_size"]
+        md += [f"## `{tag}`: {len(sum(runs.values(), []))} runs on {first.get('device', '?')}, "
+               f"{size} px", ""]
+        if summary:
+            md += [f"Selected on validation: **{summary['selected']}** "
+                   f"({summary['selection']}).", ""]
+            if summary.get("failed"):
+                md += ["Failed runs: " + "; ".join(summary["failed"]), ""]
+        groups = {}
+        for name in runs:
+            group = summary.get("runs", {}).get(name, {}).get("group", "runs")
+            groups.setdefault(group, []).append(name)
+        base = ["base"] if "base" in runs else []
+        for group, names in groups.items():
+            shown = names if group in ("base", "runs") else base + names
+            md += [f"### {group}", "", table(runs, shown), ""]
+            png = img / f"{tag}-{group}.png"
+            plot_curves(runs, shown, png, f"{tag}: {group}")
+            md += [f"![{group} learning curves](img/{png.name})", ""]
+        compact[tag] = {n: [{k: r[k] for k in ("config", "val", "test", "best_epoch",
+                                               "train_seconds", "device", "history") if k in r}
+                            for r in rs] for n, rs in runs.items()}
+    if model and Path(model).exists():
+        spec, probs = _model_probs(model)
+        m = spec.metrics
+        md += ["## The shipped model", "",
+               f"`{Path(model).name}`, version {spec.model_version}: run "
+               f"`{spec.provenance.get('run')}`, {spec.provenance.get('selection')}; "
+               f"temperature {m['temperature']:.3f} fitted on validation. Command: "
+               f"`{spec.provenance.get('command')}`.", "",
+               "| split | n | accuracy | macro-F1 | normal-vs-pneumonia accuracy | AUC |",
+               "|---|---|---|---|---|---|"]
+        for split in ("val", "test"):
+            s = m[split]
+            md.append(f"| {split} | {s['n']} | {s['accuracy']:.4f} | {s['macro_f1']:.4f} | "
+                      f"{s['binary_accuracy']:.4f} | {s['binary_auc']:.4f} |")
+        plot_confusions({f"{split} (n={m[split]['n']})": m[split]["confusion"]
+                         for split in ("val", "test")}, img / "shipped-confusion.png")
+        plot_rocs({f"{split}": probs[split] for split in ("val", "test")},
+                  img / "shipped-roc.png")
+        md += ["", "![confusion matrices](img/shipped-confusion.png)", "",
+               "![ROC curves](img/shipped-roc.png)", ""]
+        cm = np.asarray(m["test"]["confusion"])
+        md += ["Where it fails on the test split: "
+               f"{cm[0, 1] + cm[0, 2]} of {cm[0].sum()} normal scans are called pneumonia "
+               f"({cm[0, 2]} viral, {cm[0, 1]} bacterial); {cm[1, 2]} of {cm[1].sum()} bacterial "
+               f"are called viral and {cm[2, 1]} of {cm[2].sum()} viral are called bacterial; "
+               f"{cm[1, 0] + cm[2, 0]} pneumonia scans are called normal.", ""]
+    if notes and Path(notes).exists():
+        md += [Path(notes).read_text().strip(), ""]
+    (out_dir / "experiments.md").write_text("\n".join(md))
+    (out_dir / "experiments.json").write_text(json.dumps(compact))
+    return out_dir / "experiments.md"
