@@ -49,7 +49,7 @@ def test_train_one_epoch_and_export(tmp_path, data):
     onnx.checker.check_model(onnx.load(str(model)))
     clf = Classifier(model, providers=["CPUExecutionProvider"])
     assert clf.spec.input_size == 64 and clf.spec.metrics["test"]["n"] == 18
-    assert (RunConfig.from_dict(clf.spec.provenance["run_config"])
+    assert (RunConfig.from_dict(clf.spec.provenance["run_configs"][0])
             == RunConfig.from_dict(result["config"]))
     r = clf.classify(np.zeros((100, 80), np.uint8))
     assert r[0].ok

@@ -2,7 +2,7 @@
 
     python -m trainer experiments --out runs/grid --device cuda --workers 4
     python -m trainer report --grid runs/grid --out docs
-    python -m trainer export --grid runs/grid --out xray_infer/models/default.onnx
+    python -m trainer export --select runs/grid --out xray_infer/models/default.onnx
     python -m trainer train --out runs/one --epochs 10 --size 128     # a single run
 """
 import argparse
@@ -56,21 +56,53 @@ def cmd_experiments(a):
              convs_per_block=a.convs_per_block, log=lambda m: print(m, flush=True))
 
 
-def _selected_run(grid):
-    """(result json path) of the seed with the best validation macro-F1 of the selected config."""
-    summary = json.loads((Path(grid) / "summary.json").read_text())
-    name = summary["selected"]
-    paths = sorted((Path(grid) / "runs").glob(f"{name}_s*.json"))
-    results = [(json.loads(p.read_text()), p) for p in paths]
-    return max(results, key=lambda rp: (rp[0]["val"]["macro_f1"], -rp[0]["val"]["loss"]))[1]
+def candidates(folders, ensemble):
+    """Validation-only choice of what to ship, from the runs that kept a checkpoint.
+
+    Candidates: every single run, and for each input size the ensemble of its ``ensemble``
+    best runs (by validation macro-F1). Each is scored by the validation macro-F1 of its (mean)
+    validation probabilities; returns [(score, [run json paths])], best first.
+    """
+    import numpy as np
+
+    from .metrics import summarize
+    runs = []
+    for folder in folders:
+        for p in sorted((Path(folder) / "runs").glob("*.json")):
+            r = json.loads(p.read_text())
+            if "error" not in r and p.with_suffix(".pt").exists():
+                runs.append((p, r))
+    if not runs:
+        raise SystemExit(f"no runs with checkpoints under {', '.join(map(str, folders))}")
+    yval = np.array([r.label for r in load_splits()["val"]])
+
+    def score(members):
+        probs = np.mean([np.asarray(r["val_probs"]) for _, r in members], axis=0)
+        return summarize(yval, probs)["macro_f1"]
+
+    out = [(score([m]), [m[0]]) for m in runs]
+    for size in sorted({r["config"]["net"]["input_size"] for _, r in runs}):
+        same = sorted((m for m in runs if m[1]["config"]["net"]["input_size"] == size),
+                      key=lambda m: m[1]["val"]["macro_f1"], reverse=True)[:ensemble]
+        if ensemble > 1 and len(same) == ensemble:
+            out.append((score(same), [m[0] for m in same]))
+    return sorted(out, key=lambda c: c[0], reverse=True)
 
 
 def cmd_export(a):
-    from .export import export
-    run_path = Path(a.run) if a.run else _selected_run(a.grid)
-    result = json.loads(run_path.read_text())
-    cfg = RunConfig.from_dict(result["config"])
-    state = torch.load(run_path.with_suffix(".pt"), map_location="cpu")
+    from .export import export, save_checkpoint
+    if a.run:
+        paths = [Path(p) for p in a.run]
+    else:
+        ranked = candidates(a.select, a.ensemble)
+        for sc, members in ranked[:8]:
+            print(f"  candidate: val macro-F1 {sc:.4f}: {' + '.join(p.stem for p in members)}")
+        paths = ranked[0][1]
+    results = [json.loads(p.read_text()) for p in paths]
+    members = [(RunConfig.from_dict(r["config"]),
+                torch.load(p.with_suffix(".pt"), map_location="cpu"))
+               for p, r in zip(paths, results)]
+    cfg = members[0][0]
     splits = load_splits(a.data)
     data = _load({k: splits[k] for k in ("val", "test")}, cfg.net.input_size, cfg, a.limit)
     try:
@@ -78,17 +110,20 @@ def cmd_export(a):
                                 check=False).stdout.strip()
     except OSError:
         commit = ""
-    provenance = {"run": run_path.stem, "selection": "best validation macro-F1",
+    provenance = {"runs": [f"{p.parent.parent.name}/{p.stem}" for p in paths],
+                  "selection": ("explicit" if a.run else
+                                f"best validation macro-F1 among single runs and top-{a.ensemble} "
+                                f"ensembles"),
                   "command": "python -m trainer " + " ".join(sys.argv[1:]),
-                  "trained_on": result.get("device", ""), "code_commit": commit,
-                  "best_epoch": result["best_epoch"]}
-    spec = export(cfg, state, a.out, data, model_version=a.version, provenance=provenance)
-    if a.save_checkpoint:
-        Path(a.save_checkpoint).parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"config": cfg.to_dict(), "state_dict": state,
-                    "temperature": spec.metrics["temperature"]}, a.save_checkpoint)
+                  "trained_on": sorted({r.get("device", "") for r in results}),
+                  "best_epochs": [r["best_epoch"] for r in results], "code_commit": commit}
+    spec, _ = export(members, a.out, data, model_version=a.version, provenance=provenance)
     m = spec.metrics
-    print(f"wrote {a.out}: temperature {m['temperature']:.3f}, parity {m['export_parity_max_abs_diff']:.1e}")
+    if a.save_checkpoint:
+        save_checkpoint(a.save_checkpoint, members, m["temperatures"])
+    print(f"wrote {a.out}: {len(members)} member(s), temperatures "
+          f"{', '.join(f'{t:.3f}' for t in m['temperatures'])}, "
+          f"ORT/torch parity {m['export_parity_max_abs_diff']:.1e}")
     for split in ("val", "test"):
         s = m[split]
         print(f"  {split}: accuracy {s['accuracy']:.4f} macro-F1 {s['macro_f1']:.4f} "
@@ -141,8 +176,11 @@ def main(argv=None):
 
     x = sub.add_parser("export", parents=[common], help="export a run to ONNX with metadata")
     src = x.add_mutually_exclusive_group(required=True)
-    src.add_argument("--grid", help="experiments folder: export its validation-selected run")
-    src.add_argument("--run", help="a run's .json (its .pt beside it)")
+    src.add_argument("--select", nargs="+", metavar="DIR",
+                     help="experiment folders: export the validation-best candidate")
+    src.add_argument("--run", nargs="+", help="runs' .json files (.pt beside); several = ensemble")
+    x.add_argument("--ensemble", type=int, default=3,
+                   help="with --select: also consider ensembles of this many runs")
     x.add_argument("--out", required=True)
     x.add_argument("--version", default="0.1.0")
     x.add_argument("--save-checkpoint", metavar="PT",

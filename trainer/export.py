@@ -1,7 +1,8 @@
-"""Export a trained checkpoint to ONNX with its ModelSpec in the metadata.
+"""Export one trained model, or an ensemble of several, to ONNX with its ModelSpec in the metadata.
 
-The exported graph returns temperature-scaled logits (temperature fitted on validation), so
-``softmax(output)`` is the calibrated probability; argmax is unchanged by the scaling.
+Each member's logits are divided by a temperature fitted on validation; the graph returns
+``log(mean_i softmax(logits_i / T_i))``, so ``softmax(output)`` is the calibrated (ensemble)
+probability. For a single member the argmax is that of its raw logits.
 Export fails when ONNX Runtime and torch disagree by more than ``PARITY_TOL`` on real inputs.
 """
 import hashlib
@@ -27,14 +28,18 @@ TRAINING_DATA = ("Kermany et al. 2018 pediatric chest X-rays (Guangzhou Women an
                  "published patient-wise split; validation carved from train by patient")
 
 
-class _Scaled(nn.Module):
-    def __init__(self, model, temperature):
+class Calibrated(nn.Module):
+    """Members with temperatures -> log of the mean calibrated probability."""
+
+    def __init__(self, models, temperatures):
         super().__init__()
-        self.model = model
-        self.register_buffer("inv_t", torch.tensor(1.0 / temperature))
+        self.members = nn.ModuleList(models)
+        self.register_buffer("inv_t", torch.tensor([1.0 / t for t in temperatures]))
 
     def forward(self, x):
-        return self.model(x) * self.inv_t
+        p = torch.stack([torch.softmax(m(x) * self.inv_t[i], dim=1)
+                         for i, m in enumerate(self.members)]).mean(0)
+        return torch.log(p.clamp_min(1e-12))
 
 
 def fit_temperature(logits, labels):
@@ -52,20 +57,30 @@ def ort_logits(path, x, batch_size=256):
                            for i in range(0, len(x), batch_size)])
 
 
-def export(run_cfg, state_dict, out_path, data, *, model_version, provenance):
-    """Write ``out_path`` (+ ``.sha256``); returns the ModelSpec written.
+def _member(cfg, state):
+    model = build(cfg.net, len(CLASS_NAMES))
+    model.load_state_dict(state)
+    return model.eval()
 
-    ``data`` maps ``val``/``test`` to ``(x, labels)`` preprocessed at the model's input size.
+
+def export(members, out_path, data, *, model_version, provenance):
+    """Write ``out_path`` (+ ``.sha256``); returns (ModelSpec, torch module).
+
+    ``members`` is a list of ``(RunConfig, state_dict)`` sharing input size and normalisation.
+    ``data`` maps ``val``/``test`` to ``(x, labels)`` preprocessed at that input size.
     """
     out_path = Path(out_path)
-    model = build(run_cfg.net, len(CLASS_NAMES))
-    model.load_state_dict(state_dict)
-    model.eval()
+    cfgs = [c for c, _ in members]
+    if len({(c.net.input_size, c.mean, c.std) for c in cfgs}) != 1:
+        raise ValueError("ensemble members must share input size and normalisation")
+    run_cfg = cfgs[0]
+    models = [_member(c, s) for c, s in members]
     xval, yval = data["val"]
+    temperatures = []
     with torch.no_grad():
-        val_logits = model(torch.as_tensor(np.asarray(xval))).numpy()
-    temperature = fit_temperature(val_logits, yval)
-    wrapped = _Scaled(model, temperature).eval()
+        for m in models:
+            temperatures.append(fit_temperature(m(torch.as_tensor(np.asarray(xval))).numpy(), yval))
+    wrapped = Calibrated(models, temperatures).eval()
     size = run_cfg.net.input_size
     spec = ModelSpec(class_names=CLASS_NAMES, input_size=size, mean=run_cfg.mean, std=run_cfg.std,
                      model_version=model_version, training_data=TRAINING_DATA)
@@ -84,34 +99,39 @@ def export(run_cfg, state_dict, out_path, data, *, model_version, provenance):
         tmp.unlink()
         raise RuntimeError(f"ONNX Runtime and torch disagree: max abs logit diff {diff:.2e} "
                            f"> {PARITY_TOL:.0e}")
-    metrics = {"temperature": temperature, "export_parity_max_abs_diff": diff}
+    metrics = {"temperatures": temperatures, "export_parity_max_abs_diff": diff}
     for split in ("val", "test"):
         x, y = data[split]
-        m = summarize(y, softmax(ort_logits(tmp, x)))
-        metrics[split] = m
+        metrics[split] = summarize(y, softmax(ort_logits(tmp, x)))
     spec = ModelSpec(**{**spec.__dict__, "metrics": metrics,
-                        "provenance": dict(provenance, run_config=run_cfg.to_dict())})
+                        "provenance": dict(provenance, run_configs=[c.to_dict() for c in cfgs])})
     proto = onnx.load(str(tmp))
     tmp.unlink()
     del proto.metadata_props[:]
     for k, v in spec.to_metadata().items():
         proto.metadata_props.add(key=k, value=v)
     proto.producer_name = "xray_infer.trainer"
-    proto.doc_string = "Pediatric chest X-ray classifier (normal/bacterial/viral). Not a diagnostic device."
+    proto.doc_string = ("Pediatric chest X-ray classifier (normal/bacterial/viral). "
+                        "Not a diagnostic device.")
     onnx.checker.check_model(proto)
     onnx.save(proto, str(tmp))
     os.replace(tmp, out_path)
     digest = hashlib.sha256(out_path.read_bytes()).hexdigest()
     out_path.with_name(out_path.name + ".sha256").write_text(f"{digest}  {out_path.name}\n")
-    return spec
+    return spec, wrapped
+
+
+def save_checkpoint(path, members, temperatures):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"members": [{"config": c.to_dict(), "state_dict": s} for c, s in members],
+                "temperatures": temperatures}, path)
 
 
 def load_checkpoint(path):
-    """The eval-mode torch module saved by ``export --save-checkpoint``, temperature included,
-    so that it computes the same logits as the exported ONNX graph."""
+    """(torch module, first member's RunConfig) saved by ``export --save-checkpoint``; the module
+    computes the same outputs as the exported ONNX graph."""
     from .train import RunConfig
     ckpt = torch.load(path, map_location="cpu")
-    cfg = RunConfig.from_dict(ckpt["config"])
-    model = build(cfg.net, len(CLASS_NAMES))
-    model.load_state_dict(ckpt["state_dict"])
-    return _Scaled(model, ckpt["temperature"]).eval(), cfg
+    cfgs = [RunConfig.from_dict(m["config"]) for m in ckpt["members"]]
+    models = [_member(c, m["state_dict"]) for c, m in zip(cfgs, ckpt["members"])]
+    return Calibrated(models, ckpt["temperatures"]).eval(), cfgs[0]

@@ -197,10 +197,11 @@ def write_report(grids, out_dir, model=None, notes=None):
         spec, probs = _model_probs(model)
         m = spec.metrics
         md += ["## The shipped model", "",
-               f"`{Path(model).name}`, version {spec.model_version}: run "
-               f"`{spec.provenance.get('run')}`, {spec.provenance.get('selection')}; "
-               f"temperature {m['temperature']:.3f} fitted on validation. Command: "
-               f"`{spec.provenance.get('command')}`.", "",
+               f"`{Path(model).name}`, version {spec.model_version}: "
+               f"{' + '.join(f'`{r}`' for r in spec.provenance.get('runs', []))} "
+               f"({spec.provenance.get('selection')}); temperatures "
+               f"{', '.join(f'{t:.3f}' for t in m['temperatures'])} fitted on validation. "
+               f"Command: `{spec.provenance.get('command')}`.", "",
                "| split | n | accuracy | macro-F1 | normal-vs-pneumonia accuracy | AUC |",
                "|---|---|---|---|---|---|"]
         for split in ("val", "test"):
