@@ -201,3 +201,28 @@ def test_no_warning_on_plain_cpu():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Classifier(providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.slow
+def test_whole_test_split_matches_reference_and_recorded_accuracy(clf, data):
+    """All 624 test images: classify() == reference preprocessing + plain session.run, and the
+    accuracy equals the figure written into the model's metadata at export."""
+    from trainer.dataset import scan_split
+    records = scan_split(data / "chest_xray" / "test")
+    results = clf.classify([r.path for r in records], batch_size=64)
+    s = clf.spec
+    sess = ort.InferenceSession(str(clf.model_path), providers=["CPUExecutionProvider"])
+    ref = []
+    for r in records:
+        img = read_image(r.path)
+        ref.append(reference_preprocess(img.pixels, size=s.input_size, mean=s.mean, std=s.std,
+                                        maxval=img.maxval))
+    ref = np.stack(ref)[:, None]
+    logits = np.concatenate([sess.run(None, {s.input_name: ref[i:i + 64]})[0]
+                             for i in range(0, len(ref), 64)])
+    ref_labels = [s.class_names[k] for k in logits.argmax(1)]
+    assert [r.label for r in results] == ref_labels
+    truth = [r.class_name for r in records]
+    accuracy = np.mean([a == b for a, b in zip(ref_labels, truth)])
+    assert accuracy == pytest.approx(s.metrics["test"]["accuracy"], abs=1e-9)
+    assert s.metrics["test"]["n"] == len(records) == 624

@@ -43,11 +43,11 @@ HYPER = {
     "lr-0.5x": lambda c: replace(c, lr=c.lr / 2),
     "lr-2x": lambda c: replace(c, lr=c.lr * 2),
     "epochs-2x": lambda c: replace(c, epochs=c.epochs * 2),
-    "batch-32": lambda c: replace(c, batch_size=32),
 }
-#: Costlier hyperparameters, run with ``--more-hyper`` (widths double the compute, size+32
+#: More hyperparameters, run with ``--more-hyper`` (widths double the compute, size+32
 #: about 1.6 times).
 MORE_HYPER = {
+    "batch-32": lambda c: replace(c, batch_size=32),
     "width-2x": lambda c: replace(c, net=replace(c.net, widths=tuple(2 * w for w in c.net.widths))),
     "size+32": lambda c: replace(c, net=replace(c.net, input_size=c.net.input_size + 32)),
 }
