@@ -24,14 +24,14 @@ def collect_inputs(paths, recursive):
     """Expand files and folders into a list of file paths (folders: sorted, by extension).
 
     A path named explicitly is always included, whatever its extension, so that a bad file
-    given by name gets an error row instead of vanishing.
+    given by name gets an error row instead of vanishing; so is anything in a folder whose name
+    has an image extension, a folder named ``x.jpeg`` included (it gets an error row).
     """
     files = []
     for p in paths:
         if os.path.isdir(p):
             walker = (Path(p).rglob("*") if recursive else Path(p).iterdir())
-            found = sorted(str(f) for f in walker
-                           if f.suffix.lower() in IMAGE_EXTENSIONS and not f.is_dir())
+            found = sorted(str(f) for f in walker if f.suffix.lower() in IMAGE_EXTENSIONS)
             files.extend(found)
         elif os.path.lexists(p):
             files.append(p)
