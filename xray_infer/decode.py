@@ -11,6 +11,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from . import dicom
 from .errors import DecodeError
 
 #: Largest image (width x height) decoded; a header declaring more is rejected before decoding.
@@ -20,11 +21,11 @@ MAX_PIXELS = 100_000_000
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
 #: File extensions collected when scanning folders (matched case-insensitively).
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 
 class Decoded(NamedTuple):
-    """A decoded scan: 2-D ``pixels`` (uint8 or uint16) and the declared maximum value."""
+    """A decoded scan: 2-D ``pixels`` (uint8, uint16 or float32) and the declared maximum."""
     pixels: np.ndarray
     maxval: float
 
@@ -69,6 +70,8 @@ def decode_bytes(data, source="<bytes>"):
     """Decode an encoded image held in memory. See ``read_image``."""
     if len(data) == 0:
         raise DecodeError(source, "empty file (0 bytes)")
+    if dicom.is_dicom(data, source):
+        return Decoded(dicom.decode_dicom(data, source, MAX_PIXELS), 1.0)
     size = _declared_size(data)
     if size is not None:
         width, height = size
@@ -96,7 +99,8 @@ def read_image(path):
     """Read ``path`` into a ``Decoded`` 2-D grayscale scan.
 
     Colour is converted to luminance (ITU-R BT.601 weights, as OpenCV defines them); 8-bit
-    data keeps maxval 255 and 16-bit data maxval 65535.
+    data keeps maxval 255 and 16-bit data maxval 65535. DICOM files (``DICM`` magic or a
+    ``.dcm`` name) go through ``xray_infer.dicom`` and come back as float32 in [0, 1].
 
     Raises
     ------

@@ -1,0 +1,123 @@
+"""DICOM files built from real test scans give the predictions of their JPEG originals."""
+import sys
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid  # noqa: E402
+
+from xray_infer import Classifier  # noqa: E402
+from xray_infer.decode import read_image  # noqa: E402
+from xray_infer.errors import DecodeError  # noqa: E402
+
+SCANS = ["chest_xray/test/NORMAL/IM-0001-0001.jpeg",
+         "chest_xray/test/PNEUMONIA/person100_bacteria_475.jpeg",
+         "chest_xray/test/PNEUMONIA/person10_virus_35.jpeg"]
+
+
+def write_dicom(path, pixels, bits_stored, photometric="MONOCHROME2", syntax=ExplicitVRLittleEndian,
+                **extra):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = extra.pop("SamplesPerPixel", 1)
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    for k, v in extra.items():
+        setattr(ds, k, v)
+    if syntax.is_compressed:  # not a valid codestream: decoding must fail with a clear error
+        from pydicom.encaps import encapsulate
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not a real JPEG 2000 codestream"])
+    else:
+        ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clf():
+    return Classifier(providers=["CPUExecutionProvider"])
+
+
+def variants(tmp_path, gray, i):
+    g12 = np.round(gray.astype(np.float64) * 4095 / 255).astype(np.uint16)
+    return {
+        "8-bit MONOCHROME2": write_dicom(tmp_path / f"{i}a.dcm", gray, 8),
+        "12-bit in 16": write_dicom(tmp_path / f"{i}b.dcm", g12, 12),
+        "MONOCHROME1": write_dicom(tmp_path / f"{i}c.dcm", (4095 - g12).astype(np.uint16), 12,
+                                   "MONOCHROME1"),
+        "rescale slope/intercept": write_dicom(tmp_path / f"{i}d.dcm", g12, 12,
+                                               RescaleSlope=2, RescaleIntercept=-1024),
+        "window": write_dicom(tmp_path / f"{i}e.dcm", g12, 12, WindowCenter=2048,
+                              WindowWidth=4096),
+    }
+
+
+def test_dicom_predictions_match_jpeg(clf, data, tmp_path):
+    for i, scan in enumerate(SCANS):
+        jpeg = data / scan
+        gray = read_image(jpeg).pixels
+        ref = clf.classify([str(jpeg)])[0]
+        files = variants(tmp_path, gray, i)
+        results = clf.classify([str(p) for p in files.values()])
+        for (name, _), r in zip(files.items(), results):
+            assert r.ok, (name, r.error)
+            assert r.label == ref.label, (scan, name)
+            diff = max(abs(r.probabilities[k] - ref.probabilities[k]) for k in ref.probabilities)
+            assert diff < 0.02, (scan, name, diff)
+
+
+def test_monochrome1_is_inverted(data, tmp_path):
+    gray = read_image(data / SCANS[0]).pixels
+    a = read_image(write_dicom(tmp_path / "m2.dcm", gray, 8)).pixels
+    b = read_image(write_dicom(tmp_path / "m1.dcm", 255 - gray, 8, "MONOCHROME1")).pixels
+    assert a.dtype == np.float32 and np.allclose(a, b) and np.allclose(a, gray / 255)
+
+
+@pytest.mark.parametrize("kw,reason", [
+    (dict(NumberOfFrames=2), "multi-frame"),
+    (dict(photometric="RGB", SamplesPerPixel=3), "colour"),
+    (dict(photometric="PALETTE COLOR"), "photometric interpretation"),
+    (dict(syntax=JPEG2000Lossless), "transfer syntax"),
+])
+def test_unsupported_dicom_is_rejected(tmp_path, kw, reason):
+    pixels = np.zeros((8, 8), np.uint8)
+    if kw.get("NumberOfFrames"):
+        pixels = np.zeros((2, 8, 8), np.uint8)
+    p = write_dicom(tmp_path / "bad.dcm", pixels if pixels.ndim == 2 else pixels[0], 8, **kw)
+    with pytest.raises(DecodeError, match=reason) as e:
+        read_image(p)
+    assert "bad.dcm" in str(e.value)
+
+
+def test_dicom_without_pixels_and_garbage(tmp_path):
+    p = tmp_path / "report.dcm"
+    write_dicom(p, np.zeros((4, 4), np.uint8), 8)
+    ds = pydicom.dcmread(p)
+    del ds.PixelData
+    ds.save_as(p)
+    with pytest.raises(DecodeError, match="without pixel data"):
+        read_image(p)
+    q = tmp_path / "junk.dcm"
+    q.write_bytes(b"\x00" * 128 + b"DICM" + b"\x01" * 50)
+    with pytest.raises(DecodeError, match="DICOM"):
+        read_image(q)
+
+
+def test_missing_pydicom_gives_install_hint(tmp_path, monkeypatch):
+    p = write_dicom(tmp_path / "a.dcm", np.zeros((4, 4), np.uint8), 8)
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    with pytest.raises(DecodeError, match=r"pip install 'xray-infer\[dicom\]'"):
+        read_image(p)
