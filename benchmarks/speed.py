@@ -71,7 +71,7 @@ def decode(args):
     from PIL import Image
     import io
     blobs = [open(p, "rb").read() for p in fullres_paths(args.limit)]
-    flags = {"opencv IMREAD_UNCHANGED (library path)": cv2.IMREAD_UNCHANGED,
+    flags = {"opencv ANYDEPTH|ANYCOLOR (library path)": cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR,
              "opencv IMREAD_GRAYSCALE": cv2.IMREAD_GRAYSCALE,
              "opencv IMREAD_REDUCED_GRAYSCALE_2": cv2.IMREAD_REDUCED_GRAYSCALE_2,
              "opencv IMREAD_REDUCED_GRAYSCALE_4": cv2.IMREAD_REDUCED_GRAYSCALE_4}
@@ -177,7 +177,8 @@ def e2e(args):
     def decode_only():
         def one(p):
             with open(p, "rb") as f:
-                return cv2.imdecode(np.frombuffer(f.read(), np.uint8), cv2.IMREAD_UNCHANGED)
+                return cv2.imdecode(np.frombuffer(f.read(), np.uint8),
+                                    cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
         with ThreadPoolExecutor(os.cpu_count()) as pool:
             return list(pool.map(one, paths))
 

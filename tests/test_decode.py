@@ -83,3 +83,18 @@ def test_pixel_limit_is_checked_before_decoding():
     assert 60000 * 60000 > MAX_PIXELS
     with pytest.raises(DecodeError, match="60000x60000"):
         decode_bytes(_png(60000, 60000), "bomb.png")
+
+
+def test_exif_orientation_is_applied(tmp_path, data):
+    """A JPEG whose EXIF says 'rotate 90 CW' decodes upright, as OpenCV's decoder defines it."""
+    from PIL import Image
+    gray = read_image(data / SCAN).pixels
+    tall = np.ascontiguousarray(gray[:, :150])  # non-square so the rotation is visible
+    img = Image.fromarray(np.ascontiguousarray(np.rot90(tall, 1)))  # stored rotated 90 CCW
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    p = tmp_path / "rotated.jpeg"
+    img.save(p, exif=exif, quality=98)
+    d = read_image(p).pixels
+    assert d.shape == tall.shape
+    assert np.abs(d.astype(int) - tall.astype(int)).mean() < 3

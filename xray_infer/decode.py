@@ -24,6 +24,9 @@ MAX_FILE_BYTES = 512 * 1024 * 1024
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 
+_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
 class Decoded(NamedTuple):
     """A decoded scan: 2-D ``pixels`` (uint8, uint16 or float32) and the declared maximum."""
     pixels: np.ndarray
@@ -83,7 +86,9 @@ def decode_bytes(data, source="<bytes>"):
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
         # libjpeg fills a truncated scan with grey and only warns; refuse it instead.
         raise DecodeError(source, "truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # ANYDEPTH keeps 16-bit data, ANYCOLOR keeps grayscale single-channel; unlike UNCHANGED,
+    # this applies the EXIF orientation as OpenCV's decoder defines it.
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)
     if img is None:
         raise DecodeError(source, "not a decodable image (unknown format or corrupt data)")
     if img.dtype not in (np.uint8, np.uint16):
