@@ -8,15 +8,19 @@ import os
 import struct
 from typing import NamedTuple
 
-import cv2
-import numpy as np
+#: Largest image (width x height) decoded; a header declaring more is rejected before decoding.
+#: 100 MP is about four times the largest radiograph detectors produce.
+MAX_PIXELS = 100_000_000
+# OpenCV's own guard (default 2**30 pixels) for formats whose header is not read here (TIFF,
+# BMP, ...); it is read once, at OpenCV's first decode.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from . import dicom
 from .errors import DecodeError
 
-#: Largest image (width x height) decoded; a header declaring more is rejected before decoding.
-#: 100 MP is about four times the largest radiograph detectors produce.
-MAX_PIXELS = 100_000_000
 #: Largest file read.
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
