@@ -98,3 +98,14 @@ def test_exif_orientation_is_applied(tmp_path, data):
     d = read_image(p).pixels
     assert d.shape == tall.shape
     assert np.abs(d.astype(int) - tall.astype(int)).mean() < 3
+
+
+def test_cmyk_and_grayscale_jpeg(tmp_path, data):
+    from PIL import Image
+    gray = read_image(data / SCAN).pixels
+    Image.fromarray(gray).convert("CMYK").save(tmp_path / "cmyk.jpeg", quality=98)
+    Image.fromarray(gray).save(tmp_path / "gray.jpeg", quality=98)
+    for name in ("cmyk.jpeg", "gray.jpeg"):
+        d = read_image(tmp_path / name)
+        assert d.pixels.shape == gray.shape and d.pixels.dtype == np.uint8
+        assert np.abs(d.pixels.astype(int) - gray.astype(int)).mean() < 3, name
