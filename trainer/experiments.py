@@ -138,7 +138,13 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
                        "failed": failed}
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             if keep_checkpoints is not None:
-                keep = sorted(results, key=lambda n: _score(results[n]), reverse=True)
+                # Ranked over every finished run in the folder, earlier invocations included.
+                on_disk = {}
+                for p in (out_dir / "runs").glob("*.json"):
+                    r = json.loads(p.read_text())
+                    if "error" not in r:
+                        on_disk.setdefault(r["config"]["name"], []).append(r)
+                keep = sorted(on_disk, key=lambda n: _score(on_disk[n]), reverse=True)
                 keep = set(keep[:keep_checkpoints])
                 for pt in (out_dir / "runs").glob("*.pt"):
                     if pt.stem.rsplit("_s", 1)[0] not in keep:
@@ -157,6 +163,8 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
                 ranked = sorted(helped, key=lambda n: _score(results[n]), reverse=True)
                 combined, used = _combine([RunConfig.from_dict(groups[n]["config"])
                                            for n in ranked])
+                log(f"phase 2: combining {used} (best first; skipped: changes already made by a "
+                    f"better run, or that shrink the net to nothing)")
                 combos.append(adjust(combined, "combo-" + "+".join(used), "combination"))
             log(f"phase 2: ablations that beat base on validation: {helped or 'none'}")
             if combos:
@@ -173,21 +181,40 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
     return results, summary
 
 
+def _builds(cfg):
+    """Whether the net of ``cfg`` runs at its input size (valid padding and strided stems can
+    shrink the feature map to nothing)."""
+    from .model import build
+    try:
+        with torch.no_grad():
+            build(cfg.net)(torch.zeros(1, 1, cfg.net.input_size, cfg.net.input_size))
+    except RuntimeError:
+        return False
+    return True
+
+
 def _combine(configs):
-    """Apply each config's changes from BASE onto BASE; for a field changed by several, the
-    first (best-scoring) config wins. Returns (config, names of the configs that contributed)."""
-    top, net, used = {}, {}, []
+    """Apply the configs' changes from BASE onto BASE, best first.
+
+    A config's changes are taken only where they touch fields no better config changed, and
+    only if the net still runs at its input size. Returns (config, names of configs applied).
+    """
+    top_fields = ("lr", "epochs", "batch_size", "weight_decay", "label_smoothing", "augment",
+                  "class_weights")
+    combined, used = BASE, []
     for c in configs:
-        contributed = False
-        for k in ("lr", "epochs", "batch_size", "weight_decay", "label_smoothing", "augment",
-                  "class_weights"):
-            if getattr(c, k) != getattr(BASE, k) and k not in top:
-                top[k] = getattr(c, k)
-                contributed = True
-        for k in BASE.net.__dataclass_fields__:
-            if getattr(c.net, k) != getattr(BASE.net, k) and k not in net:
-                net[k] = getattr(c.net, k)
-                contributed = True
-        if contributed:
+        top = {k: getattr(c, k) for k in top_fields
+               if getattr(c, k) != getattr(BASE, k) and getattr(combined, k) == getattr(BASE, k)}
+        net = {k: getattr(c.net, k) for k in BASE.net.__dataclass_fields__
+               if getattr(c.net, k) != getattr(BASE.net, k)
+               and getattr(combined.net, k) == getattr(BASE.net, k)}
+        # A dropout rate only matters with the dropout kind it was tried with.
+        if "dropout_rate" in net and combined.net.dropout != c.net.dropout:
+            del net["dropout_rate"]
+        if not top and not net:
+            continue
+        candidate = replace(combined, net=replace(combined.net, **net), **top)
+        if _builds(candidate):
+            combined = candidate
             used.append(c.name)
-    return replace(BASE, net=replace(BASE.net, **net), **top), used
+    return combined, used

@@ -176,7 +176,10 @@ class Classifier:
     def _finish(self, start, chunk, batch, futures):
         errors = [f.result() for f in futures]
         good = [i for i, e in enumerate(errors) if e is None]
-        probs = self.predict(batch[good]) if good else None
+        if len(good) == len(chunk):
+            probs = self.predict(batch)  # the common case: no copy
+        else:
+            probs = self.predict(batch[good]) if good else None
         row = dict(zip(good, range(len(good))))
         names = self.spec.class_names
         for i, item in enumerate(chunk):
