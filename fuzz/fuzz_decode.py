@@ -7,9 +7,15 @@ raw array of a fuzzed shape and dtype and go straight to the kernel, which must 
 the NumPy reference. Expected rejections (DecodeError, ImageError) are fine; anything else, or a
 crash, is a finding.
 """
+import os
 import sys
 
 import atheris
+
+# A lower pixel limit than the library's 100 MP keeps each input's memory small, so the fuzzer
+# explores code paths instead of allocation sizes (the limit itself is tested elsewhere).
+FUZZ_MAX_PIXELS = 4_000_000
+os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(FUZZ_MAX_PIXELS)
 
 with atheris.instrument_imports():
     import numpy as np
@@ -20,9 +26,7 @@ with atheris.instrument_imports():
     from xray_infer.preprocess import preprocess, reference_preprocess
 
 DTYPES = (np.uint8, np.uint16, np.float32)
-# A lower pixel limit than the library's 100 MP keeps each input's memory small, so the fuzzer
-# explores code paths instead of allocation sizes (the limit itself is tested elsewhere).
-decode.MAX_PIXELS = 4_000_000
+decode.MAX_PIXELS = FUZZ_MAX_PIXELS
 
 
 def test_one_input(data):

@@ -237,8 +237,18 @@ def build_parser():
     return p
 
 
+def _quiet_opencv():
+    """OpenCV logs its own messages for every corrupt file; the CLI reports each failure itself."""
+    import cv2
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # builds without the logging bindings
+        pass
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    _quiet_opencv()
     try:
         return args.fn(args)
     except UsageError as e:

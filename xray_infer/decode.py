@@ -37,10 +37,30 @@ class Decoded(NamedTuple):
     maxval: float
 
 
+def sniff_format(data):
+    """'jpeg', 'png', 'tiff' or 'bmp' from the leading bytes, else None.
+
+    Only these formats reach OpenCV: its other decoders (Radiance HDR, PFM, OpenEXR, ...) decode
+    to float images of several bytes a pixel, a cheap way for a malformed file to take gigabytes.
+    """
+    if data[:2] == b"\xff\xd8":
+        return "jpeg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if data[:2] == b"BM":
+        return "bmp"
+    return None
+
+
 def _declared_size(data):
-    """(width, height) from a PNG or JPEG header, or None when the format is not one of those."""
+    """(width, height) from a PNG, BMP or JPEG header, or None where none is found."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         return struct.unpack(">II", data[16:24])
+    if data[:2] == b"BM" and len(data) >= 26:
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)
     if data[:2] == b"\xff\xd8":
         i = 2
         while i + 9 < len(data):
@@ -79,6 +99,9 @@ def decode_bytes(data, source="<bytes>"):
         raise DecodeError(source, "empty file (0 bytes)")
     if dicom.is_dicom(data, source):
         return Decoded(dicom.decode_dicom(data, source, MAX_PIXELS), 1.0)
+    if sniff_format(data) is None:
+        raise DecodeError(source, "not a decodable image (unrecognised format; JPEG, PNG, "
+                                  "TIFF, BMP and DICOM are read)")
     size = _declared_size(data)
     if size is not None:
         width, height = size
@@ -92,7 +115,11 @@ def decode_bytes(data, source="<bytes>"):
         raise DecodeError(source, "truncated JPEG (no end-of-image marker)")
     # ANYDEPTH keeps 16-bit data, ANYCOLOR keeps grayscale single-channel; unlike UNCHANGED,
     # this applies the EXIF orientation as OpenCV's decoder defines it.
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)
+    except cv2.error as e:  # OpenCV raises for some malformed headers instead of returning None
+        reason = e.msg.strip() or "corrupt data"
+        raise DecodeError(source, f"not a decodable image ({reason})") from None
     if img is None:
         raise DecodeError(source, "not a decodable image (unknown format or corrupt data)")
     if img.dtype not in (np.uint8, np.uint16):

@@ -7,7 +7,8 @@ maximum value ``maxval`` (255 for 8-bit, ``2**bits - 1`` for deeper data). It is
    radiographs squashed to a square), by *area* resampling: along each axis, output sample ``i``
    is the mean of the input over the interval ``[i * n_in / n_out, (i + 1) * n_in / n_out)``,
    each input pixel weighted by its overlap with that interval (``area_weights``). Shrinking,
-   this equals OpenCV's ``INTER_AREA``; enlarging, it mixes the two nearest pixels by overlap;
+   this equals OpenCV's ``INTER_AREA`` on float input; enlarging, it mixes the two nearest
+   pixels by overlap;
 2. normalised to float32 as ``(x / maxval - mean) / std``.
 
 ``reference_preprocess`` is a plain NumPy transcription of this text. ``preprocess_into`` runs
