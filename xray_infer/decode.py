@@ -11,8 +11,8 @@ from typing import NamedTuple
 #: Largest image (width x height) decoded; a header declaring more is rejected before decoding.
 #: 100 MP is about four times the largest radiograph detectors produce.
 MAX_PIXELS = 100_000_000
-# OpenCV's own guard (default 2**30 pixels) for formats whose header is not read here (TIFF,
-# BMP, ...); it is read once, at OpenCV's first decode.
+# OpenCV's own guard (default 2**30 pixels), a second line behind the header checks here; it is
+# read once, at OpenCV's first decode.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 import cv2  # noqa: E402
@@ -25,7 +25,7 @@ from .errors import DecodeError
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
 #: File extensions collected when scanning folders (matched case-insensitively).
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".dcm", ".dicom")
 
 
 _FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
@@ -38,17 +38,16 @@ class Decoded(NamedTuple):
 
 
 def sniff_format(data):
-    """'jpeg', 'png', 'tiff' or 'bmp' from the leading bytes, else None.
+    """'jpeg', 'png' or 'bmp' from the leading bytes, else None.
 
-    Only these formats reach OpenCV: its other decoders (Radiance HDR, PFM, OpenEXR, ...) decode
-    to float images of several bytes a pixel, a cheap way for a malformed file to take gigabytes.
+    Only these formats reach OpenCV: fuzzing found small malformed files that took gigabytes
+    while the other decoders were reachable (its float formats such as Radiance HDR decode to
+    12 bytes a pixel; TIFF buffers follow header fields other than the image size).
     """
     if data[:2] == b"\xff\xd8":
         return "jpeg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "png"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
     if data[:2] == b"BM":
         return "bmp"
     return None
@@ -101,7 +100,7 @@ def decode_bytes(data, source="<bytes>"):
         return Decoded(dicom.decode_dicom(data, source, MAX_PIXELS), 1.0)
     if sniff_format(data) is None:
         raise DecodeError(source, "not a decodable image (unrecognised format; JPEG, PNG, "
-                                  "TIFF, BMP and DICOM are read)")
+                                  "BMP and DICOM are read)")
     size = _declared_size(data)
     if size is not None:
         width, height = size

@@ -31,7 +31,7 @@ EXPECTED = {
     "gray16.png": True,
     "rgb.png": True,
     "rgba.png": True,
-    "gray.tiff": True,
+    "gray.tiff": "unrecognised format",
     "gray.bmp": True,
     "progressive.jpeg": True,
     "upper-case.JPEG": True,
