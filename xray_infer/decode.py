@@ -25,7 +25,7 @@ from .errors import DecodeError
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
 #: File extensions collected when scanning folders (matched case-insensitively).
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".dcm", ".dicom")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 
 _FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
@@ -38,16 +38,17 @@ class Decoded(NamedTuple):
 
 
 def sniff_format(data):
-    """'jpeg', 'png' or 'bmp' from the leading bytes, else None.
+    """'jpeg', 'png', 'tiff' or 'bmp' from the leading bytes, else None.
 
-    Only these formats reach OpenCV: fuzzing found small malformed files that took gigabytes
-    while the other decoders were reachable (its float formats such as Radiance HDR decode to
-    12 bytes a pixel; TIFF buffers follow header fields other than the image size).
+    Only these formats reach OpenCV: radiographs are not exported in its other ones, and some of
+    those (Radiance HDR, PFM, ...) decode to float images of up to 12 bytes a pixel.
     """
     if data[:2] == b"\xff\xd8":
         return "jpeg"
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return "png"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
     if data[:2] == b"BM":
         return "bmp"
     return None
@@ -100,7 +101,7 @@ def decode_bytes(data, source="<bytes>"):
         return Decoded(dicom.decode_dicom(data, source, MAX_PIXELS), 1.0)
     if sniff_format(data) is None:
         raise DecodeError(source, "not a decodable image (unrecognised format; JPEG, PNG, "
-                                  "BMP and DICOM are read)")
+                                  "TIFF, BMP and DICOM are read)")
     size = _declared_size(data)
     if size is not None:
         width, height = size

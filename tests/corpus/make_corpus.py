@@ -31,7 +31,8 @@ EXPECTED = {
     "gray16.png": True,
     "rgb.png": True,
     "rgba.png": True,
-    "tiff-named.png": "unrecognised format",  # TIFF is not decoded, whatever the name
+    "gray.tiff": True,
+    "radiance.png": "unrecognised format",  # a Radiance HDR file: OpenCV could, we do not
     "gray.bmp": True,
     "progressive.jpeg": True,
     "upper-case.JPEG": True,
@@ -70,8 +71,9 @@ def make(out, source):
     bgr = cv2.merge([gray, gray, gray])
     cv2.imwrite(str(out / "rgb.png"), bgr)
     cv2.imwrite(str(out / "rgba.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA))
-    ok, tiff = cv2.imencode(".tiff", gray)
-    (out / "tiff-named.png").write_bytes(tiff.tobytes())
+    cv2.imwrite(str(out / "gray.tiff"), gray)
+    ok, hdr = cv2.imencode(".hdr", cv2.merge([gray, gray, gray]).astype(np.float32) / 255)
+    (out / "radiance.png").write_bytes(hdr.tobytes())
     cv2.imwrite(str(out / "gray.bmp"), gray)
     cv2.imwrite(str(out / "progressive.jpeg"), gray, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
     (out / "upper-case.JPEG").write_bytes(raw)
