@@ -13,7 +13,7 @@ from .common import DATA, fullres_paths, print_table, save
 
 def parity(args):
     from trainer.dataset import scan_split
-    from trainer.export import load_checkpoint
+    from trainer.export import load_checkpoint, ort_logits
     import torch
     clf = Classifier(args.model, providers=["CPUExecutionProvider"])
     model, _ = load_checkpoint(args.checkpoint)
@@ -28,11 +28,7 @@ def parity(args):
         kern.append(preprocess(img.pixels, **kw))
         ref.append(reference_preprocess(img.pixels, **kw))
     kern, ref = np.stack(kern)[:, None], np.stack(ref)[:, None]
-    sess = clf.session
-    ort_k = np.concatenate([sess.run(None, {s.input_name: kern[i:i + 64]})[0]
-                            for i in range(0, len(kern), 64)])
-    ort_r = np.concatenate([sess.run(None, {s.input_name: ref[i:i + 64]})[0]
-                            for i in range(0, len(ref), 64)])
+    ort_k, ort_r = ort_logits(clf.session, kern), ort_logits(clf.session, ref)
     with torch.no_grad():
         torch_k = model(torch.from_numpy(kern)).numpy()
     labels = np.array([r.label for r in records])

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .data import cached_arrays, preprocess_records
-from .dataset import DATA_ROOT, limit_per_class, load_splits
+from .data import load_arrays
+from .dataset import DATA_ROOT, load_splits
 from .train import RunConfig, train_run
 
 
@@ -25,13 +25,6 @@ def _device(name):
     return name
 
 
-def _load(splits, size, cfg, limit):
-    if limit:
-        return {k: preprocess_records(limit_per_class(v, limit), size, cfg.mean, cfg.std)
-                for k, v in splits.items()}
-    return {k: cached_arrays(v, size, cfg.mean, cfg.std) for k, v in splits.items()}
-
-
 def cmd_train(a):
     net = RunConfig().net
     if a.widths:
@@ -39,7 +32,7 @@ def cmd_train(a):
     cfg = RunConfig(name=a.name, net=replace(net, input_size=a.size), epochs=a.epochs, seed=a.seed,
                     batch_size=a.batch_size)
     torch.set_num_threads(a.threads)
-    data = _load(load_splits(a.data), a.size, cfg, a.limit)
+    data = load_arrays(load_splits(a.data), a.size, cfg.mean, cfg.std, a.limit)
     result, state = train_run(cfg, data, _device(a.device))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,12 +59,9 @@ def candidates(folders, ensemble):
     import numpy as np
 
     from .metrics import summarize
-    runs = []
-    for folder in folders:
-        for p in sorted((Path(folder) / "runs").glob("*.json")):
-            r = json.loads(p.read_text())
-            if "error" not in r and p.with_suffix(".pt").exists():
-                runs.append((p, r))
+    from .experiments import load_runs
+    runs = [(p, r) for folder in folders for p, r in load_runs(folder)
+            if p.with_suffix(".pt").exists()]
     if not runs:
         raise SystemExit(f"no runs with checkpoints under {', '.join(map(str, folders))}")
     yval = np.array([r.label for r in load_splits()["val"]])
@@ -104,7 +94,8 @@ def cmd_export(a):
                for p, r in zip(paths, results)]
     cfg = members[0][0]
     splits = load_splits(a.data)
-    data = _load({k: splits[k] for k in ("val", "test")}, cfg.net.input_size, cfg, a.limit)
+    data = load_arrays({k: splits[k] for k in ("val", "test")}, cfg.net.input_size, cfg.mean,
+                       cfg.std, a.limit)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 check=False).stdout.strip()

@@ -26,6 +26,16 @@ def preprocess_records(records, size, mean, std, threads=None):
     return out, np.array([r.label for r in records], np.int64)
 
 
+def load_arrays(splits, size, mean, std, limit=0):
+    """{split: (x, labels)} for {split: records}; ``limit`` keeps the first N images of each class
+    (smoke runs, which skip the disk cache)."""
+    if limit:
+        from .dataset import limit_per_class
+        return {k: preprocess_records(limit_per_class(v, limit), size, mean, std)
+                for k, v in splits.items()}
+    return {k: cached_arrays(v, size, mean, std) for k, v in splits.items()}
+
+
 def cached_arrays(records, size, mean, std, cache_dir=CACHE_DIR):
     """``preprocess_records`` memoised on disk, keyed by the file list and parameters."""
     key = hashlib.sha256(repr(([r.path for r in records], size, mean, std)).encode())

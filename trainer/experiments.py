@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import limit_per_class, load_splits
-from .data import cached_arrays
+from .data import load_arrays
+from .dataset import load_splits
 from .train import RunConfig, train_run
 
 BASE = RunConfig()
@@ -57,11 +57,18 @@ _DATA = {}  # per-process memo of loaded arrays, keyed by input size
 
 def _data(size, cfg, limit=0):
     if size not in _DATA:
-        splits = load_splits()
-        if limit:
-            splits = {k: limit_per_class(v, limit) for k, v in splits.items()}
-        _DATA[size] = {k: cached_arrays(v, size, cfg.mean, cfg.std) for k, v in splits.items()}
+        _DATA[size] = load_arrays(load_splits(), size, cfg.mean, cfg.std, limit)
     return _DATA[size]
+
+
+def load_runs(folder):
+    """[(json path, result)] of the finished runs under ``folder/runs`` (failed ones left out)."""
+    out = []
+    for p in sorted((Path(folder) / "runs").glob("*.json")):
+        r = json.loads(p.read_text())
+        if "error" not in r:
+            out.append((p, r))
+    return out
 
 
 def _run_one(args):
@@ -140,10 +147,8 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
             if keep_checkpoints is not None:
                 # Ranked over every finished run in the folder, earlier invocations included.
                 on_disk = {}
-                for p in (out_dir / "runs").glob("*.json"):
-                    r = json.loads(p.read_text())
-                    if "error" not in r:
-                        on_disk.setdefault(r["config"]["name"], []).append(r)
+                for _, r in load_runs(out_dir):
+                    on_disk.setdefault(r["config"]["name"], []).append(r)
                 keep = sorted(on_disk, key=lambda n: _score(on_disk[n]), reverse=True)
                 keep = set(keep[:keep_checkpoints])
                 for pt in (out_dir / "runs").glob("*.pt"):

@@ -50,8 +50,12 @@ def fit_temperature(logits, labels):
     return float(grid[int(np.argmin(nll))])
 
 
-def ort_logits(path, x, batch_size=256):
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def cpu_session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def ort_logits(sess, x, batch_size=256):
+    """The session's first output for a float32 NCHW array, run in batches."""
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: np.ascontiguousarray(x[i:i + batch_size])})[0]
                            for i in range(0, len(x), batch_size)])
@@ -94,7 +98,8 @@ def export(members, out_path, data, *, model_version, provenance):
     check = np.ascontiguousarray(np.asarray(xval[:32]))
     with torch.no_grad():
         ref = wrapped(torch.as_tensor(check)).numpy()
-    diff = float(np.abs(ort_logits(tmp, check) - ref).max())
+    sess = cpu_session(tmp)
+    diff = float(np.abs(ort_logits(sess, check) - ref).max())
     if diff > PARITY_TOL:
         tmp.unlink()
         raise RuntimeError(f"ONNX Runtime and torch disagree: max abs logit diff {diff:.2e} "
@@ -102,7 +107,7 @@ def export(members, out_path, data, *, model_version, provenance):
     metrics = {"temperatures": temperatures, "export_parity_max_abs_diff": diff}
     for split in ("val", "test"):
         x, y = data[split]
-        metrics[split] = summarize(y, softmax(ort_logits(tmp, x)))
+        metrics[split] = summarize(y, softmax(ort_logits(sess, x)))
     spec = ModelSpec(**{**spec.__dict__, "metrics": metrics,
                         "provenance": dict(provenance, run_configs=[c.to_dict() for c in cfgs])})
     proto = onnx.load(str(tmp))

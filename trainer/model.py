@@ -5,7 +5,6 @@ linear layer, so class activation maps stay possible and any input size works.
 """
 from dataclasses import asdict, dataclass, replace
 
-import torch
 from torch import nn
 
 PADDINGS = ("valid", "same", "reflect")

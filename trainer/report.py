@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import CLASS_NAMES
+from .experiments import load_runs
 from .metrics import NORMAL, roc_curve
 from .train import RunConfig
 
@@ -20,10 +21,8 @@ def load_grid(grid):
     summary_path = grid / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     runs = {}
-    for p in sorted((grid / "runs").glob("*.json")):
-        r = json.loads(p.read_text())
-        if "error" not in r:
-            runs.setdefault(r["config"]["name"], []).append(r)
+    for _, r in load_runs(grid):
+        runs.setdefault(r["config"]["name"], []).append(r)
     return summary, runs
 
 
@@ -140,21 +139,19 @@ def plot_rocs(curves, path):
 
 def _model_probs(model_path):
     """(spec, {split: (labels, probs)}) of an exported model on validation and test."""
-    import onnxruntime as ort
-
     from xray_infer.spec import ModelSpec
 
     from .data import cached_arrays
     from .dataset import load_splits
-    from .export import ort_logits
+    from .export import cpu_session, ort_logits
     from .metrics import softmax
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    sess = cpu_session(model_path)
     spec = ModelSpec.from_metadata(sess.get_modelmeta().custom_metadata_map, str(model_path))
     splits = load_splits()
     out = {}
     for split in ("val", "test"):
         x, y = cached_arrays(splits[split], spec.input_size, spec.mean, spec.std)
-        out[split] = (y, softmax(ort_logits(model_path, x)))
+        out[split] = (y, softmax(ort_logits(sess, x)))
     return spec, out
 
 

@@ -132,14 +132,14 @@ class Classifier:
     # -- preprocessing -------------------------------------------------------------------------
     def _prepare(self, item, index, out):
         """Decode/preprocess one input into ``out``; returns None or the error message."""
+        source = self._source(item, index)
         try:
             if isinstance(item, (str, os.PathLike)):
-                source = os.fspath(item)
                 decoded = read_image(source)
             elif isinstance(item, Decoded):
-                source, decoded = f"<array {index}>", item
+                decoded = item
             elif isinstance(item, np.ndarray):
-                source, decoded = f"<array {index}>", Decoded(item, None)
+                decoded = Decoded(item, None)
             else:
                 return f"unsupported input type {type(item).__name__} (expected a path or array)"
             preprocess_into(decoded.pixels, out, mean=self.spec.mean, std=self.spec.std,
