@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .data import load_arrays
-from .dataset import DATA_ROOT, load_splits
+from .dataset import DATA_ROOT, VAL_SPLITS, load_splits
 from .train import RunConfig, train_run
 
 
@@ -30,9 +30,10 @@ def cmd_train(a):
     if a.widths:
         net = replace(net, widths=tuple(a.widths))
     cfg = RunConfig(name=a.name, net=replace(net, input_size=a.size), epochs=a.epochs, seed=a.seed,
-                    batch_size=a.batch_size)
+                    batch_size=a.batch_size, val_split=a.val_split)
     torch.set_num_threads(a.threads)
-    data = load_arrays(load_splits(a.data), a.size, cfg.mean, cfg.std, a.limit)
+    data = load_arrays(load_splits(a.data, scheme=cfg.val_split), a.size, cfg.mean, cfg.std,
+                       a.limit)
     result, state = train_run(cfg, data, _device(a.device))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,7 +47,8 @@ def cmd_experiments(a):
     run_grid(a.out, seeds=tuple(a.seeds), workers=a.workers, device=_device(a.device),
              epochs=a.epochs, size=a.size, phases=tuple(a.phases),
              keep_checkpoints=a.keep_checkpoints, limit=a.limit, more_hyper=a.more_hyper,
-             convs_per_block=a.convs_per_block, log=lambda m: print(m, flush=True))
+             convs_per_block=a.convs_per_block, val_split=a.val_split,
+             log=lambda m: print(m, flush=True))
 
 
 def candidates(folders, ensemble):
@@ -54,7 +56,8 @@ def candidates(folders, ensemble):
 
     Candidates: every single run, and for each input size the ensemble of its ``ensemble``
     best runs (by validation macro-F1). Each is scored by the validation macro-F1 of its (mean)
-    validation probabilities; returns [(score, [run json paths])], best first.
+    validation probabilities; returns [(score, [run json paths])], best first. Runs validated
+    on different splits cannot be ranked together, so mixing them is an error.
     """
     import numpy as np
 
@@ -64,7 +67,11 @@ def candidates(folders, ensemble):
             if p.with_suffix(".pt").exists()]
     if not runs:
         raise SystemExit(f"no runs with checkpoints under {', '.join(map(str, folders))}")
-    yval = np.array([r.label for r in load_splits()["val"]])
+    schemes = {RunConfig.from_dict(r["config"]).val_split for _, r in runs}
+    if len(schemes) > 1:
+        raise SystemExit(f"runs under {', '.join(map(str, folders))} were validated on different "
+                         f"splits ({', '.join(sorted(schemes))}); select within one")
+    yval = np.array([r.label for r in load_splits(scheme=schemes.pop())["val"]])
 
     def score(members):
         probs = np.mean([np.asarray(r["val_probs"]) for _, r in members], axis=0)
@@ -93,7 +100,9 @@ def cmd_export(a):
                 torch.load(p.with_suffix(".pt"), map_location="cpu"))
                for p, r in zip(paths, results)]
     cfg = members[0][0]
-    splits = load_splits(a.data)
+    if len({c.val_split for c, _ in members}) > 1:
+        raise SystemExit("ensemble members were validated on different splits")
+    splits = load_splits(a.data, scheme=cfg.val_split)
     data = load_arrays({k: splits[k] for k in ("val", "test")}, cfg.net.input_size, cfg.mean,
                        cfg.std, a.limit)
     try:
@@ -146,6 +155,8 @@ def main(argv=None):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--device", default="auto")
+    t.add_argument("--val-split", choices=VAL_SPLITS, default=RunConfig.val_split,
+                   help="which training patients validate (see trainer/dataset.py)")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("experiments", parents=[common],
@@ -161,6 +172,8 @@ def main(argv=None):
     e.add_argument("--phases", type=int, nargs="+", default=[1, 2, 3])
     e.add_argument("--keep-checkpoints", type=int, metavar="K",
                    help="keep .pt files only for the K best configurations on validation")
+    e.add_argument("--val-split", choices=VAL_SPLITS, default=RunConfig.val_split,
+                   help="which training patients validate (see trainer/dataset.py)")
     e.add_argument("--more-hyper", action="store_true",
                    help="phase 3 also tries doubled widths and a larger input size")
     e.set_defaults(fn=cmd_experiments)

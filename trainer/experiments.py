@@ -52,13 +52,15 @@ MORE_HYPER = {
     "size+32": lambda c: replace(c, net=replace(c.net, input_size=c.net.input_size + 32)),
 }
 
-_DATA = {}  # per-process memo of loaded arrays, keyed by input size
+_DATA = {}  # per-process memo of loaded arrays, keyed by input size and validation split
 
 
-def _data(size, cfg, limit=0):
-    if size not in _DATA:
-        _DATA[size] = load_arrays(load_splits(), size, cfg.mean, cfg.std, limit)
-    return _DATA[size]
+def _data(cfg, limit=0):
+    key = (cfg.net.input_size, cfg.val_split)
+    if key not in _DATA:
+        _DATA[key] = load_arrays(load_splits(scheme=cfg.val_split), cfg.net.input_size,
+                                 cfg.mean, cfg.std, limit)
+    return _DATA[key]
 
 
 def load_runs(folder):
@@ -81,7 +83,7 @@ def _run_one(args):
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         try:
-            result, state = train_run(cfg, _data(cfg.net.input_size, cfg, limit), device,
+            result, state = train_run(cfg, _data(cfg, limit), device,
                                       log=lambda m: print(m, file=log, flush=True))
         except Exception as e:  # one broken variant must not end the grid; it is reported
             print(f"FAILED: {type(e).__name__}: {e}", file=log, flush=True)
@@ -102,7 +104,7 @@ def _score(results):
 
 def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=None,
              phases=(1, 2, 3), keep_checkpoints=None, limit=0, more_hyper=False,
-             convs_per_block=None, log=print):
+             convs_per_block=None, val_split=None, log=print):
     """Run the phases; returns {run name: [result per seed]} and writes ``<out>/summary.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,8 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
             cfg = replace(cfg, epochs=epochs)
         if size:
             cfg = replace(cfg, net=replace(cfg.net, input_size=size))
+        if val_split:
+            cfg = replace(cfg, val_split=val_split)
         return replace(cfg, name=name), group
     results, groups, failed = {}, {}, []
     ctx = mp.get_context("spawn")

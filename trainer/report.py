@@ -147,7 +147,8 @@ def _model_probs(model_path):
     from .metrics import softmax
     sess = cpu_session(model_path)
     spec = ModelSpec.from_metadata(sess.get_modelmeta().custom_metadata_map, str(model_path))
-    splits = load_splits()
+    cfg = RunConfig.from_dict(spec.provenance["run_configs"][0])
+    splits = load_splits(scheme=cfg.val_split)
     out = {}
     for split in ("val", "test"):
         x, y = cached_arrays(splits[split], spec.input_size, spec.mean, spec.std)

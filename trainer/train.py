@@ -31,6 +31,8 @@ class RunConfig:
     # scan's brightness means the same thing at training and inference.
     mean: float = 0.5
     std: float = 0.25
+    # Which patients of the published train split validate (``dataset.patient_split``).
+    val_split: str = "earliest"
 
     def to_dict(self):
         d = asdict(self)
@@ -41,6 +43,7 @@ class RunConfig:
     def from_dict(cls, d):
         d = dict(d)
         d["net"] = NetConfig.from_dict(d["net"])
+        d.setdefault("val_split", "random")  # runs recorded before the field existed
         return cls(**d)
 
 
