@@ -100,8 +100,6 @@ def cmd_export(a):
                 torch.load(p.with_suffix(".pt"), map_location="cpu"))
                for p, r in zip(paths, results)]
     cfg = members[0][0]
-    if len({c.val_split for c, _ in members}) > 1:
-        raise SystemExit("ensemble members were validated on different splits")
     splits = load_splits(a.data, scheme=cfg.val_split)
     data = load_arrays({k: splits[k] for k in ("val", "test")}, cfg.net.input_size, cfg.mean,
                        cfg.std, a.limit)

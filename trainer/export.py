@@ -26,6 +26,9 @@ PARITY_TOL = 1e-4
 TRAINING_DATA = ("Kermany et al. 2018 pediatric chest X-rays (Guangzhou Women and Children's "
                  "Medical Center, ages 1-5, AP view), CC BY 4.0, doi:10.17632/rscbjbr9sj.2; "
                  "published patient-wise split; validation carved from train by patient")
+VAL_SPLIT_TEXT = {"earliest": "the lowest-numbered patients of each naming series, as in the "
+                              "published test split",
+                  "random": "a seeded random patient draw"}
 
 
 class Calibrated(nn.Module):
@@ -70,13 +73,15 @@ def _member(cfg, state):
 def export(members, out_path, data, *, model_version, provenance):
     """Write ``out_path`` (+ ``.sha256``); returns (ModelSpec, torch module).
 
-    ``members`` is a list of ``(RunConfig, state_dict)`` sharing input size and normalisation.
+    ``members`` is a list of ``(RunConfig, state_dict)`` sharing input size, normalisation and
+    validation split (temperatures are fitted on it).
     ``data`` maps ``val``/``test`` to ``(x, labels)`` preprocessed at that input size.
     """
     out_path = Path(out_path)
     cfgs = [c for c, _ in members]
-    if len({(c.net.input_size, c.mean, c.std) for c in cfgs}) != 1:
-        raise ValueError("ensemble members must share input size and normalisation")
+    if len({(c.net.input_size, c.mean, c.std, c.val_split) for c in cfgs}) != 1:
+        raise ValueError("ensemble members must share input size, normalisation and validation "
+                         "split")
     run_cfg = cfgs[0]
     models = [_member(c, s) for c, s in members]
     xval, yval = data["val"]
@@ -87,7 +92,8 @@ def export(members, out_path, data, *, model_version, provenance):
     wrapped = Calibrated(models, temperatures).eval()
     size = run_cfg.net.input_size
     spec = ModelSpec(class_names=CLASS_NAMES, input_size=size, mean=run_cfg.mean, std=run_cfg.std,
-                     model_version=model_version, training_data=TRAINING_DATA)
+                     model_version=model_version,
+                     training_data=f"{TRAINING_DATA} ({VAL_SPLIT_TEXT[run_cfg.val_split]})")
     tmp = out_path.with_suffix(".tmp.onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(wrapped, (torch.zeros(1, 1, size, size),), str(tmp), dynamo=False,
