@@ -32,7 +32,7 @@ class RunConfig:
     mean: float = 0.5
     std: float = 0.25
     # Which patients of the published train split validate (``dataset.patient_split``).
-    val_split: str = "earliest"
+    val_split: str = "random"
 
     def to_dict(self):
         d = asdict(self)
@@ -43,7 +43,6 @@ class RunConfig:
     def from_dict(cls, d):
         d = dict(d)
         d["net"] = NetConfig.from_dict(d["net"])
-        d.setdefault("val_split", "random")  # runs recorded before the field existed
         return cls(**d)
 
 
