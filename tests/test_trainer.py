@@ -31,6 +31,23 @@ def test_invalid_config_is_rejected():
         NetConfig(padding="circular")
 
 
+def test_runs_from_old_records_read_as_random_split():
+    d = RunConfig(val_split="earliest").to_dict()
+    assert RunConfig.from_dict(d).val_split == "earliest"
+    del d["val_split"]  # recorded before the field existed
+    assert RunConfig.from_dict(d).val_split == "random"
+
+
+def test_export_refuses_members_validated_on_different_splits(tmp_path):
+    from trainer.export import export
+    net = NetConfig(widths=(4, 8), input_size=32)
+    state = build(net).state_dict()
+    members = [(RunConfig(net=net), state), (RunConfig(net=net, val_split="earliest"), state)]
+    with pytest.raises(ValueError, match="validation split"):
+        export(members, tmp_path / "m.onnx", data={}, model_version="0", provenance={})
+    assert not list(tmp_path.iterdir())
+
+
 def test_train_one_epoch_and_export(tmp_path, data):
     out = tmp_path / "run"
     common = [sys.executable, "-m", "trainer"]
