@@ -35,7 +35,7 @@ def test_counts_match_the_dataset_readme(data):
         assert tuple(c[n] for n in CLASS_NAMES) == expected
 
 
-@pytest.mark.parametrize("scheme", VAL_SPLITS)
+@pytest.mark.parametrize("scheme", list(VAL_SPLITS))
 def test_split_is_patient_disjoint_stratified_and_repeatable(data, scheme):
     splits = load_splits(data, scheme=scheme)
     train, val = splits["train"], splits["val"]

@@ -153,7 +153,7 @@ def main(argv=None):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--device", default="auto")
-    t.add_argument("--val-split", choices=VAL_SPLITS, default=RunConfig.val_split,
+    t.add_argument("--val-split", choices=list(VAL_SPLITS), default=RunConfig.val_split,
                    help="which training patients validate (see trainer/dataset.py)")
     t.set_defaults(fn=cmd_train)
 
@@ -170,7 +170,7 @@ def main(argv=None):
     e.add_argument("--phases", type=int, nargs="+", default=[1, 2, 3])
     e.add_argument("--keep-checkpoints", type=int, metavar="K",
                    help="keep .pt files only for the K best configurations on validation")
-    e.add_argument("--val-split", choices=VAL_SPLITS, default=RunConfig.val_split,
+    e.add_argument("--val-split", choices=list(VAL_SPLITS), default=RunConfig.val_split,
                    help="which training patients validate (see trainer/dataset.py)")
     e.add_argument("--more-hyper", action="store_true",
                    help="phase 3 also tries doubled widths and a larger input size")

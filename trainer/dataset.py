@@ -69,8 +69,11 @@ def scan_split(root):
     return records
 
 
-#: How validation patients are chosen from the published train split (see ``patient_split``).
-VAL_SPLITS = ("random", "earliest")
+#: How validation patients can be chosen from the published train split (``patient_split``),
+#: each with the description written into reports and model metadata.
+VAL_SPLITS = {"random": "a seeded random draw of patients",
+              "earliest": "the lowest-numbered patients of each naming series, as in the "
+                          "published test split"}
 
 _SERIES = re.compile(r"^(.*?)(\d+)$")
 
@@ -98,7 +101,8 @@ def patient_split(records, val_fraction=0.15, seed=0, scheme="random"):
     stays the default.
     """
     if scheme not in VAL_SPLITS:
-        raise ValueError(f"validation split scheme must be one of {VAL_SPLITS}, got {scheme!r}")
+        raise ValueError(f"validation split scheme must be one of {tuple(VAL_SPLITS)}, "
+                         f"got {scheme!r}")
     by_patient = {}
     for r in records:
         by_patient.setdefault(r.patient, []).append(r)

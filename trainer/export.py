@@ -17,7 +17,7 @@ from torch import nn
 
 from xray_infer.spec import ModelSpec
 
-from .dataset import CLASS_NAMES
+from .dataset import CLASS_NAMES, VAL_SPLITS
 from .metrics import softmax, summarize
 from .model import build
 
@@ -26,9 +26,6 @@ PARITY_TOL = 1e-4
 TRAINING_DATA = ("Kermany et al. 2018 pediatric chest X-rays (Guangzhou Women and Children's "
                  "Medical Center, ages 1-5, AP view), CC BY 4.0, doi:10.17632/rscbjbr9sj.2; "
                  "published patient-wise split; validation carved from train by patient")
-VAL_SPLIT_TEXT = {"earliest": "the lowest-numbered patients of each naming series, as in the "
-                              "published test split",
-                  "random": "a seeded random patient draw"}
 
 
 class Calibrated(nn.Module):
@@ -93,7 +90,7 @@ def export(members, out_path, data, *, model_version, provenance):
     size = run_cfg.net.input_size
     spec = ModelSpec(class_names=CLASS_NAMES, input_size=size, mean=run_cfg.mean, std=run_cfg.std,
                      model_version=model_version,
-                     training_data=f"{TRAINING_DATA} ({VAL_SPLIT_TEXT[run_cfg.val_split]})")
+                     training_data=f"{TRAINING_DATA} ({VAL_SPLITS[run_cfg.val_split]})")
     tmp = out_path.with_suffix(".tmp.onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(wrapped, (torch.zeros(1, 1, size, size),), str(tmp), dynamo=False,
