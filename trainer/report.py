@@ -36,7 +36,7 @@ def _fmt(values, digits=3):
 
 
 GROUP_ORDER = ("base", "padding", "dropout", "batch_norm", "stride", "training", "combination",
-               "hyperparameters", "runs")
+               "hyperparameters", "runs", "earlier")
 
 
 def _changes(cfg, base=None):
@@ -192,7 +192,10 @@ def write_report(grids, out_dir, model=None, notes=None):
                 md += ["Failed runs: " + "; ".join(summary["failed"]), ""]
         groups = {}
         for name in runs:
-            group = summary.get("runs", {}).get(name, {}).get("group", "runs")
+            # A folder's summary covers its latest grid invocation; runs it does not name
+            # come from an earlier one whose later phases built on another best run.
+            group = summary.get("runs", {}).get(name, {}).get("group",
+                                                               "earlier" if summary else "runs")
             groups.setdefault(group, []).append(name)
         base = ["base"] if "base" in runs else []
         base_cfg = runs["base"][0]["config"] if base else None
@@ -202,8 +205,14 @@ def write_report(grids, out_dir, model=None, notes=None):
         for group in sorted(groups, key=lambda g: GROUP_ORDER.index(g)
                             if g in GROUP_ORDER else len(GROUP_ORDER)):
             names = groups[group]
-            shown = names if group in ("base", "runs") else base + names
-            md += [f"### {group}", "", table(runs, shown, base_cfg), ""]
+            shown = names if group in ("base", "runs", "earlier") else base + names
+            md += [f"### {group}", ""]
+            if group == "earlier":
+                md += ["Runs of an earlier invocation of this grid (with fewer seeds), whose "
+                       "combination and hyperparameter phases started from a different best "
+                       "run; kept because they are real results, not part of the latest "
+                       "selection.", ""]
+            md += [table(runs, shown, base_cfg), ""]
             png = img / f"{tag}-{group}.png"
             plot_curves(runs, shown, png, f"{tag}: {group}")
             md += [f"![{group} learning curves](img/{png.name})", ""]
