@@ -142,8 +142,11 @@ def main(argv=None):
     common.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/)")
     common.add_argument("--limit", type=int, default=0,
                         help="use only the first N images of each class per split (smoke runs)")
+    split = argparse.ArgumentParser(add_help=False)  # for the commands that train
+    split.add_argument("--val-split", choices=list(VAL_SPLITS), default=RunConfig.val_split,
+                       help="which training patients validate (see trainer/dataset.py)")
 
-    t = sub.add_parser("train", parents=[common], help="one run from the base config")
+    t = sub.add_parser("train", parents=[common, split], help="one run from the base config")
     t.add_argument("--out", required=True)
     t.add_argument("--name", default="base")
     t.add_argument("--epochs", type=int, default=RunConfig.epochs)
@@ -153,11 +156,9 @@ def main(argv=None):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--device", default="auto")
-    t.add_argument("--val-split", choices=list(VAL_SPLITS), default=RunConfig.val_split,
-                   help="which training patients validate (see trainer/dataset.py)")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("experiments", parents=[common],
+    e = sub.add_parser("experiments", parents=[common, split],
                        help="ablation grid (phases 1-3), resumable")
     e.add_argument("--out", required=True)
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -170,8 +171,6 @@ def main(argv=None):
     e.add_argument("--phases", type=int, nargs="+", default=[1, 2, 3])
     e.add_argument("--keep-checkpoints", type=int, metavar="K",
                    help="keep .pt files only for the K best configurations on validation")
-    e.add_argument("--val-split", choices=list(VAL_SPLITS), default=RunConfig.val_split,
-                   help="which training patients validate (see trainer/dataset.py)")
     e.add_argument("--more-hyper", action="store_true",
                    help="phase 3 also tries doubled widths and a larger input size")
     e.set_defaults(fn=cmd_experiments)

@@ -73,6 +73,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path):
+    """Write a figure the one way every report figure is written, and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _plt().close(fig)
+
+
 def plot_curves(runs, names, path, title):
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -88,9 +95,7 @@ def plot_curves(runs, names, path, title):
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title} (seed {runs[names[0]][0]['config']['seed']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_confusions(cms, path):
@@ -108,9 +113,7 @@ def plot_confusions(cms, path):
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_rocs(curves, path):
@@ -132,9 +135,7 @@ def plot_rocs(curves, path):
         ax.set_ylabel("true positive rate")
         ax.set_title(title)
         ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _model_probs(model_path):
@@ -251,9 +252,7 @@ def write_report(grids, out_dir, model=None, notes=None):
             ax.set_ylabel("test accuracy (reported only)")
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.tight_layout()
-        fig.savefig(img / "val-vs-test.png", dpi=90)
-        plt.close(fig)
+        _save(fig, img / "val-vs-test.png")
     if model and Path(model).exists():
         spec, probs = _model_probs(model)
         m = spec.metrics
