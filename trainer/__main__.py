@@ -51,6 +51,12 @@ def cmd_experiments(a):
              log=lambda m: print(m, flush=True))
 
 
+def cmd_transfer(a):
+    from .experiments import run_transfer
+    run_transfer(a.out, a.group, seeds=tuple(a.seeds), device=_device(a.device), limit=a.limit,
+                 log=lambda m: print(m, flush=True))
+
+
 def candidates(folders, ensemble):
     """Validation-only choice of what to ship, from the runs that kept a checkpoint.
 
@@ -174,6 +180,15 @@ def main(argv=None):
     e.add_argument("--more-hyper", action="store_true",
                    help="phase 3 also tries doubled widths and a larger input size")
     e.set_defaults(fn=cmd_experiments)
+
+    tr = sub.add_parser("transfer", parents=[common],
+                        help="ImageNet-initialised EfficientNet-Lite0 runs (trainer.experiments."
+                             "TRANSFER), one at a time, resumable")
+    tr.add_argument("--out", required=True)
+    tr.add_argument("--group", choices=("candidates", "comparisons"), default="candidates")
+    tr.add_argument("--seeds", type=int, nargs="+", default=[0])
+    tr.add_argument("--device", default="auto")
+    tr.set_defaults(fn=cmd_transfer)
 
     x = sub.add_parser("export", parents=[common], help="export a run to ONNX with metadata")
     src = x.add_mutually_exclusive_group(required=True)

@@ -17,6 +17,7 @@ import torch
 
 from .data import load_arrays
 from .dataset import load_splits
+from .pretrained import MEAN as LITE_MEAN, STD as LITE_STD, LiteConfig
 from .train import RunConfig, train_run
 
 BASE = RunConfig()
@@ -52,11 +53,26 @@ MORE_HYPER = {
     "size+32": lambda c: replace(c, net=replace(c.net, input_size=c.net.input_size + 32)),
 }
 
-_DATA = {}  # per-process memo of loaded arrays, keyed by input size and validation split
+#: Transfer learning (``python -m trainer transfer``): EfficientNet-Lite0 at 160 px. The
+#: robustness priors (acquisition jitter, linear probe then a short, gentle fine-tune) are fixed
+#: here, before the runs, for the reasons in docs/experiments-notes.md; validation selects only
+#: among the runs of ``TRANSFER["candidates"]``. The others are reported, never shipped: the
+#: same budget from random weights (scratch vs ImageNet) and the candidate without the jitter.
+LITE = RunConfig(name="lite0-lpft", net=LiteConfig(input_size=160), mean=LITE_MEAN, std=LITE_STD,
+                 probe_epochs=2, probe_lr=3e-3, epochs=3, lr=1e-4, weight_decay=1e-4,
+                 augment=1.0, shift_augment=1.0)
+TRANSFER = {
+    "candidates": [LITE],
+    "comparisons": [replace(LITE, name="lite0-scratch", net=LiteConfig(160, pretrained=False),
+                            probe_epochs=0, epochs=5, lr=2e-3, weight_decay=5e-4),
+                    replace(LITE, name="lite0-lpft-no-jitter", shift_augment=0.0)],
+}
+
+_DATA = {}  # per-process memo of loaded arrays, keyed by what preprocessing and the split use
 
 
 def _data(cfg, limit=0):
-    key = (cfg.net.input_size, cfg.val_split)
+    key = (cfg.net.input_size, cfg.mean, cfg.std, cfg.val_split)
     if key not in _DATA:
         _DATA[key] = load_arrays(load_splits(scheme=cfg.val_split), cfg.net.input_size,
                                  cfg.mean, cfg.std, limit)
@@ -188,6 +204,35 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
     best_name = summary["selected"]
     log(f"selected on validation: {best_name}")
     return results, summary
+
+
+def run_transfer(out_dir, group, seeds=(0,), device="cpu", limit=0, log=print):
+    """Run one group of ``TRANSFER`` one run at a time (each uses every core); resumable."""
+    out_dir = Path(out_dir)
+    summary_path = out_dir / "summary.json"
+    summary = (json.loads(summary_path.read_text()) if summary_path.exists() else
+               {"selection": "validation macro-F1 of the runs in group 'candidates'",
+                "runs": {}, "failed": []})
+    for cfg in TRANSFER[group]:
+        for seed in seeds:
+            res = _run_one((replace(cfg, seed=seed), out_dir, device, limit))
+            if "error" in res:
+                summary["failed"].append(f"{cfg.name} s{seed}: {res['error']}")
+                log(f"{cfg.name} s{seed}: FAILED {res['error']}")
+                continue
+            summary["runs"][cfg.name] = {"group": group, "config": replace(cfg, seed=0).to_dict()}
+            log(f"{cfg.name} s{seed}: val f1 {res['val']['macro_f1']:.3f} acc "
+                f"{res['val']['accuracy']:.3f} (epoch {res['best_epoch']}), "
+                f"{res['train_seconds']:.0f}s")
+    scored = {}
+    for _, r in load_runs(out_dir):
+        if summary["runs"].get(r["config"]["name"], {}).get("group") == "candidates":
+            scored.setdefault(r["config"]["name"], []).append(r)
+    if scored:
+        summary["selected"] = max(scored, key=lambda n: _score(scored[n]))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=1))
+    return summary
 
 
 def _builds(cfg):

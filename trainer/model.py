@@ -98,8 +98,20 @@ class XrayNet(nn.Module):
         return self.head(self.drop(x))
 
 
-def build(cfg: NetConfig, num_classes=3):
+def build(cfg, num_classes=3):
+    """The module for a scratch ``NetConfig`` or an ImageNet-initialised ``LiteConfig``."""
+    from .pretrained import EfficientNetLite, LiteConfig
+    if isinstance(cfg, LiteConfig):
+        return EfficientNetLite(cfg, num_classes)
     return XrayNet(cfg, num_classes)
+
+
+def net_from_dict(d):
+    """The architecture config recorded in a run, whichever family it belongs to."""
+    from .pretrained import LiteConfig
+    if d.get("family") == LiteConfig.family:
+        return LiteConfig(**d)
+    return NetConfig.from_dict(d)
 
 
 def variant(base: NetConfig, **changes):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .dataset import CLASS_NAMES
 from .metrics import softmax, summarize
-from .model import NetConfig, build
+from .model import NetConfig, build, net_from_dict
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,13 @@ class RunConfig:
     std: float = 0.25
     # Which patients of the published train split validate (``dataset.patient_split``).
     val_split: str = "random"
+    # Strength of ``acquisition_jitter`` (aspect ratio, resolution, sharpness, noise); 0 = off.
+    shift_augment: float = 0.0
+    # Linear probe first: epochs training only the classifier on frozen features (batch-norm
+    # statistics frozen too) at ``probe_lr``, before ``epochs`` of fine-tuning everything
+    # (LP-FT, Kumar et al. 2022).
+    probe_epochs: int = 0
+    probe_lr: float = 3e-3
 
     def to_dict(self):
         d = asdict(self)
@@ -42,8 +49,15 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d):
         d = dict(d)
-        d["net"] = NetConfig.from_dict(d["net"])
+        d["net"] = net_from_dict(d["net"])
         return cls(**d)
+
+
+def channels_last(cfg):
+    """Depthwise convolutions (EfficientNet) run about twice as fast channels-last on the CPU;
+    the scratch CNNs keep the layout their recorded runs used."""
+    from .pretrained import LiteConfig
+    return isinstance(cfg.net, LiteConfig)
 
 
 def seed_everything(seed, deterministic=True):
@@ -83,6 +97,36 @@ def augment(x, gen, mean, std, strength=1.0):
     return (v - mean) / std
 
 
+def acquisition_jitter(x, gen, mean, std, strength=1.0):
+    """What varies with the scanner and its post-processing rather than with disease, in both
+    directions, on a normalised batch. At strength 1: the two axes scaled independently by
+    x0.78 to x1.28 (the squash to a square puts the film's proportions into the thorax); half of
+    the images shrunk by 1 to 2.5 and enlarged back (lost detail); unsharp masking from -0.6
+    (blur) to +1.0 (edge enhancement); Gaussian noise up to 0.02 of the range.
+    """
+    n, dev, size = x.shape[0], x.device, x.shape[-1]
+    rand = lambda *s: torch.rand(*s, device=dev, generator=gen)  # noqa: E731
+    log_ar = math.log(1.28) * strength
+    sx, sy = torch.exp((rand(n) * 2 - 1) * log_ar), torch.exp((rand(n) * 2 - 1) * log_ar)
+    zero = torch.zeros(n, device=dev)
+    theta = torch.stack([torch.stack([1 / sx, zero, zero], 1),
+                         torch.stack([zero, 1 / sy, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    v = F.grid_sample(x * std + mean, grid, mode="bilinear", padding_mode="border",
+                      align_corners=False)
+    factors = 1 + rand(n) * 1.5 * strength
+    for i in torch.nonzero(rand(n) < 0.5).flatten().tolist():
+        small = max(8, int(size / float(factors[i])))
+        v[i:i + 1] = F.interpolate(F.interpolate(v[i:i + 1], size=small, mode="area"),
+                                   size=size, mode="bilinear", align_corners=False)
+    amount = (-0.6 + rand(n) * 1.6) * strength
+    blurred = F.avg_pool2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    v = v + amount.view(n, 1, 1, 1) * (v - blurred)
+    v = v + torch.randn(v.shape, device=dev, generator=gen) * (rand(n) * 0.02 * strength).view(
+        n, 1, 1, 1)
+    return (v.clamp(0, 1) - mean) / std
+
+
 @torch.no_grad()
 def predict_logits(model, x, device, batch_size=256):
     """Logits for a float32 NCHW array (numpy or tensor), in eval mode, as float32 numpy."""
@@ -97,6 +141,27 @@ def predict_logits(model, x, device, batch_size=256):
 def _loss(logits, labels, weights, smoothing):
     return float(F.cross_entropy(torch.as_tensor(logits), torch.as_tensor(labels),
                                  weight=weights, label_smoothing=smoothing))
+
+
+def _end_epoch(cfg, model, phase, epoch, total_epochs, train_loss, train_accuracy, data, weights,
+               device, history, best, best_state, t0, log):
+    """Validate after an epoch, log it, and keep the state when validation improved."""
+    xval, yval = data["val"]
+    val_logits = predict_logits(model, xval, device)
+    val = summarize(yval, softmax(val_logits),
+                    _loss(val_logits, yval, weights, cfg.label_smoothing))
+    row = {"epoch": epoch, "phase": phase, "train_loss": train_loss,
+           "train_accuracy": train_accuracy, "val_loss": val["loss"],
+           "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+           "seconds": time.perf_counter() - t0}
+    history.append(row)
+    log(f"[{cfg.name} s{cfg.seed}] {phase} epoch {epoch:3d}/{total_epochs} "
+        f"loss {train_loss:.4f} acc {train_accuracy:.3f} | "
+        f"val loss {val['loss']:.4f} acc {val['accuracy']:.3f} f1 {val['macro_f1']:.3f}")
+    if best is None or (val["macro_f1"], -val["loss"]) > (best["macro_f1"], -best["loss"]):
+        best = dict(val, epoch=epoch)
+        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return best, best_state
 
 
 def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True):
@@ -115,52 +180,62 @@ def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True)
     weights = (torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
                if cfg.class_weights else None)
     model = build(cfg.net, len(CLASS_NAMES)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if channels_last(cfg):
+        model = model.to(memory_format=torch.channels_last)
+        xtr = xtr.contiguous(memory_format=torch.channels_last)
     steps = max(1, math.ceil(len(xtr) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
-                                                pct_start=0.15)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     w_dev = weights.to(device) if weights is not None else None
     amp = device.type == "cuda"
     history, best, best_state = [], None, None
     t0 = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        perm = torch.randperm(len(xtr), device=device, generator=gen)
-        # Accumulated on the device: a host sync per step would stall the GPU.
-        total = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        for s in range(steps):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            xb, yb = xtr[idx], ytr[idx]
-            if cfg.augment > 0:
-                xb = augment(xb, gen, cfg.mean, cfg.std, cfg.augment)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, weight=w_dev,
-                                   label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == yb).sum()
-            seen += len(idx)
-        val_logits = predict_logits(model, xval, device)
-        val = summarize(yval, softmax(val_logits),
-                        _loss(val_logits, yval, weights, cfg.label_smoothing))
-        row = {"epoch": epoch, "train_loss": float(total) / seen,
-               "train_accuracy": int(correct) / seen,
-               "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-               "val_macro_f1": val["macro_f1"], "seconds": time.perf_counter() - t0}
-        history.append(row)
-        log(f"[{cfg.name} s{cfg.seed}] epoch {epoch:3d}/{cfg.epochs} "
-            f"loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f} | "
-            f"val loss {val['loss']:.4f} acc {val['accuracy']:.3f} f1 {val['macro_f1']:.3f}")
-        if best is None or (val["macro_f1"], -val["loss"]) > (best["macro_f1"], -best["loss"]):
-            best = dict(val, epoch=epoch)
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    # (phase, epochs, trained parameters, peak learning rate); one one-cycle schedule each.
+    phases = [("fine-tune", cfg.epochs, list(model.parameters()), cfg.lr)]
+    if cfg.probe_epochs:
+        phases.insert(0, ("probe", cfg.probe_epochs, list(model.head.parameters()), cfg.probe_lr))
+    epoch, total_epochs = 0, cfg.probe_epochs + cfg.epochs
+    for phase, n_epochs, params, lr in phases:
+        probing = phase == "probe"
+        for p in model.parameters():
+            p.requires_grad_(not probing)
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=n_epochs * steps,
+                                                    pct_start=0.15)
+        for _ in range(n_epochs):
+            epoch += 1
+            model.train()
+            if probing:  # frozen features: batch-norm statistics stay ImageNet's
+                model.features.eval()
+            perm = torch.randperm(len(xtr), device=device, generator=gen)
+            # Accumulated on the device: a host sync per step would stall the GPU.
+            total = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = 0
+            for s in range(steps):
+                idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                xb, yb = xtr[idx], ytr[idx]
+                if cfg.augment > 0:
+                    xb = augment(xb, gen, cfg.mean, cfg.std, cfg.augment)
+                if cfg.shift_augment > 0:
+                    xb = acquisition_jitter(xb, gen, cfg.mean, cfg.std, cfg.shift_augment)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb, weight=w_dev,
+                                       label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.detach() * len(idx)
+                correct += (logits.argmax(1) == yb).sum()
+                seen += len(idx)
+            best, best_state = _end_epoch(cfg, model, phase, epoch, total_epochs, float(total) / seen,
+                                          int(correct) / seen, data, weights, device, history,
+                                          best, best_state, t0, log)
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.load_state_dict(best_state)
     result = {"config": cfg.to_dict(), "history": history, "best_epoch": best["epoch"],
               "val": best, "train_seconds": time.perf_counter() - t0, "device": str(device)}
