@@ -11,6 +11,9 @@ import argparse
 import os
 from pathlib import Path
 
+from trainer.dataset import DATA_ROOT
+
+from . import common
 from . import parity as _parity
 from . import speed
 
@@ -23,6 +26,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", choices=[*COMMANDS, "all"])
+    p.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/, fullres/)")
     p.add_argument("--limit", type=int, default=0, help="use only N inputs (smoke runs)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
     p.add_argument("--json", help="write results here (single benchmark)")
@@ -36,6 +40,7 @@ def main(argv=None):
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--batch-size", type=int, default=32, help="e2e batch size")
     a = p.parse_args(argv)
+    common.set_data_root(a.data)
     names = list(COMMANDS) if a.which == "all" else [a.which]
     json_path = a.json
     for name in names:

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.dataset import DATA_ROOT
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("XRAY_DATA") or ROOT.parent / "shared" / "data")
+#: Where the scans are read from: ``trainer.dataset.DATA_ROOT`` unless ``--data`` says otherwise.
+DATA = DATA_ROOT
+
+
+def set_data_root(path):
+    global DATA
+    DATA = Path(path)
 
 
 def machine():
@@ -77,4 +85,6 @@ def save(path, name, payload):
 
 def fullres_paths(limit=0):
     paths = sorted(str(p) for p in (DATA / "fullres").glob("*/*.jpeg"))
+    if not paths:
+        raise SystemExit(f"no full-resolution scans under {DATA / 'fullres'} (set --data)")
     return paths[:limit] if limit else paths

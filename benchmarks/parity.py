@@ -8,7 +8,8 @@ from xray_infer import Classifier
 from xray_infer.decode import read_image
 from xray_infer.preprocess import preprocess, reference_preprocess
 
-from .common import DATA, fullres_paths, print_table, save
+from . import common
+from .common import fullres_paths, print_table, save
 
 
 def parity(args):
@@ -18,7 +19,7 @@ def parity(args):
     clf = Classifier(args.model, providers=["CPUExecutionProvider"])
     model, _ = load_checkpoint(args.checkpoint)
     s = clf.spec
-    records = scan_split(DATA / "chest_xray" / "test")
+    records = scan_split(common.DATA / "chest_xray" / "test")
     if args.limit:
         records = records[::max(1, len(records) // args.limit)][:args.limit]
     kern, ref = [], []
@@ -40,7 +41,7 @@ def parity(args):
            "test_accuracy_ort": float((ort_k.argmax(1) == labels).mean())}
     # Full-resolution scans against their 224x224 copies in chest_xray/train.
     full = fullres_paths(args.limit)
-    copies = [DATA / "chest_xray" / "train" / Path(p).parent.name / Path(p).name for p in full]
+    copies = [common.DATA / "chest_xray" / "train" / Path(p).parent.name / Path(p).name for p in full]
     pairs = [(f, str(c)) for f, c in zip(full, copies) if c.exists()]
     a = clf.classify([f for f, _ in pairs])
     b = clf.classify([c for _, c in pairs])

@@ -8,13 +8,14 @@ import numpy as np
 
 from xray_infer import Classifier
 from xray_infer.decode import read_image
+from xray_infer.model import load_model
 from xray_infer.preprocess import preprocess_into, reference_preprocess
 
 from .common import fullres_paths, median, percentile, print_table, save, timeit
 
 
 def _spec(model=None):
-    return Classifier(model, providers=["CPUExecutionProvider"]).spec
+    return load_model(model, providers=["CPUExecutionProvider"])[1]
 
 
 def preprocess(args):
@@ -120,7 +121,7 @@ def inference(args):
     rows, results = [], {}
     for bs in args.batch_sizes:
         x = rng.standard_normal((bs, 1, size, size)).astype(np.float32)
-        iters = max(3, min(50, int(args.repeat * 256 / bs)))
+        iters = args.repeat * max(1, min(10, 64 // bs))  # bounded by --repeat
         ort_t = timeit(lambda: clf.predict(x), repeat=iters, warmup=2)
         xt = torch.from_numpy(x).to(args.device)
 

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
+from trainer.dataset import DATA_ROOT as DATA  # $XRAY_DATA, else ../shared/data
+
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
 
 
 def pytest_collection_modifyitems(config, items):

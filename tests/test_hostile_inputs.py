@@ -28,6 +28,6 @@ def test_corpus_through_cli(tmp_path, data):
     assert f"{n_bad} failed" in p.stderr
     # The same scan in every lossless re-encoding gets the same prediction.
     same = [rows[n]["probabilities"] for n in ("gray16.png", "rgb.png", "rgba.png", "gray.tiff",
-                                               "gray.bmp", "upper-case.JPEG")]
+                                               "gray.bmp", "upper-case.JPEG", "padded.jpeg")]
     for probs in same[1:]:
         assert max(abs(probs[k] - same[0][k]) for k in probs) < 1e-3

@@ -57,46 +57,12 @@ def cmd_transfer(a):
                  log=lambda m: print(m, flush=True))
 
 
-def candidates(folders, ensemble):
-    """Validation-only choice of what to ship, from the runs that kept a checkpoint.
-
-    Candidates: every single run, and for each input size the ensemble of its ``ensemble``
-    best runs (by validation macro-F1). Each is scored by the validation macro-F1 of its (mean)
-    validation probabilities; returns [(score, [run json paths])], best first. Runs validated
-    on different splits cannot be ranked together, so mixing them is an error.
-    """
-    import numpy as np
-
-    from .metrics import summarize
-    from .experiments import load_runs
-    runs = [(p, r) for folder in folders for p, r in load_runs(folder)
-            if p.with_suffix(".pt").exists()]
-    if not runs:
-        raise SystemExit(f"no runs with checkpoints under {', '.join(map(str, folders))}")
-    schemes = {RunConfig.from_dict(r["config"]).val_split for _, r in runs}
-    if len(schemes) > 1:
-        raise SystemExit(f"runs under {', '.join(map(str, folders))} were validated on different "
-                         f"splits ({', '.join(sorted(schemes))}); select within one")
-    yval = np.array([r.label for r in load_splits(scheme=schemes.pop())["val"]])
-
-    def score(members):
-        probs = np.mean([np.asarray(r["val_probs"]) for _, r in members], axis=0)
-        return summarize(yval, probs)["macro_f1"]
-
-    out = [(score([m]), [m[0]]) for m in runs]
-    for size in sorted({r["config"]["net"]["input_size"] for _, r in runs}):
-        same = sorted((m for m in runs if m[1]["config"]["net"]["input_size"] == size),
-                      key=lambda m: m[1]["val"]["macro_f1"], reverse=True)[:ensemble]
-        if ensemble > 1 and len(same) == ensemble:
-            out.append((score(same), [m[0] for m in same]))
-    return sorted(out, key=lambda c: c[0], reverse=True)
-
-
 def cmd_export(a):
     from .export import export, save_checkpoint
     if a.run:
         paths = [Path(p) for p in a.run]
     else:
+        from .selection import candidates
         ranked = candidates(a.select, a.ensemble)
         for sc, members in ranked[:8]:
             print(f"  candidate: val macro-F1 {sc:.4f}: {' + '.join(p.stem for p in members)}")

@@ -1,4 +1,4 @@
-"""Decode and preprocess images once, through the library's own kernel, and cache the tensors."""
+"""Decode and preprocess images once, through the library's own batch path, and cache them."""
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -6,24 +6,25 @@ from pathlib import Path
 
 import numpy as np
 
-from xray_infer.decode import read_image
-from xray_infer.preprocess import preprocess_into
+from xray_infer.batch import preprocess_batch
+from xray_infer.spec import CLASS_NAMES, ModelSpec
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 
 
 def preprocess_records(records, size, mean, std, threads=None):
-    """float32 ``(N, 1, size, size)`` for the records' images and int64 labels."""
-    out = np.empty((len(records), 1, size, size), np.float32)
+    """float32 ``(N, 1, size, size)`` for the records' images and int64 labels.
 
-    def one(i):
-        img = read_image(records[i].path)
-        preprocess_into(img.pixels, out[i, 0], mean=mean, std=std, maxval=img.maxval,
-                        source=records[i].path)
-
+    Exactly what the library feeds a model with this input size and normalisation; a training
+    image the library would refuse is an error here too.
+    """
+    spec = ModelSpec(class_names=CLASS_NAMES, input_size=size, mean=mean, std=std)
     with ThreadPoolExecutor(threads or os.cpu_count()) as pool:
-        list(pool.map(one, range(len(records))))
-    return out, np.array([r.label for r in records], np.int64)
+        x, errors = preprocess_batch([r.path for r in records], spec, executor=pool)
+    bad = [f"{r.path}: {e}" for r, e in zip(records, errors) if e is not None]
+    if bad:
+        raise ValueError(f"{len(bad)} dataset image(s) cannot be used: " + "; ".join(bad[:5]))
+    return x, np.array([r.label for r in records], np.int64)
 
 
 def load_arrays(splits, size, mean, std, limit=0):

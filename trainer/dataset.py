@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-#: Output order of every model this project trains; written into the ONNX metadata.
-CLASS_NAMES = ("normal", "bacterial", "viral")
+from xray_infer.spec import CLASS_NAMES, NUM_CLASSES
 
-#: ``../shared/data`` beside the project root, unless XRAY_DATA points elsewhere.
+#: The dataset root (holds ``chest_xray/`` and ``fullres/``): ``$XRAY_DATA``, else
+#: ``../shared/data`` beside the project root. Trainer, benchmarks and tests all read it here;
+#: their ``--data`` options override it.
 DATA_ROOT = Path(os.environ.get("XRAY_DATA")
                  or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
 
@@ -120,9 +121,9 @@ def _count(records, label):
 def _random(by_patient, val_fraction, seed):
     rng = np.random.default_rng(seed)
     val_patients = set()
-    for label in range(len(CLASS_NAMES)):
+    for label in range(NUM_CLASSES):
         patients = sorted(p for p, rs in by_patient.items()
-                          if np.bincount([r.label for r in rs], minlength=len(CLASS_NAMES)).argmax()
+                          if np.bincount([r.label for r in rs], minlength=NUM_CLASSES).argmax()
                           == label)
         rng.shuffle(patients)
         target = val_fraction * sum(len(by_patient[p]) for p in patients)
@@ -167,6 +168,6 @@ def load_splits(data_root=DATA_ROOT, val_fraction=0.15, seed=0, scheme="random")
 def limit_per_class(records, n):
     """The first ``n`` records of each class (for smoke runs)."""
     out = []
-    for label in range(len(CLASS_NAMES)):
+    for label in range(NUM_CLASSES):
         out += [r for r in records if r.label == label][:n]
     return out

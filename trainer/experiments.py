@@ -17,6 +17,7 @@ import torch
 
 from .data import load_arrays
 from .dataset import load_splits
+from .selection import load_runs
 from .pretrained import MEAN as LITE_MEAN, STD as LITE_STD, LiteConfig
 from .train import RunConfig, train_run
 
@@ -77,16 +78,6 @@ def _data(cfg, limit=0):
         _DATA[key] = load_arrays(load_splits(scheme=cfg.val_split), cfg.net.input_size,
                                  cfg.mean, cfg.std, limit)
     return _DATA[key]
-
-
-def load_runs(folder):
-    """[(json path, result)] of the finished runs under ``folder/runs`` (failed ones left out)."""
-    out = []
-    for p in sorted((Path(folder) / "runs").glob("*.json")):
-        r = json.loads(p.read_text())
-        if "error" not in r:
-            out.append((p, r))
-    return out
 
 
 def _run_one(args):

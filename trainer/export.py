@@ -15,9 +15,10 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from xray_infer.spec import ModelSpec
+from xray_infer.model import load_model
+from xray_infer.spec import CLASS_NAMES, ModelSpec
 
-from .dataset import CLASS_NAMES, VAL_SPLITS
+from .dataset import VAL_SPLITS
 from .metrics import softmax, summarize
 from .model import build
 
@@ -50,7 +51,9 @@ def fit_temperature(logits, labels):
     return float(grid[int(np.argmin(nll))])
 
 
-def cpu_session(path):
+def graph_session(path):
+    """A CPU session on a bare exported graph (no metadata yet); finished models are opened
+    with ``xray_infer.model.load_model``."""
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -62,7 +65,7 @@ def ort_logits(sess, x, batch_size=256):
 
 
 def _member(cfg, state):
-    model = build(cfg.net, len(CLASS_NAMES))
+    model = build(cfg.net)
     model.load_state_dict(state)
     return model.eval()
 
@@ -89,7 +92,7 @@ def export(members, out_path, data, *, model_version, provenance):
     wrapped = Calibrated(models, temperatures).eval()
     size = run_cfg.net.input_size
     spec = ModelSpec(class_names=CLASS_NAMES, input_size=size, mean=run_cfg.mean, std=run_cfg.std,
-                     model_version=model_version,
+                     model_version=model_version, validation_split=run_cfg.val_split,
                      training_data=f"{TRAINING_DATA} ({VAL_SPLITS[run_cfg.val_split]})")
     tmp = out_path.with_suffix(".tmp.onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +104,7 @@ def export(members, out_path, data, *, model_version, provenance):
     check = np.ascontiguousarray(np.asarray(xval[:32]))
     with torch.no_grad():
         ref = wrapped(torch.as_tensor(check)).numpy()
-    sess = cpu_session(tmp)
+    sess = graph_session(tmp)
     diff = float(np.abs(ort_logits(sess, check) - ref).max())
     if diff > PARITY_TOL:
         tmp.unlink()
@@ -126,6 +129,13 @@ def export(members, out_path, data, *, model_version, provenance):
     os.replace(tmp, out_path)
     digest = hashlib.sha256(out_path.read_bytes()).hexdigest()
     out_path.with_name(out_path.name + ".sha256").write_text(f"{digest}  {out_path.name}\n")
+    # Re-open what was written the way the library will, and check it still computes the same.
+    sess, written = load_model(out_path, providers=["CPUExecutionProvider"])
+    diff = float(np.abs(ort_logits(sess, check) - ref).max())
+    same = written.to_metadata() == spec.to_metadata()
+    if not same or diff > PARITY_TOL:
+        raise RuntimeError(f"{out_path}: the written model does not read back as exported "
+                           f"(same metadata: {same}, logit diff {diff:.2e})")
     return spec, wrapped
 
 

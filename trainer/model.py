@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, replace
 
 from torch import nn
 
+from xray_infer.spec import NUM_CLASSES
+
 PADDINGS = ("valid", "same", "reflect")
 DROPOUTS = ("none", "classifier", "spatial")
 DOWNSAMPLES = ("maxpool", "stride")
@@ -68,7 +70,7 @@ def _conv(cin, cout, cfg, stride):
 class XrayNet(nn.Module):
     """Blocks of 3x3 convolutions -> global average pool -> (dropout) -> linear."""
 
-    def __init__(self, cfg: NetConfig, num_classes=3):
+    def __init__(self, cfg: NetConfig, num_classes=NUM_CLASSES):
         super().__init__()
         self.cfg = cfg
         layers, cin = [], 1
@@ -98,7 +100,7 @@ class XrayNet(nn.Module):
         return self.head(self.drop(x))
 
 
-def build(cfg, num_classes=3):
+def build(cfg, num_classes=NUM_CLASSES):
     """The module for a scratch ``NetConfig`` or an ImageNet-initialised ``LiteConfig``."""
     from .pretrained import EfficientNetLite, LiteConfig
     if isinstance(cfg, LiteConfig):

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from xray_infer.spec import NUM_CLASSES
+
 #: (repeats, kernel, stride, expansion, channels in, channels out) of the seven stages.
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
           (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
@@ -73,7 +75,7 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    def __init__(self, cfg: LiteConfig, num_classes=3):
+    def __init__(self, cfg: LiteConfig, num_classes=NUM_CLASSES):
         super().__init__()
         self.cfg = cfg
         layers = [_conv_bn(1, 32, 3, 2)]
@@ -95,7 +97,7 @@ class EfficientNetLite(nn.Module):
 
 def _source_names():
     """Names of the converted checkpoint's tensors, in the order of our module's tensors."""
-    names = [f"_conv_stem.weight"] + [f"_bn0.{p}" for p in ("weight", "bias", "running_mean",
+    names = ["_conv_stem.weight"] + [f"_bn0.{p}" for p in ("weight", "bias", "running_mean",
                                                             "running_var")]
     b = 0
     for repeats, _, _, expand, _, _ in STAGES:

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import CLASS_NAMES, VAL_SPLITS
-from .experiments import load_runs
+from .selection import load_runs
 from .metrics import NORMAL, roc_curve
 from .train import RunConfig
 
@@ -45,7 +45,7 @@ def _changes(cfg, base=None):
     cfg = RunConfig.from_dict(cfg).to_dict()
     out = []
     for k, v in cfg["net"].items():
-        if v != base["net"][k]:
+        if v != base["net"].get(k):
             out.append(f"{k}={v}")
     for k, v in cfg.items():
         if k not in ("net", "name", "seed") and v != base[k]:
@@ -118,18 +118,18 @@ def plot_confusions(cms, path):
 
 def plot_rocs(curves, path):
     """curves: {title: (labels, probs)}; normal-vs-pneumonia and one-vs-rest per class."""
-    from .metrics import roc_auc
+    from sklearn.metrics import roc_auc_score as auc
     plt = _plt()
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4.5))
     for ax, (title, (labels, probs)) in zip(np.atleast_1d(axes), curves.items()):
         labels, probs = np.asarray(labels), np.asarray(probs)
         pos, score = labels != NORMAL, 1 - probs[:, NORMAL]
         fpr, tpr = roc_curve(pos, score)
-        ax.plot(fpr, tpr, lw=2, label=f"pneumonia vs normal (AUC {roc_auc(pos, score):.3f})")
+        ax.plot(fpr, tpr, lw=2, label=f"pneumonia vs normal (AUC {auc(pos, score):.3f})")
         for k, name in enumerate(CLASS_NAMES):
             fpr, tpr = roc_curve(labels == k, probs[:, k])
             ax.plot(fpr, tpr, lw=1, ls="--",
-                    label=f"{name} vs rest (AUC {roc_auc(labels == k, probs[:, k]):.3f})")
+                    label=f"{name} vs rest (AUC {auc(labels == k, probs[:, k]):.3f})")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.5)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
@@ -140,14 +140,13 @@ def plot_rocs(curves, path):
 
 def _model_probs(model_path):
     """(spec, {split: (labels, probs)}) of an exported model on validation and test."""
-    from xray_infer.spec import ModelSpec
+    from xray_infer.model import load_model
 
     from .data import cached_arrays
     from .dataset import load_splits
-    from .export import cpu_session, ort_logits
+    from .export import ort_logits
     from .metrics import softmax
-    sess = cpu_session(model_path)
-    spec = ModelSpec.from_metadata(sess.get_modelmeta().custom_metadata_map, str(model_path))
+    sess, spec = load_model(model_path, providers=["CPUExecutionProvider"])
     cfg = RunConfig.from_dict(spec.provenance["run_configs"][0])
     splits = load_splits(scheme=cfg.val_split)
     out = {}

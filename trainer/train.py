@@ -9,7 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .dataset import CLASS_NAMES
+from xray_infer.spec import NUM_CLASSES
+
 from .metrics import softmax, summarize
 from .model import NetConfig, build, net_from_dict
 
@@ -135,7 +136,7 @@ def predict_logits(model, x, device, batch_size=256):
     for i in range(0, len(x), batch_size):
         xb = torch.as_tensor(np.asarray(x[i:i + batch_size])).to(device)
         out.append(model(xb).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
+    return torch.cat(out).numpy() if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 
 def _loss(logits, labels, weights, smoothing):
@@ -176,10 +177,10 @@ def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True)
     xtr = torch.from_numpy(np.array(data["train"][0], np.float32)).to(device)  # copy: may be a memmap
     ytr = torch.as_tensor(data["train"][1]).to(device)
     xval, yval = data["val"]
-    counts = np.bincount(data["train"][1], minlength=len(CLASS_NAMES))
+    counts = np.bincount(data["train"][1], minlength=NUM_CLASSES)
     weights = (torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
                if cfg.class_weights else None)
-    model = build(cfg.net, len(CLASS_NAMES)).to(device)
+    model = build(cfg.net).to(device)
     if channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
         xtr = xtr.contiguous(memory_format=torch.channels_last)

@@ -6,13 +6,32 @@ Research software, not a diagnostic device: see README for what the model can an
     >>> for r in classify(["scan1.jpeg", "scan2.png"]):
     ...     print(r.source, r.label, r.probabilities, r.error)
 """
-from .classifier import DEFAULT_MODEL, Classifier, Result, classify
-from .decode import Decoded, read_image
+import importlib
+
 from .errors import (DecodeError, ImageError, InputError, ModelError, ProviderError,
                      ProviderWarning, XrayInferError, XrayInferWarning)
 from .spec import ModelSpec
 
 __version__ = "0.1.0"
+
+# The public names that need ONNX Runtime or OpenCV load on first use, so that the command
+# line can check its arguments before paying for those imports.
+_LAZY = {"classify": "classifier", "Classifier": "classifier", "Result": "classifier",
+         "DEFAULT_MODEL": "model", "load_model": "model", "Decoded": "decode",
+         "read_image": "decode"}
+
 __all__ = ["classify", "Classifier", "Result", "ModelSpec", "Decoded", "read_image",
-           "DEFAULT_MODEL", "XrayInferError", "InputError", "DecodeError", "ImageError",
-           "ModelError", "ProviderError", "XrayInferWarning", "ProviderWarning"]
+           "load_model", "DEFAULT_MODEL", "XrayInferError", "InputError", "DecodeError",
+           "ImageError", "ModelError", "ProviderError", "XrayInferWarning", "ProviderWarning"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

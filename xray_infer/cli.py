@@ -1,23 +1,40 @@
 """Command line: ``xray-infer classify PATH...`` and ``xray-infer info``.
 
 Exit status: 0 when every input was classified, 1 when any input failed (each failure is a row
-in the output and is summarised on stderr), 2 for usage errors (reported before the model loads).
+in the output and is summarised on stderr), 2 for usage errors (reported before the model loads
+and before any output file is touched), 130 when interrupted.
+
+Nothing heavy is imported until the arguments have been checked.
 """
 import argparse
 import csv
+import io
 import json
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from .decode import IMAGE_EXTENSIONS
+from .spec import DEFAULT_BATCH_SIZE
+
+#: File extensions collected when scanning folders (matched case-insensitively).
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+FORMATS = ("csv", "jsonl")
+
+log = logging.getLogger("xray_infer.cli")
 
 
 class UsageError(Exception):
     pass
+
+
+def input_key(path):
+    """What identifies an input across runs: its absolute, normalised path (``./scans/x`` and
+    ``scans/x`` are one input; symbolic links are not followed, so two links are two inputs)."""
+    return os.path.abspath(os.fspath(path))
 
 
 def collect_inputs(paths, recursive):
@@ -25,19 +42,31 @@ def collect_inputs(paths, recursive):
 
     A path named explicitly is always included, whatever its extension, so that a bad file
     given by name gets an error row instead of vanishing; so is anything in a folder whose name
-    has an image extension, a folder named ``x.jpeg`` included (it gets an error row).
+    has an image extension, a folder named ``x.jpeg`` included (it gets an error row). An input
+    reached twice (named twice, or named and inside a named folder) is kept once.
+    Returns (files, number of repeats dropped).
     """
-    files = []
+    files, seen, repeats = [], set(), 0
     for p in paths:
         if os.path.isdir(p):
             walker = (Path(p).rglob("*") if recursive else Path(p).iterdir())
             found = sorted(str(f) for f in walker if f.suffix.lower() in IMAGE_EXTENSIONS)
-            files.extend(found)
         elif os.path.lexists(p):
-            files.append(p)
+            found = [p]
         else:
             raise UsageError(f"{p}: no such file or directory")
-    return files
+        for f in found:
+            key = input_key(f)
+            if key in seen:
+                repeats += 1
+                continue
+            seen.add(key)
+            files.append(f)
+    return files, repeats
+
+
+def header(class_names):
+    return ["path", "label"] + [f"p_{n}" for n in class_names] + ["error"]
 
 
 class _Writer:
@@ -46,9 +75,10 @@ class _Writer:
     def __init__(self, stream, fmt, class_names, write_header):
         self.stream, self.fmt, self.names = stream, fmt, class_names
         if fmt == "csv":
-            self.csv = csv.writer(stream)
+            self.csv = csv.writer(stream, lineterminator="\n")
             if write_header:
-                self.csv.writerow(["path", "label"] + [f"p_{n}" for n in class_names] + ["error"])
+                self.csv.writerow(header(class_names))
+                stream.flush()
 
     def write(self, r):
         if self.fmt == "csv":
@@ -60,20 +90,63 @@ class _Writer:
         self.stream.flush()
 
 
-def done_paths(path, fmt):
-    """Paths already present in an earlier output file (for --resume)."""
-    with open(path, newline="") as f:
-        if fmt == "csv":
-            return {row["path"] for row in csv.DictReader(f)}
-        done = set()
-        for line in f:
-            line = line.strip()
-            if line:
+class Existing:
+    """An earlier output file, read for ``--resume`` without changing it.
+
+    ``fmt`` and ``columns`` come from the file itself; ``complete`` is the text up to its last
+    newline (a row cut by an interruption is dropped); ``rows`` maps each input's key to
+    whether its row holds an error.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path}: cannot read the results file to resume: {e}") from None
+        cut = text.rfind("\n") + 1
+        self.complete, self.partial = text[:cut], text[cut:]
+        lines = self.complete.splitlines()
+        self.fmt, self.columns, self.rows = None, None, {}
+        if not lines:
+            return
+        if lines[0].startswith("{"):
+            self.fmt = "jsonl"
+            for n, line in enumerate(lines, 1):
                 try:
-                    done.add(json.loads(line)["path"])
-                except (json.JSONDecodeError, KeyError):
-                    pass  # a row cut by an interruption: its input is scored again
-        return done
+                    row = json.loads(line)
+                    self.rows[input_key(row["path"])] = bool(row["error"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise UsageError(f"{path}, line {n}: not a row this program wrote; "
+                                     f"refusing to append to it") from None
+        else:
+            self.fmt = "csv"
+            reader = csv.reader(io.StringIO(self.complete))
+            self.columns = next(reader)
+            if self.columns[:2] != ["path", "label"] or self.columns[-1] != "error":
+                raise UsageError(f"{path}: first line is neither a CSV header of this program "
+                                 f"nor a JSON row; refusing to append to it")
+            for n, row in enumerate(reader, 2):
+                if len(row) != len(self.columns):
+                    raise UsageError(f"{path}, line {n}: {len(row)} fields where the header has "
+                                     f"{len(self.columns)}; refusing to append to it")
+                self.rows[input_key(row[0])] = bool(row[-1])
+
+    def without(self, keys):
+        """The complete text with the rows of ``keys`` left out."""
+        if not keys:
+            return self.complete
+        lines = self.complete.splitlines(keepends=True)
+        if self.fmt == "jsonl":
+            return "".join(ln for ln in lines if input_key(json.loads(ln)["path"]) not in keys)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        reader = csv.reader(io.StringIO(self.complete))
+        writer.writerow(next(reader))
+        for row in reader:
+            if input_key(row[0]) not in keys:
+                writer.writerow(row)
+        return out.getvalue()
 
 
 class _Progress:
@@ -99,46 +172,113 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _format_for(args):
-    if args.format:
-        return args.format
-    if args.output and Path(args.output).suffix.lower() == ".csv":
-        return "csv"
-    return "jsonl" if args.output else "csv"
+def _positive(name, value):
+    if value is not None and value < 1:
+        raise UsageError(f"{name} must be at least 1, got {value}")
+
+
+def check_arguments(args):
+    """Every option value and combination, before anything is loaded or written.
+
+    Returns (format, the earlier output or None)."""
+    _positive("--batch-size", args.batch_size)
+    _positive("--threads", args.threads)
+    _positive("--workers", args.workers)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; choose one")
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed needs --resume")
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output")
+    if args.model and not os.path.isfile(args.model):
+        raise UsageError(f"--model {args.model}: no such file")
+    if args.log and os.path.isdir(args.log):
+        raise UsageError(f"--log {args.log}: is a directory")
+    existing = None
+    if args.output:
+        if os.path.isdir(args.output):
+            raise UsageError(f"--output {args.output}: is a directory")
+        if os.path.exists(args.output):
+            if not (args.resume or args.overwrite):
+                raise UsageError(f"{args.output} exists; use --resume to skip inputs already in "
+                                 f"it, or --overwrite")
+            if args.resume:
+                existing = Existing(args.output)
+    fmt = args.format
+    if existing is not None and existing.fmt:
+        if fmt and fmt != existing.fmt:
+            raise UsageError(f"--format {fmt}, but {args.output} holds {existing.fmt} rows; "
+                             f"resuming must keep the file's format")
+        fmt = existing.fmt
+    if not fmt:
+        suffix = Path(args.output).suffix.lower() if args.output else ""
+        fmt = "jsonl" if suffix in (".jsonl", ".json", ".ndjson") else "csv"
+    return fmt, existing
+
+
+class _LogSink(logging.Handler):
+    """Library warnings go to the log (``--log FILE``), never between the progress lines;
+    without a log they are counted for the summary."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record):
+        self.count += 1
+
+
+def _setup_logging(path):
+    logging.captureWarnings(True)
+    sink = _LogSink()
+    root = logging.getLogger()
+    root.addHandler(sink)
+    if path:
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+    return sink
 
 
 def cmd_classify(args):
-    fmt = _format_for(args)
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be at least 1")
-    if args.resume and not args.output:
-        raise UsageError("--resume needs --output")
-    if args.output and os.path.exists(args.output) and not (args.resume or args.overwrite):
-        raise UsageError(f"{args.output} exists; use --resume to skip inputs already in it, "
-                         f"or --overwrite")
-    if args.model and not os.path.isfile(args.model):
-        raise UsageError(f"--model {args.model}: no such file")
-    files = collect_inputs(args.paths, args.recursive)
-    skipped = 0
-    if args.resume and os.path.exists(args.output):
-        done = done_paths(args.output, fmt)
-        skipped = sum(f in done for f in files)
-        files = [f for f in files if f not in done]
+    fmt, existing = check_arguments(args)
+    files, repeats = collect_inputs(args.paths, args.recursive)
+    skipped, retried = 0, set()
+    if existing is not None:
+        keys = [input_key(f) for f in files]
+        if args.retry_failed:
+            retried = {k for k in keys if existing.rows.get(k)}
+        done = {k for k in existing.rows if k not in retried}
+        skipped = sum(k in done for k in keys)
+        files = [f for f, k in zip(files, keys) if k not in done]
     providers = args.providers.split(",") if args.providers else None
+    sink = _setup_logging(args.log)
+    _quiet_opencv()
 
     from .classifier import Classifier  # loads onnxruntime: only after arguments are valid
     from .errors import XrayInferError
     try:
         clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
                          threads=args.threads, workers=args.workers)
-    except XrayInferError as e:
+    except (XrayInferError, ValueError) as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_USAGE
-
-    appending = bool(args.resume and os.path.exists(args.output)
-                     and os.path.getsize(args.output) > 0)
-    stream = (open(args.output, "a" if appending else "w", newline="") if args.output
-              else sys.stdout)
+    appending = existing is not None and existing.fmt is not None
+    if appending and fmt == "csv" and existing.columns != header(clf.class_names):
+        print(f"xray-infer: {args.output} has columns {','.join(existing.columns)}; this model "
+              f"writes {','.join(header(clf.class_names))}. Resume with the model that wrote "
+              f"it, or write a new file", file=sys.stderr)
+        return EXIT_USAGE
+    if appending and (existing.partial or retried):
+        # Drop a row cut by an interruption, and the failed rows about to be retried, by
+        # replacing the file in one step.
+        tmp = f"{args.output}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(existing.without(retried))
+        os.replace(tmp, args.output)
+    stream = (open(args.output, "a" if appending else "w", encoding="utf-8", newline="")
+              if args.output else sys.stdout)
     progress = _Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
     writer = _Writer(stream, fmt, clf.class_names, write_header=not appending)
     failures = []
@@ -148,6 +288,7 @@ def cmd_classify(args):
             progress.update(r.ok)
             if not r.ok:
                 failures.append(r)
+                log.info("%s: %s", r.source, r.error)
     except KeyboardInterrupt:
         progress.close()
         print(f"xray-infer: interrupted after {progress.done} of {len(files)} inputs; rows "
@@ -161,6 +302,13 @@ def cmd_classify(args):
         msg = f"xray-infer: {len(files) - len(failures)} classified, {len(failures)} failed"
         if skipped:
             msg += f", {skipped} skipped (already in {args.output})"
+        if retried:
+            msg += f", {len(retried)} failed earlier and retried"
+        if repeats:
+            msg += f", {repeats} repeated input(s) scored once"
+        if sink.count:
+            msg += (f"; {sink.count} library warning(s) " +
+                    (f"in {args.log}" if args.log else "(--log FILE keeps them)"))
         print(msg, file=sys.stderr)
     for r in failures[:20]:
         print(f"  {r.source}: {r.error}", file=sys.stderr)
@@ -180,7 +328,7 @@ def cmd_info(args):
     except XrayInferError as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_USAGE
-    info = {"model": str(clf.model_path), "spec": clf.spec.__dict__,
+    info = {"model": str(clf.model_path), "spec": clf.spec.to_dict(),
             "onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(),
             "kernel": {"module": _preprocess.__file__, "openmp": _preprocess.OPENMP}}
     if args.json:
@@ -217,17 +365,25 @@ def build_parser():
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     c.add_argument("-o", "--output", help="write results here (default: stdout)")
-    c.add_argument("-f", "--format", choices=("csv", "jsonl"),
-                   help="output format (default: from the --output suffix; csv on stdout)")
+    c.add_argument("-f", "--format", choices=FORMATS,
+                   help="output format (default: jsonl for a .jsonl/.json/.ndjson --output, "
+                        "else csv)")
     c.add_argument("--resume", action="store_true",
-                   help="skip inputs already in --output and append the rest")
+                   help="skip inputs already in --output and append the rest (format and "
+                        "columns are the file's own; a row cut by an interruption is redone)")
+    c.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: score again the inputs whose row holds an error "
+                        "(their old rows are replaced)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     c.add_argument("--model", help="ONNX model exported by the trainer (default: bundled)")
     c.add_argument("--providers", help="comma-separated ONNX Runtime providers, e.g. "
                                        "CUDAExecutionProvider,CPUExecutionProvider")
-    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="images per inference call")
     c.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     c.add_argument("--workers", type=int, help="decode/preprocess threads (default: CPUs)")
+    c.add_argument("--log", metavar="FILE",
+                   help="write library warnings and per-input failures here")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     c.set_defaults(fn=cmd_classify)
     i = sub.add_parser("info", help="show the model's metadata and the available providers")
@@ -248,7 +404,6 @@ def _quiet_opencv():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    _quiet_opencv()
     try:
         return args.fn(args)
     except UsageError as e:

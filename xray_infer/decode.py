@@ -5,6 +5,7 @@ half-decoded image. Files are read into memory first so that size checks happen 
 decoder allocates anything.
 """
 import os
+import re
 import struct
 from typing import NamedTuple
 
@@ -23,10 +24,6 @@ from .errors import DecodeError
 
 #: Largest file read.
 MAX_FILE_BYTES = 512 * 1024 * 1024
-
-#: File extensions collected when scanning folders (matched case-insensitively).
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
-
 
 _FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
@@ -80,6 +77,41 @@ def _declared_size(data):
     return None
 
 
+# In entropy-coded JPEG data, 0xFF is followed by 0x00 (a stuffed byte), 0xD0-0xD7 (restart
+# markers) or more 0xFF (fill); anything else is the next marker.
+_JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_complete(data):
+    """Whether a JPEG stream reaches its end-of-image marker.
+
+    Walks the segments (skipping their payloads, so an EXIF thumbnail's own end marker does not
+    count) and the entropy-coded scans; bytes after the end marker (padding some archives add)
+    are allowed. libjpeg fills a truncated scan with grey and only warns, so this decides.
+    """
+    i, n = 2, len(data)
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+        elif marker == 0xD9:
+            return True
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        else:
+            if i + 4 > n:
+                return False
+            i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+            if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+                m = _JPEG_MARKER.search(data, i)
+                if m is None:
+                    return False
+                i = m.start()
+    return False
+
+
 def _to_gray(img, path):
     if img.ndim == 2:
         return img
@@ -110,9 +142,8 @@ def decode_bytes(data, source="<bytes>"):
         if width * height > MAX_PIXELS:
             raise DecodeError(source, f"header declares {width}x{height} pixels, over the limit "
                                       f"of {MAX_PIXELS:,} (xray_infer.decode.MAX_PIXELS)")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-64:]:
-        # libjpeg fills a truncated scan with grey and only warns; refuse it instead.
-        raise DecodeError(source, "truncated JPEG (no end-of-image marker)")
+    if data[:2] == b"\xff\xd8" and not jpeg_complete(data):
+        raise DecodeError(source, "truncated JPEG (the data ends before its end-of-image marker)")
     # ANYDEPTH keeps 16-bit data, ANYCOLOR keeps grayscale single-channel; unlike UNCHANGED,
     # this applies the EXIF orientation as OpenCV's decoder defines it.
     try:

@@ -1,9 +1,10 @@
 """DICOM radiographs (needs the optional ``pydicom``: ``pip install 'xray-infer[dicom]'``).
 
 Single-frame grayscale images only. Pixel values go through the file's modality transform
-(Rescale Slope/Intercept or Modality LUT), then its VOI transform (the first Window
-Center/Width, else a VOI LUT), else the full range that BitsStored declares; MONOCHROME1 is
-inverted. The result is float32 in [0, 1] (maxval 1).
+(Rescale Slope/Intercept or Modality LUT), then its VOI transform (a VOI LUT, else the first
+Window Center/Width with its VOI LUT Function), both as pydicom implements them, and are scaled
+to [0, 1] over the range that transform maps to; without a VOI transform, over the range that
+BitsStored declares. MONOCHROME1 is inverted. The result is float32 in [0, 1] (maxval 1).
 """
 import io
 
@@ -18,17 +19,9 @@ def is_dicom(data, path=""):
     return data[128:132] == b"DICM" or str(path).lower().endswith((".dcm", ".dicom"))
 
 
-def _first(value):
-    try:
-        return float(value[0])
-    except TypeError:
-        return float(value)
-
-
 def decode_dicom(data, source, max_pixels):
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:
         raise DecodeError(source, "DICOM file, but pydicom is not installed: "
                                   "pip install 'xray-infer[dicom]'") from None
@@ -36,6 +29,18 @@ def decode_dicom(data, source, max_pixels):
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as e:  # pydicom raises several types for malformed files
         raise DecodeError(source, f"unreadable DICOM: {e}") from None
+    try:
+        return _pixels(ds, source, max_pixels)
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        # pydicom converts values lazily: a malformed IS/DS (e.g. '1A') surfaces here.
+        raise DecodeError(source, f"malformed DICOM header value ({type(e).__name__}: "
+                                  f"{e})") from None
+
+
+def _pixels(ds, source, max_pixels):
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
     if "PixelData" not in ds:
         raise DecodeError(source, "DICOM without pixel data (not an image object)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -64,20 +69,24 @@ def decode_dicom(data, source, max_pixels):
     if stored.ndim != 2:
         raise DecodeError(source, f"unexpected pixel array shape {stored.shape}")
     x = np.asarray(apply_modality_lut(stored, ds), np.float64)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        # Linear VOI function, DICOM PS3.3 C.11.2.1.2.1, to [0, 1].
-        c, w = _first(ds.WindowCenter), max(_first(ds.WindowWidth), 1.0)
-        y = np.clip((x - (c - 0.5)) / max(w - 1.0, 1.0) + 0.5, 0.0, 1.0)
-    elif "VOILUTSequence" in ds:
-        out_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
-        y = np.asarray(apply_voi_lut(stored, ds), np.float64) / (2 ** out_bits - 1)
+    if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+        # pydicom's VOI transform (VOI LUT, else the first window with its VOI LUT Function).
+        # Its output range is probed at the extremes of the input, which the LUT clamps and
+        # the window functions saturate, so [0, 1] spans whatever range it maps to.
+        y = np.asarray(apply_voi_lut(x, ds, index=0), np.float64)
+        with np.errstate(over="ignore"):
+            lo, hi = np.asarray(apply_voi_lut(np.array([-1e300, 1e300]), ds, index=0), np.float64)
     else:
+        # No VOI transform: the full range BitsStored declares, through the modality transform.
         bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-        lo = -(2 ** (bits - 1)) if int(ds.get("PixelRepresentation", 0)) == 1 else 0
-        ends = np.asarray(apply_modality_lut(np.array([lo, lo + 2 ** bits - 1]), ds), np.float64)
-        lo_v, hi_v = float(ends.min()), float(ends.max())
-        y = (x - lo_v) / max(hi_v - lo_v, 1e-12)
-    y = np.clip(y, 0.0, 1.0)
+        first = -(2 ** (bits - 1)) if int(ds.get("PixelRepresentation", 0)) == 1 else 0
+        lo, hi = np.asarray(apply_modality_lut(np.array([first, first + 2 ** bits - 1]), ds),
+                            np.float64)
+        y = x
+    if not (np.isfinite([lo, hi]).all() and lo != hi):
+        raise DecodeError(source, f"DICOM intensity transform maps everything to one value "
+                                  f"({lo:g} to {hi:g}); check its window or VOI LUT")
+    y = np.clip((y - lo) / (hi - lo), 0.0, 1.0)
     if photometric == "MONOCHROME1":
         y = 1.0 - y
     return np.ascontiguousarray(y, np.float32)

@@ -21,9 +21,14 @@ import numpy as np
 
 from . import _preprocess
 from .errors import ImageError
+from .spec import RESIZE_RULE  # noqa: F401  (the name of the rule defined above)
 
-#: Name of the resize rule above, as recorded in model metadata.
-RESIZE_RULE = "area-stretch"
+#: Smallest side of an image taken as a radiograph: below it there is no anatomy left to see
+#: (a detector's coarsest useful image is several hundred pixels a side).
+MIN_SIDE = 64
+#: Largest ratio of the long side to the short one: chest films are 1:1 to about 1:1.5, and
+#: the model sees everything squashed to a square, so a strip is not a chest film.
+MAX_ASPECT = 3.0
 
 _MAXVAL = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
 
@@ -65,8 +70,15 @@ def default_maxval(dtype):
                         f"expected one of {', '.join(str(d) for d in _MAXVAL)}") from None
 
 
-def check_image(image, source="<array>"):
-    """Return ``image`` as a C-contiguous 2-D array the kernel accepts, or raise ImageError."""
+def check_image(image, source="<array>", maxval=None):
+    """Return ``image`` as a C-contiguous 2-D array the kernel accepts, or raise ImageError.
+
+    Float pixels must be finite and, like integer pixels under a declared ``maxval`` below
+    their type's maximum, within ``[0, maxval]`` (default: ``default_maxval``): a value
+    outside it would give a scan no training image looked like, or overflow to infinity.
+    """
+    if maxval is not None and not float(maxval) > 0:
+        raise ValueError(f"maxval must be positive, got {maxval}")
     if not isinstance(image, np.ndarray):
         raise ImageError(source, f"expected a numpy array, got {type(image).__name__}")
     if image.ndim != 2:
@@ -78,7 +90,30 @@ def check_image(image, source="<array>"):
         raise ImageError(source, f"empty image of shape {image.shape}")
     if image.dtype == np.float32 and not np.isfinite(image).all():
         raise ImageError(source, "image contains NaN or infinite values")
+    limit = default_maxval(image.dtype) if maxval is None else float(maxval)
+    if image.dtype == np.float32 or limit < default_maxval(image.dtype):
+        lo, hi = float(image.min()), float(image.max())
+        if lo < 0 or hi > limit:
+            hint = (" (8-bit values in a float array? declare their maximum: "
+                    "Decoded(pixels, 255.0))"
+                    if image.dtype == np.float32 and limit == 1.0 and hi <= 255 else "")
+            raise ImageError(source, f"pixel values span [{lo:g}, {hi:g}], outside the declared "
+                                     f"range [0, {limit:g}]{hint}")
     return np.ascontiguousarray(image)
+
+
+def check_radiograph(image, source="<array>"):
+    """ImageError unless a 2-D image's shape could be a chest film (``MIN_SIDE``,
+    ``MAX_ASPECT``). Anything else about the array is ``check_image``'s to judge."""
+    if not (isinstance(image, np.ndarray) and image.ndim == 2):
+        return
+    h, w = image.shape
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(source, f"{w}x{h} pixels is too small for a radiograph (shorter side "
+                                 f"under {MIN_SIDE} px)")
+    if max(h, w) / min(h, w) > MAX_ASPECT:
+        raise ImageError(source, f"{w}x{h} pixels is not the shape of a chest film (sides "
+                                 f"differ by more than {MAX_ASPECT:g}:1)")
 
 
 def _affine(mean, std, maxval):
@@ -91,7 +126,7 @@ def _affine(mean, std, maxval):
 
 def reference_preprocess(image, *, size, mean, std, maxval=None):
     """NumPy reference of the definition above; returns float32 ``(size, size)``."""
-    image = check_image(image)
+    image = check_image(image, maxval=maxval)
     maxval = default_maxval(image.dtype) if maxval is None else float(maxval)
     scale, offset = _affine(mean, std, maxval)
     x = image.astype(np.float64)
@@ -117,7 +152,7 @@ def preprocess_into(image, out, *, mean, std, maxval=None, threads=1, source="<a
     input size. ``threads > 1`` splits output rows across OpenMP threads where compiled in.
     Raises ImageError (naming ``source``) for images the kernel cannot take.
     """
-    image = check_image(image, source)
+    image = check_image(image, source, maxval)
     if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 2
             and out.shape[0] == out.shape[1] and out.flags.c_contiguous and out.flags.writeable):
         raise ValueError("out must be a writeable C-contiguous float32 square 2-D array")

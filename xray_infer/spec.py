@@ -1,44 +1,83 @@
-"""The model's data contract, stored as JSON in the ONNX metadata under one key.
+"""The model contract: what a model takes, what it returns and how to read it.
 
-The exporter writes a ``ModelSpec``; ``ModelSpec.from_metadata`` is the one function that reads
-it. Nothing about classes or preprocessing is known to the library from anywhere else.
+This module is a leaf (it imports nothing of the package and nothing heavy): the trainer writes
+a ``ModelSpec`` as JSON into the ONNX metadata under one key, and ``ModelSpec.from_metadata`` is
+the one function that reads it. Nothing about classes, input or preprocessing is known to the
+library from anywhere else.
 """
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
+
 from .errors import ModelError
-from .preprocess import RESIZE_RULE
 
 METADATA_KEY = "xray_infer.spec"
 SCHEMA_VERSION = 1
+
+#: Output order of every model this project trains.
+CLASS_NAMES = ("normal", "bacterial", "viral")
+NUM_CLASSES = len(CLASS_NAMES)
+
+#: The resize rule of ``xray_infer.preprocess``: area resampling to a square, aspect ratio not
+#: kept (the training images are whole radiographs squashed to a square).
+RESIZE_RULE = "area-stretch"
+#: How colour inputs become the one grey channel: ITU-R BT.601 luminance.
+COLOR_RULE = "luminance"
+#: How probabilities become a label: the most probable class.
+DECISION_RULE = "argmax"
+
+#: Images per inference call unless the caller says otherwise.
+DEFAULT_BATCH_SIZE = 32
+
+
+def softmax(logits):
+    """Row-wise softmax of ``(N, C)`` logits in float64 (stable for any finite input)."""
+    z = np.asarray(logits, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything inference needs to feed the model and read its output.
 
-    The model takes float32 ``(N, 1, input_size, input_size)`` and returns ``(N, len(class_names))``
-    logits; ``softmax(logits)`` gives the class probabilities.
+    The model takes float32 ``(N, 1, input_size, input_size)``: the scan resized by
+    ``resize`` and normalised as ``(x / maxval - mean) / std``. It returns ``(N,
+    len(class_names))`` logits; ``softmax(logits)`` gives the class probabilities and
+    ``decision`` the label. ``validation_split`` says which training patients selected it.
     """
     class_names: tuple
     input_size: int
     mean: float
     std: float
     resize: str = RESIZE_RULE
-    color: str = "luminance"
+    color: str = COLOR_RULE
+    decision: str = DECISION_RULE
     input_name: str = "image"
     output_name: str = "logits"
     model_version: str = "unversioned"
     training_data: str = ""
+    validation_split: str = ""
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     _REQUIRED = ("class_names", "input_size", "mean", "std", "resize", "schema_version")
+    #: Rules this library implements; a model asking for another one is refused.
+    _RULES = {"resize": (RESIZE_RULE,), "color": (COLOR_RULE,), "decision": (DECISION_RULE,)}
 
     def to_metadata(self):
         """{key: value} pairs for ``onnx.ModelProto.metadata_props``."""
         return {METADATA_KEY: json.dumps(asdict(self), sort_keys=True)}
+
+    def to_dict(self):
+        return asdict(self)
+
+    def label(self, probabilities):
+        """The class name the decision rule gives for one row of probabilities."""
+        return self.class_names[int(np.argmax(probabilities))]
 
     @classmethod
     def from_metadata(cls, metadata, source="<model>"):
@@ -58,20 +97,25 @@ class ModelSpec:
         if raw["schema_version"] != SCHEMA_VERSION:
             raise ModelError(f"{source}: metadata schema {raw['schema_version']} is not "
                              f"supported (this xray_infer reads {SCHEMA_VERSION})")
-        if raw["resize"] != RESIZE_RULE:
-            raise ModelError(f"{source}: resize rule {raw['resize']!r} is not implemented "
-                             f"(only {RESIZE_RULE!r})")
+        for key, known in cls._RULES.items():
+            if raw.get(key, known[0]) not in known:
+                raise ModelError(f"{source}: {key} rule {raw[key]!r} is not implemented "
+                                 f"(only {', '.join(map(repr, known))})")
+        names = raw["class_names"]
+        if (not isinstance(names, list) or len(names) < 2 or len(set(map(str, names))) != len(names)
+                or not all(isinstance(n, str) and n for n in names)):
+            raise ModelError(f"{source}: class_names must be 2 or more distinct strings, "
+                             f"got {names!r}")
+        size = raw["input_size"]
+        if not (isinstance(size, int) and not isinstance(size, bool) and size > 0):
+            raise ModelError(f"{source}: input_size must be a positive integer, got {size!r}")
+        for key in ("mean", "std"):
+            v = raw[key]
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)):
+                raise ModelError(f"{source}: {key} must be a finite number, got {v!r}")
+        if not raw["std"] > 0:
+            raise ModelError(f"{source}: std must be positive, got {raw['std']!r}")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in known}
-        kwargs["class_names"] = tuple(kwargs["class_names"])
-        spec = cls(**kwargs)
-        names = spec.class_names
-        if len(names) < 2 or len(set(names)) != len(names) or not all(isinstance(n, str)
-                                                                       for n in names):
-            raise ModelError(f"{source}: class_names must be 2 or more distinct strings, "
-                             f"got {list(names)}")
-        if not (isinstance(spec.input_size, int) and spec.input_size > 0):
-            raise ModelError(f"{source}: input_size must be a positive integer")
-        if not spec.std > 0:
-            raise ModelError(f"{source}: std must be positive")
-        return spec
+        kwargs["class_names"] = tuple(names)
+        return cls(**kwargs)

@@ -25,9 +25,11 @@ EXPECTED = {
     "zero-width.png": "empty image",
     "bomb.png": "over the limit",
     "bomb.jpeg": "over the limit",
-    "one-pixel.png": True,
-    "thin-row.png": True,
-    "thin-column.png": True,
+    "one-pixel.png": "too small for a radiograph",
+    "thin-row.png": "too small for a radiograph",
+    "thin-column.png": "too small for a radiograph",
+    "strip.png": "not the shape of a chest film",
+    "padded.jpeg": True,  # trailing bytes after the end-of-image marker, as some archives write
     "gray16.png": True,
     "rgb.png": True,
     "rgba.png": True,
@@ -67,6 +69,8 @@ def make(out, source):
     cv2.imwrite(str(out / "one-pixel.png"), gray[:1, :1])
     cv2.imwrite(str(out / "thin-row.png"), cv2.resize(gray, (4000, 1), interpolation=cv2.INTER_AREA))
     cv2.imwrite(str(out / "thin-column.png"), cv2.resize(gray, (1, 4000), interpolation=cv2.INTER_AREA))
+    cv2.imwrite(str(out / "strip.png"), cv2.resize(gray, (900, 200), interpolation=cv2.INTER_AREA))
+    (out / "padded.jpeg").write_bytes(raw + b"\x00" * 4096)
     cv2.imwrite(str(out / "gray16.png"), gray.astype(np.uint16) * 257)
     bgr = cv2.merge([gray, gray, gray])
     cv2.imwrite(str(out / "rgb.png"), bgr)

@@ -1,0 +1,67 @@
+"""From inputs (paths, encoded bytes, arrays) to a model batch: the path shared by the
+classifier and the trainer, so both see exactly the same pixels."""
+import os
+
+import numpy as np
+
+from .decode import Decoded, decode_bytes, read_image
+from .errors import InputError
+from .preprocess import check_radiograph, preprocess_into
+
+
+def source_name(item, index):
+    """How an input is named in results and errors: its path, or ``<array i>``."""
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return f"<bytes {index}>"
+    return f"<array {index}>"
+
+
+def decode_input(item, source):
+    """A ``Decoded`` scan for a path, encoded bytes, a 2-D array or a ``Decoded``."""
+    if isinstance(item, Decoded):
+        return item
+    if isinstance(item, (str, os.PathLike)):
+        return read_image(item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return decode_bytes(bytes(item), source)
+    if isinstance(item, np.ndarray):
+        return Decoded(item, None)
+    raise InputError(source, f"unsupported input type {type(item).__name__} (expected a path, "
+                             f"bytes, a 2-D array or Decoded)")
+
+
+def prepare_input(item, out, spec, source):
+    """Decode, check and preprocess one input into ``out``; None, or the reason it failed.
+
+    Never raises for a bad input: one bad scan must not sink a batch.
+    """
+    try:
+        decoded = decode_input(item, source)
+        check_radiograph(decoded.pixels, source)
+        preprocess_into(decoded.pixels, out, mean=spec.mean, std=spec.std,
+                        maxval=decoded.maxval, source=source)
+        return None
+    except InputError as e:
+        return e.reason
+    except Exception as e:  # anything else a decoder throws is still this input's failure
+        return f"{type(e).__name__}: {e}"
+
+
+def preprocess_batch(items, spec, *, executor=None, start=0):
+    """Preprocess ``items`` into a new float32 ``(N, 1, S, S)`` batch for ``spec``.
+
+    Returns ``(batch, errors)``: ``errors[i]`` is None, or the reason item ``i`` failed (its
+    slot in ``batch`` is then undefined). ``executor`` spreads the items over its threads (the
+    kernel releases the GIL); ``start`` is the index of ``items[0]`` in a longer input, for the
+    ``<array i>`` names.
+    """
+    size = spec.input_size
+    batch = np.empty((len(items), 1, size, size), np.float32)
+
+    def one(i):
+        return prepare_input(items[i], batch[i, 0], spec, source_name(items[i], start + i))
+
+    run = executor.map if executor is not None else map
+    return batch, list(run(one, range(len(items))))

@@ -1,0 +1,95 @@
+"""Opening a model: the one place that turns an ONNX file into a session and its ModelSpec."""
+import hashlib
+from pathlib import Path
+
+import onnxruntime as ort
+
+from . import providers as _providers
+from .errors import ModelError
+from .spec import ModelSpec
+
+#: The model shipped with the package; its SHA-256 sidecar must exist and match.
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+
+
+def sidecar_path(path):
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
+def _expected_digest(sidecar):
+    try:
+        text = sidecar.read_text()
+    except OSError as e:
+        raise ModelError(f"{sidecar}: cannot read the SHA-256 file: {e}") from None
+    words = text.split()
+    digest = words[0].lower() if words else ""
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ModelError(f"{sidecar}: not a SHA-256 file (expected 64 hex digits, then the "
+                         f"file name)")
+    return digest
+
+
+def read_model_bytes(path, require_digest=False):
+    """The model's bytes, checked against ``<model>.sha256`` (required when ``require_digest``,
+    otherwise checked only where it exists)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"{path}: model file not found") from None
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read model file: {e}") from None
+    sidecar = sidecar_path(path)
+    if require_digest and not sidecar.exists():
+        raise ModelError(f"{path}: {sidecar.name} is missing; the bundled model is always "
+                         f"checked against it")
+    if sidecar.exists():
+        expected = _expected_digest(sidecar)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise ModelError(f"{path}: SHA-256 {actual} does not match {sidecar.name} "
+                             f"({expected}); the model file is corrupted or was replaced")
+    return data
+
+
+def check_signature(session, spec, source):
+    """The graph's inputs and outputs must be what the spec says."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    names_in, names_out = [i.name for i in inputs], [o.name for o in outputs]
+    if names_in != [spec.input_name] or spec.output_name not in names_out:
+        raise ModelError(f"{source}: graph inputs/outputs {names_in}/{names_out} do not match "
+                         f"the metadata ({spec.input_name}/{spec.output_name})")
+    shape = inputs[0].shape
+    if len(shape) != 4 or list(shape[1:]) != [1, spec.input_size, spec.input_size]:
+        raise ModelError(f"{source}: input shape {shape} does not match the metadata "
+                         f"(N, 1, {spec.input_size}, {spec.input_size})")
+    out = outputs[names_out.index(spec.output_name)].shape
+    if len(out) != 2 or out[1] != len(spec.class_names):
+        raise ModelError(f"{source}: output shape {out} does not match "
+                         f"{len(spec.class_names)} classes")
+
+
+def load_model(path=None, *, providers=None, threads=None):
+    """Open an exported model: ``(onnxruntime.InferenceSession, ModelSpec)``.
+
+    ``path`` defaults to the bundled model, which must match its SHA-256 file; another model is
+    checked against ``<model>.sha256`` where one exists. ``providers`` as in
+    ``providers.resolve`` (default: CUDA when available, else CPU); ``threads`` sets ONNX
+    Runtime's intra-op thread count. Raises ModelError for a file that is missing, corrupted,
+    not ONNX, without valid metadata, or whose graph does not match its metadata.
+    """
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    data = read_model_bytes(path, require_digest=path.resolve() == DEFAULT_MODEL)
+    requested = _providers.resolve(providers)
+    _providers.prepare(requested)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        session = ort.InferenceSession(data, sess_options=options, providers=requested)
+    except Exception as e:  # onnxruntime raises several unrelated types for bad files
+        raise ModelError(f"{path}: not a loadable ONNX model: {e}") from None
+    _providers.check_active(requested, session.get_providers())
+    spec = ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    check_signature(session, spec, path)
+    return session, spec
