@@ -20,6 +20,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+#: Test-split scans shipped with the package (tests that need only these run without the dataset).
+SAMPLES = ROOT / "xray_infer" / "samples"
+
+
 @pytest.fixture(scope="session")
 def data():
     return DATA
+
+
+@pytest.fixture(scope="session")
+def samples():
+    return SAMPLES

@@ -1,6 +1,7 @@
 """classify()/Classifier with real ONNX Runtime sessions on real scans."""
 import glob
 import os
+import re
 import threading
 import tracemalloc
 import warnings
@@ -107,8 +108,6 @@ def test_providers(scans):
     assert "CPUExecutionProvider" in str(e.value)
     clf = Classifier(providers=["CPUExecutionProvider"], threads=1)
     assert clf.providers == ["CPUExecutionProvider"]
-    default = Classifier()
-    assert default.providers[-1] == "CPUExecutionProvider"
 
 
 def test_model_without_metadata_is_rejected(tmp_path):
@@ -192,9 +191,51 @@ def test_concurrent_use_matches_sequential(clf, scans):
             assert max(abs(a[c] - b[c]) for c in a) < 1e-5
 
 
-def test_invalid_batch_size():
-    with pytest.raises(ValueError):
-        Classifier(batch_size=0)
+@pytest.mark.parametrize("kw", [dict(batch_size=0), dict(batch_size=2.5), dict(threads=0),
+                                dict(workers=-1), dict(batch_size=True)])
+def test_invalid_counts(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        Classifier(**kw)
+
+
+def test_a_decoded_scan_is_one_input(clf, samples):
+    d = read_image(samples / "IM-0001-0001.jpeg")
+    results = clf.classify(d)
+    assert len(results) == 1 and results[0].ok
+    assert results[0].probabilities == clf.classify([d])[0].probabilities
+
+
+def test_encoded_bytes_are_an_input(clf, samples):
+    path = samples / "IM-0001-0001.jpeg"
+    a, b = clf.classify([path.read_bytes(), str(path)])
+    assert a.source == "<bytes 0>" and a.probabilities == b.probabilities
+    bad = clf.classify([b"not an image"])[0]
+    assert "<bytes 0>" == bad.source and "not a decodable image" in bad.error
+
+
+@pytest.mark.parametrize("pixels,maxval,reason", [
+    (np.full((300, 300), 3e38, np.float32), None, r"outside the declared range \[0, 1\]"),
+    (np.full((300, 300), 200.0, np.float32), None, "Decoded\\(pixels, 255.0\\)"),
+    (np.full((300, 300), -0.1, np.float32), None, "outside the declared range"),
+    (np.full((300, 300), np.nan, np.float32), None, "NaN or infinite"),
+    (np.full((300, 300), 5000, np.uint16), 4095.0, r"outside the declared range \[0, 4095\]"),
+    (np.zeros((1, 1), np.uint8), 255.0, "too small for a radiograph"),
+    (np.zeros((4, 3000), np.uint8), 255.0, "too small for a radiograph"),
+    (np.zeros((100, 400), np.uint8), 255.0, "not the shape of a chest film"),
+])
+def test_out_of_range_and_implausible_inputs_are_errors(clf, pixels, maxval, reason):
+    item = Decoded(pixels, maxval) if maxval is not None else pixels
+    results = clf.classify([item, np.full((300, 300), 0.5, np.float32)])
+    assert [r.ok for r in results] == [False, True]
+    assert results[0].label is None and results[0].probabilities is None
+    assert re.search(reason, results[0].error), results[0].error
+
+
+def test_float_scan_in_declared_range_matches_its_8_bit_original(clf, samples):
+    d = read_image(samples / "IM-0001-0001.jpeg")
+    as_float = Decoded(d.pixels.astype(np.float32), 255.0)
+    a, b = clf.classify([d, as_float])
+    assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 1e-5
 
 
 def test_no_warning_on_plain_cpu():

@@ -79,6 +79,146 @@ def test_usage_errors_before_model_load(tmp_path):
     assert p.returncode == 2 and "CPUExecutionProvider" in p.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["-o", "{out}", "--resume", "--overwrite"], "contradict"),
+    (["-o", "{out}", "--retry-failed"], "--retry-failed needs --resume"),
+    (["-o", "{tmp}"], "is a directory"),
+])
+def test_option_values_and_combinations_are_checked_first(tmp_path, args, message):
+    """A broken model file would fail the load; the option error must come first."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    args = [a.format(out=tmp_path / "o.csv", tmp=tmp_path) for a in args]
+    p = run("classify", SAMPLES, "--model", broken, *args)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert not (tmp_path / "o.csv").exists()
+
+
+def _first_two(folder):
+    return sorted(folder.glob("*.jpeg"))[:2]
+
+
+def test_resume_takes_the_format_from_the_file(folder, tmp_path):
+    out = tmp_path / "results.txt"  # the suffix says nothing
+    assert run("classify", *_first_two(folder), "-o", out, "-f", "csv", "-q").returncode == 0
+    before = out.read_bytes()
+    p = run("classify", folder, "-o", out, "--resume", "-f", "jsonl")
+    assert p.returncode == 2 and "holds csv rows" in p.stderr
+    assert out.read_bytes() == before  # untouched
+    p = run("classify", folder, "-o", out, "--resume")
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 and len({r["path"] for r in rows}) == 4
+
+
+def test_resume_refuses_a_file_with_other_columns(folder, tmp_path):
+    out = tmp_path / "out.csv"
+    out.write_text("path,label,p_a,p_b,error\nx.jpeg,a,0.5,0.5,\n")
+    before = out.read_bytes()
+    p = run("classify", folder, "-o", out, "--resume")
+    assert p.returncode == 2 and "has columns" in p.stderr
+    assert out.read_bytes() == before
+    out.write_text("some notes\nnot a results file\n")
+    p = run("classify", folder, "-o", out, "--resume")
+    assert p.returncode == 2 and "refusing to append" in p.stderr
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_resume_drops_a_row_cut_by_an_interruption(folder, tmp_path, fmt):
+    out = tmp_path / f"out.{fmt}"
+    assert run("classify", *_first_two(folder), "-o", out, "-q").returncode == 0
+    text = out.read_text()
+    cut = text[: len(text) - len(text.splitlines()[-1]) // 2 - 1]  # half of the last row
+    out.write_text(cut)
+    p = run("classify", folder, "-o", out, "--resume")
+    assert p.returncode == 0, p.stderr
+    assert "1 skipped" in p.stderr  # the cut row's input is scored again
+    lines = out.read_text().splitlines()
+    if fmt == "csv":
+        rows = list(csv.DictReader(lines))
+    else:
+        rows = [json.loads(line) for line in lines]
+    assert len(rows) == 4 and len({r["path"] for r in rows}) == 4
+    assert all(r["label"] for r in rows)
+
+
+def test_resume_matches_paths_by_their_absolute_form(folder, tmp_path):
+    out = tmp_path / "out.csv"
+    names = [f"scans/{p.name}" for p in _first_two(folder)]
+    assert run("classify", *names, "-o", out, "-q", cwd=folder.parent).returncode == 0
+    p = run("classify", "./scans", "-o", out, "--resume", cwd=folder.parent)
+    assert p.returncode == 0 and "2 skipped" in p.stderr, p.stderr
+    assert len(list(csv.DictReader(out.open()))) == 4
+
+
+def test_retry_failed_replaces_the_failed_rows(folder, tmp_path):
+    good = sorted(folder.glob("*.jpeg"))[0]
+    broken = folder / "zz-late.jpeg"
+    broken.write_bytes(good.read_bytes()[:500])  # still being copied when first scored
+    out = tmp_path / "out.jsonl"
+    assert run("classify", folder, "-o", out, "-q").returncode == 1
+    broken.write_bytes(good.read_bytes())  # the copy has finished
+    p = run("classify", folder, "-o", out, "--resume")
+    assert p.returncode == 0 and "5 skipped" in p.stderr  # without --retry-failed: kept
+    assert "1 of them with an error (--retry-failed" in p.stderr
+    p = run("classify", folder, "-o", out, "--resume", "--retry-failed")
+    assert p.returncode == 0 and "1 failed earlier and retried" in p.stderr, p.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 5 and len({r["path"] for r in rows}) == 5
+    assert all(r["error"] is None for r in rows)
+
+
+def test_overwrite_replaces_the_file(folder, tmp_path):
+    out = tmp_path / "out.csv"
+    out.write_text("old contents\n")
+    p = run("classify", folder, "-o", out, "--overwrite", "-q")
+    assert p.returncode == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 4 and "old contents" not in out.read_text()
+
+
+def test_an_input_reached_twice_gets_one_row(folder):
+    one = sorted(folder.glob("*.jpeg"))[0]
+    p = run("classify", folder, one, f"{folder}/./{one.name}")
+    assert p.returncode == 0
+    rows = list(csv.DictReader(p.stdout.splitlines()))
+    assert len(rows) == 4 and "2 repeated input(s) scored once" in p.stderr
+
+
+def test_interrupt_exits_130_and_resume_completes(tmp_path):
+    """SIGINT mid-run: exit status 130, every written row complete; --resume then scores
+    each remaining input exactly once."""
+    import os
+    import signal
+    import time
+    scans = tmp_path / "many"
+    scans.mkdir()
+    samples = sorted(SAMPLES.glob("*.jpeg"))
+    for i in range(400):
+        os.symlink(samples[i % len(samples)], scans / f"{i:04d}.jpeg")
+    out = tmp_path / "out.csv"
+    proc = subprocess.Popen([sys.executable, "-m", "xray_infer", "classify", str(scans), "-o",
+                             str(out), "--batch-size", "4", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 6):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    rows = list(csv.DictReader(out.open()))
+    assert 5 <= len(rows) < 400 and all(r["label"] for r in rows)
+    p = run("classify", scans, "-o", out, "--resume", "--batch-size", "64")
+    assert p.returncode == 0, p.stderr
+    paths = [r["path"] for r in csv.DictReader(out.open())]
+    assert len(paths) == 400 and len(set(paths)) == 400
+
+
 def test_explicit_bad_file_is_reported_not_dropped(tmp_path):
     bad = tmp_path / "x.dat"
     bad.write_bytes(b"junk")

@@ -7,20 +7,20 @@ import cv2
 import numpy as np
 import pytest
 
-from xray_infer.decode import MAX_PIXELS, decode_bytes, read_image
+from xray_infer.decode import MAX_PIXELS, decode_bytes, jpeg_complete, read_image
 from xray_infer.errors import DecodeError
 
-SCAN = "chest_xray/test/NORMAL/IM-0001-0001.jpeg"
+SCAN = "IM-0001-0001.jpeg"  # a test-split scan shipped in the samples
 
 
-def test_reads_real_scan_as_2d_uint8(data):
-    d = read_image(data / SCAN)
+def test_reads_real_scan_as_2d_uint8(samples):
+    d = read_image(samples / SCAN)
     assert d.pixels.ndim == 2 and d.pixels.dtype == np.uint8 and d.maxval == 255
     assert d.pixels.shape == (224, 224)
 
 
-def test_colour_and_16_bit_png(tmp_path, data):
-    gray = read_image(data / SCAN).pixels
+def test_colour_and_16_bit_png(tmp_path, samples):
+    gray = read_image(samples / SCAN).pixels
     bgr = cv2.merge([gray, gray, gray])
     cv2.imwrite(str(tmp_path / "rgb.png"), bgr)
     assert np.array_equal(read_image(tmp_path / "rgb.png").pixels, gray)
@@ -54,8 +54,8 @@ def test_bad_files_raise_specific_errors(tmp_path, name, content, reason):
     assert str(p) in str(e.value)
 
 
-def test_truncated_jpeg(tmp_path, data):
-    raw = (data / SCAN).read_bytes()
+def test_truncated_jpeg(tmp_path, samples):
+    raw = (samples / SCAN).read_bytes()
     p = tmp_path / "cut.jpeg"
     p.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DecodeError, match="truncated"):
@@ -85,10 +85,10 @@ def test_pixel_limit_is_checked_before_decoding():
         decode_bytes(_png(60000, 60000), "bomb.png")
 
 
-def test_exif_orientation_is_applied(tmp_path, data):
+def test_exif_orientation_is_applied(tmp_path, samples):
     """A JPEG whose EXIF says 'rotate 90 CW' decodes upright, as OpenCV's decoder defines it."""
     from PIL import Image
-    gray = read_image(data / SCAN).pixels
+    gray = read_image(samples / SCAN).pixels
     tall = np.ascontiguousarray(gray[:, :150])  # non-square so the rotation is visible
     img = Image.fromarray(np.ascontiguousarray(np.rot90(tall, 1)))  # stored rotated 90 CCW
     exif = Image.Exif()
@@ -100,12 +100,51 @@ def test_exif_orientation_is_applied(tmp_path, data):
     assert np.abs(d.astype(int) - tall.astype(int)).mean() < 3
 
 
-def test_cmyk_and_grayscale_jpeg(tmp_path, data):
+def test_cmyk_and_grayscale_jpeg(tmp_path, samples):
     from PIL import Image
-    gray = read_image(data / SCAN).pixels
+    gray = read_image(samples / SCAN).pixels
     Image.fromarray(gray).convert("CMYK").save(tmp_path / "cmyk.jpeg", quality=98)
     Image.fromarray(gray).save(tmp_path / "gray.jpeg", quality=98)
     for name in ("cmyk.jpeg", "gray.jpeg"):
         d = read_image(tmp_path / name)
         assert d.pixels.shape == gray.shape and d.pixels.dtype == np.uint8
         assert np.abs(d.pixels.astype(int) - gray.astype(int)).mean() < 3, name
+
+
+def test_trailing_bytes_after_the_end_marker_are_accepted(tmp_path, samples):
+    raw = (samples / SCAN).read_bytes()
+    padded = tmp_path / "padded.jpeg"
+    padded.write_bytes(raw + b"\x00" * 10_000)
+    assert np.array_equal(read_image(padded).pixels, read_image(samples / SCAN).pixels)
+
+
+def test_end_marker_is_found_by_walking_the_stream(samples):
+    raw = (samples / SCAN).read_bytes()
+    assert jpeg_complete(raw) and jpeg_complete(raw + b"\xff\xd9" * 3)
+    for cut in range(4, len(raw) - 1, max(1, len(raw) // 97)):
+        assert not jpeg_complete(raw[:cut]), cut
+    assert not jpeg_complete(raw[:-2] + b"\x00" * 100)  # end marker overwritten by padding
+
+
+def test_a_thumbnail_end_marker_does_not_hide_truncation(tmp_path, samples):
+    """An APP segment carrying a whole JPEG (as EXIF thumbnails do) holds an end marker; the
+    cut main image must still be refused."""
+    raw = (samples / SCAN).read_bytes()
+    thumb = cv2.imencode(".jpg", np.zeros((8, 8), np.uint8))[1].tobytes()
+    app = b"\xff\xe1" + struct.pack(">H", len(thumb) + 2) + thumb
+    with_thumb = raw[:2] + app + raw[2:]
+    assert np.array_equal(decode_bytes(with_thumb).pixels, read_image(samples / SCAN).pixels)
+    cut = tmp_path / "cut.jpeg"
+    cut.write_bytes(with_thumb[: len(with_thumb) * 2 // 3])
+    with pytest.raises(DecodeError, match="truncated JPEG"):
+        read_image(cut)
+
+
+def test_truncated_progressive_jpeg(tmp_path, samples):
+    gray = read_image(samples / SCAN).pixels
+    prog = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert jpeg_complete(prog)
+    p = tmp_path / "prog.jpeg"
+    p.write_bytes(prog[: len(prog) // 2])
+    with pytest.raises(DecodeError, match="truncated JPEG"):
+        read_image(p)

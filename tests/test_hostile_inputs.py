@@ -7,11 +7,11 @@ from pathlib import Path
 
 from corpus.make_corpus import EXPECTED, make
 
-SCAN = "chest_xray/test/NORMAL/IM-0001-0001.jpeg"
+SCAN = "IM-0001-0001.jpeg"  # a shipped sample
 
 
-def test_corpus_through_cli(tmp_path, data):
-    corpus = make(tmp_path / "corpus", data / SCAN)
+def test_corpus_through_cli(tmp_path, samples):
+    corpus = make(tmp_path / "corpus", samples / SCAN)
     out = tmp_path / "out.jsonl"
     p = subprocess.run([sys.executable, "-m", "xray_infer", "classify", corpus, "-o", out],
                        capture_output=True, text=True, timeout=300)

@@ -150,6 +150,29 @@ def test_threads_share_no_state():
     assert errors == []
 
 
+def test_openmp_rows_from_several_python_threads():
+    """threads > 1 (OpenMP rows, where compiled in) while several Python threads call the kernel."""
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 65536, (rng.integers(200, 700), rng.integers(200, 700)),
+                           dtype=np.uint16) for _ in range(6)]
+    expected = [reference_preprocess(im, size=128, **NORM) for im in images]
+    errors = []
+
+    def work(offset):
+        for k in range(12):
+            i = (k + offset) % len(images)
+            got = preprocess(images[i], size=128, threads=2 + offset % 3, **NORM)
+            if np.abs(got - expected[i]).max() > TOL:
+                errors.append(i)
+
+    threads = [threading.Thread(target=work, args=(o,)) for o in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
 @pytest.mark.slow
 def test_kernel_matches_reference_on_all_fullres_scans(data):
     paths = sorted(glob.glob(str(data / "fullres" / "*" / "*.jpeg")))

@@ -244,13 +244,14 @@ def _setup_logging(path):
 def cmd_classify(args):
     fmt, existing = check_arguments(args)
     files, repeats = collect_inputs(args.paths, args.recursive)
-    skipped, retried = 0, set()
+    skipped, skipped_failed, retried = 0, 0, set()
     if existing is not None:
         keys = [input_key(f) for f in files]
         if args.retry_failed:
             retried = {k for k in keys if existing.rows.get(k)}
         done = {k for k in existing.rows if k not in retried}
         skipped = sum(k in done for k in keys)
+        skipped_failed = sum(k in done and existing.rows[k] for k in keys)
         files = [f for f, k in zip(files, keys) if k not in done]
     providers = args.providers.split(",") if args.providers else None
     sink = _setup_logging(args.log)
@@ -301,7 +302,9 @@ def cmd_classify(args):
     if not args.quiet:
         msg = f"xray-infer: {len(files) - len(failures)} classified, {len(failures)} failed"
         if skipped:
-            msg += f", {skipped} skipped (already in {args.output})"
+            msg += f", {skipped} skipped (already in {args.output}"
+            msg += (f"; {skipped_failed} of them with an error (--retry-failed scores them "
+                    f"again))" if skipped_failed else ")")
         if retried:
             msg += f", {len(retried)} failed earlier and retried"
         if repeats:

@@ -70,12 +70,17 @@ def _pixels(ds, source, max_pixels):
         raise DecodeError(source, f"unexpected pixel array shape {stored.shape}")
     x = np.asarray(apply_modality_lut(stored, ds), np.float64)
     if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
-        # pydicom's VOI transform (VOI LUT, else the first window with its VOI LUT Function).
-        # Its output range is probed at the extremes of the input, which the LUT clamps and
-        # the window functions saturate, so [0, 1] spans whatever range it maps to.
+        # pydicom's VOI transform: the VOI LUT where there is one, else the first window with
+        # its VOI LUT Function. [0, 1] spans the range it maps to, probed at input extremes
+        # (which a LUT clamps to its end entries and the window functions saturate at).
+        if "VOILUTSequence" in ds:
+            x = np.rint(x).astype(np.int64)  # a LUT is indexed by integer modality values
+            ends = np.array([-2 ** 40, 2 ** 40], np.int64)
+        else:
+            ends = np.array([-1e300, 1e300])
         y = np.asarray(apply_voi_lut(x, ds, index=0), np.float64)
         with np.errstate(over="ignore"):
-            lo, hi = np.asarray(apply_voi_lut(np.array([-1e300, 1e300]), ds, index=0), np.float64)
+            lo, hi = np.asarray(apply_voi_lut(ends, ds, index=0), np.float64)
     else:
         # No VOI transform: the full range BitsStored declares, through the modality transform.
         bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
