@@ -8,7 +8,8 @@ pytest.importorskip("torch")
 from benchmarks.__main__ import COMMANDS, main  # noqa: E402
 
 
-@pytest.mark.parametrize("name", sorted(COMMANDS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "inference"
+                                  else n for n in sorted(COMMANDS)])
 def test_benchmark_smoke(name, tmp_path, data):
     out = tmp_path / f"{name}.json"
     main([name, "--limit", "3", "--repeat", "1", "--batch-sizes", "1", "2", "--json", str(out)])

@@ -149,6 +149,7 @@ def test_corrupted_or_foreign_model_files(tmp_path):
         Classifier(tmp_path / "absent.onnx")
 
 
+@pytest.mark.slow
 def test_generator_input_keeps_memory_bounded(clf, scans):
     """600 inputs from a generator: peak Python-side memory stays a few batches' worth."""
     n, size = 600, clf.spec.input_size

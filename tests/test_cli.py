@@ -189,6 +189,7 @@ def test_an_input_reached_twice_gets_one_row(folder):
     assert len(rows) == 4 and "2 repeated input(s) scored once" in p.stderr
 
 
+@pytest.mark.slow
 def test_interrupt_exits_130_and_resume_completes(tmp_path):
     """SIGINT mid-run: exit status 130, every written row complete; --resume then scores
     each remaining input exactly once."""

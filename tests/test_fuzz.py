@@ -18,6 +18,7 @@ def _limit_memory():
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
+@pytest.mark.slow
 def test_fuzz_decode_and_preprocess(tmp_path):
     # libFuzzer's own -rss_limit_mb reads the peak RSS, which a child inherits from this (large)
     # test process on Linux; the address-space limit bounds the fuzzer's memory instead.

@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from trainer.model import NetConfig, build  # noqa: E402
+from trainer.pretrained import LiteConfig  # noqa: E402
 from trainer.train import RunConfig  # noqa: E402
 from xray_infer import Classifier  # noqa: E402
 
@@ -70,3 +71,59 @@ def test_train_one_epoch_and_export(tmp_path, data):
             == RunConfig.from_dict(result["config"]))
     r = clf.classify(np.zeros((100, 80), np.uint8))
     assert r[0].ok
+
+
+@pytest.mark.parametrize("net", [NetConfig(widths=(4, 8), input_size=32),
+                                 LiteConfig(input_size=64, pretrained=False)])
+def test_class_maps_average_to_the_calibrated_logits(tmp_path, net):
+    """Exported CAM output: for one member, the spatial mean of each class map is its
+    calibrated logit (softmax of the means = the model's probabilities), within 1e-4."""
+    from trainer.export import export
+    from xray_infer.model import load_model
+    from xray_infer.spec import softmax
+    torch.manual_seed(0)
+    cfg = RunConfig(net=net)
+    member = build(net).eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 1, net.input_size, net.input_size)).astype(np.float32)
+    y = np.arange(40) % 3
+    export([(cfg, member.state_dict())], tmp_path / "m.onnx", {"val": (x, y), "test": (x, y)},
+           model_version="0", provenance={})
+    sess, spec = load_model(tmp_path / "m.onnx", providers=["CPUExecutionProvider"])
+    assert spec.heatmap_output == "class_maps"
+    log_p, maps = sess.run([spec.output_name, spec.heatmap_output], {spec.input_name: x[:8]})
+    assert maps.shape[:2] == (8, 3) and maps.shape[2] >= 1
+    means = maps.mean(axis=(2, 3))
+    assert np.abs(softmax(means) - np.exp(log_p)).max() < 1e-4
+    with torch.no_grad():
+        logits = member(torch.from_numpy(x[:8])).numpy()
+    assert np.abs(means - logits / spec.metrics["temperatures"][0]).max() < 1e-4
+
+
+def test_imagenet_weights_load_into_the_one_channel_lite0():
+    """The folded stem equals the RGB stem fed a grey image three times; the rest is copied."""
+    from trainer.pretrained import EfficientNetLite, imagenet_state_dict
+    net = EfficientNetLite(LiteConfig(input_size=64)).eval()
+    src = imagenet_state_dict()
+    stem = net.features[0][1].weight
+    assert torch.allclose(stem, src["_conv_stem.weight"].sum(1, keepdim=True))
+    head_bn = net.features[-1][2]
+    assert torch.equal(head_bn.running_var, src["_bn1.running_var"])
+    assert net(torch.zeros(2, 1, 64, 64)).shape == (2, 3)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        LiteConfig(input_size=100)
+
+
+def test_lite_run_config_round_trips():
+    cfg = RunConfig(net=LiteConfig(input_size=96), probe_epochs=1, shift_augment=1.0)
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and isinstance(again.net, LiteConfig)
+
+
+def test_acquisition_jitter_keeps_range_and_changes_images():
+    from trainer.train import acquisition_jitter
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(8, 1, 64, 64) - 0.5) / 0.5
+    y = acquisition_jitter(x, gen, 0.5, 0.5)
+    assert y.shape == x.shape and y.min() >= -1 - 1e-6 and y.max() <= 1 + 1e-6
+    assert (y - x).abs().mean() > 0.01

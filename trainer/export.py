@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xray_infer.model import load_model
@@ -23,24 +24,48 @@ from .metrics import softmax, summarize
 from .model import build
 
 OPSET = 17
+#: Name of the class activation map output, (N, classes, h, w).
+HEATMAP_OUTPUT = "class_maps"
 PARITY_TOL = 1e-4
 TRAINING_DATA = ("Kermany et al. 2018 pediatric chest X-rays (Guangzhou Women and Children's "
                  "Medical Center, ages 1-5, AP view), CC BY 4.0, doi:10.17632/rscbjbr9sj.2; "
                  "published patient-wise split; validation carved from train by patient")
 
 
-class Calibrated(nn.Module):
-    """Members with temperatures -> log of the mean calibrated probability."""
+def member_outputs(model, x):
+    """A member's logits and class activation maps (CAM), from one pass through its features.
 
-    def __init__(self, models, temperatures):
+    Every family ends in global average pooling and a linear layer, which commute: the map of
+    class k is the classifier applied at every position of the last feature map (a 1x1
+    convolution, ``W_k . f(i, j) + b_k``), and its spatial mean is the logit. For such a head
+    CAM equals Grad-CAM, so no gradients are needed.
+    """
+    f = model.features(x)
+    logits = model.head(model.pool(f).flatten(1))
+    maps = F.conv2d(f, model.head.weight[:, :, None, None], model.head.bias)
+    return logits, maps
+
+
+class Calibrated(nn.Module):
+    """Members with temperatures -> log of the mean calibrated probability, and with
+    ``class_maps`` also the mean of the members' temperature-scaled class maps (for one member
+    their spatial means are the calibrated logits: softmax of them is the output probability)."""
+
+    def __init__(self, models, temperatures, class_maps=False):
         super().__init__()
         self.members = nn.ModuleList(models)
+        self.class_maps = class_maps
         self.register_buffer("inv_t", torch.tensor([1.0 / t for t in temperatures]))
 
     def forward(self, x):
-        p = torch.stack([torch.softmax(m(x) * self.inv_t[i], dim=1)
-                         for i, m in enumerate(self.members)]).mean(0)
-        return torch.log(p.clamp_min(1e-12))
+        outs = [member_outputs(m, x) for m in self.members]
+        p = torch.stack([torch.softmax(logits * self.inv_t[i], dim=1)
+                         for i, (logits, _) in enumerate(outs)]).mean(0)
+        log_p = torch.log(p.clamp_min(1e-12))
+        if not self.class_maps:
+            return log_p
+        maps = torch.stack([m * self.inv_t[i] for i, (_, m) in enumerate(outs)]).mean(0)
+        return log_p, maps
 
 
 def fit_temperature(logits, labels):
@@ -89,26 +114,29 @@ def export(members, out_path, data, *, model_version, provenance):
     with torch.no_grad():
         for m in models:
             temperatures.append(fit_temperature(m(torch.as_tensor(np.asarray(xval))).numpy(), yval))
-    wrapped = Calibrated(models, temperatures).eval()
+    wrapped = Calibrated(models, temperatures, class_maps=True).eval()
     size = run_cfg.net.input_size
     spec = ModelSpec(class_names=CLASS_NAMES, input_size=size, mean=run_cfg.mean, std=run_cfg.std,
                      model_version=model_version, validation_split=run_cfg.val_split,
+                     heatmap_output=HEATMAP_OUTPUT,
                      training_data=f"{TRAINING_DATA} ({VAL_SPLITS[run_cfg.val_split]})")
     tmp = out_path.with_suffix(".tmp.onnx")
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    outputs = [spec.output_name, spec.heatmap_output]
     torch.onnx.export(wrapped, (torch.zeros(1, 1, size, size),), str(tmp), dynamo=False,
-                      input_names=[spec.input_name], output_names=[spec.output_name],
-                      dynamic_axes={spec.input_name: {0: "batch"}, spec.output_name: {0: "batch"}},
+                      input_names=[spec.input_name], output_names=outputs,
+                      dynamic_axes={name: {0: "batch"} for name in [spec.input_name, *outputs]},
                       opset_version=OPSET)
-    # Parity on a fixed batch of real validation images.
+    # Parity of both outputs on a fixed batch of real validation images.
     check = np.ascontiguousarray(np.asarray(xval[:32]))
     with torch.no_grad():
-        ref = wrapped(torch.as_tensor(check)).numpy()
+        ref, ref_maps = (t.numpy() for t in wrapped(torch.as_tensor(check)))
     sess = graph_session(tmp)
-    diff = float(np.abs(ort_logits(sess, check) - ref).max())
+    got, got_maps = sess.run(outputs, {spec.input_name: check})
+    diff = max(float(np.abs(got - ref).max()), float(np.abs(got_maps - ref_maps).max()))
     if diff > PARITY_TOL:
         tmp.unlink()
-        raise RuntimeError(f"ONNX Runtime and torch disagree: max abs logit diff {diff:.2e} "
+        raise RuntimeError(f"ONNX Runtime and torch disagree: max abs output diff {diff:.2e} "
                            f"> {PARITY_TOL:.0e}")
     metrics = {"temperatures": temperatures, "export_parity_max_abs_diff": diff}
     for split in ("val", "test"):

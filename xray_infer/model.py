@@ -67,6 +67,14 @@ def check_signature(session, spec, source):
     if len(out) != 2 or out[1] != len(spec.class_names):
         raise ModelError(f"{source}: output shape {out} does not match "
                          f"{len(spec.class_names)} classes")
+    if spec.heatmap_output:
+        if spec.heatmap_output not in names_out:
+            raise ModelError(f"{source}: metadata names a heatmap output "
+                             f"{spec.heatmap_output!r} that the graph lacks ({names_out})")
+        maps = outputs[names_out.index(spec.heatmap_output)].shape
+        if len(maps) != 4 or maps[1] != len(spec.class_names):
+            raise ModelError(f"{source}: heatmap output shape {maps} is not (N, "
+                             f"{len(spec.class_names)}, h, w)")
 
 
 def load_model(path=None, *, providers=None, threads=None):

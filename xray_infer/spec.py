@@ -47,6 +47,8 @@ class ModelSpec:
     ``resize`` and normalised as ``(x / maxval - mean) / std``. It returns ``(N,
     len(class_names))`` logits; ``softmax(logits)`` gives the class probabilities and
     ``decision`` the label. ``validation_split`` says which training patients selected it.
+    Where ``heatmap_output`` is set, that output holds class activation maps ``(N, C, h, w)``
+    whose spatial mean, for a single model, is the class's calibrated logit.
     """
     class_names: tuple
     input_size: int
@@ -57,6 +59,8 @@ class ModelSpec:
     decision: str = DECISION_RULE
     input_name: str = "image"
     output_name: str = "logits"
+    # Optional second output: class activation maps (N, classes, h, w); "" when absent.
+    heatmap_output: str = ""
     model_version: str = "unversioned"
     training_data: str = ""
     validation_split: str = ""
