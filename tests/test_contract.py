@@ -56,7 +56,7 @@ def test_spec_round_trip_and_defaults():
     spec = ModelSpec.from_metadata(meta())
     assert spec.decision == "argmax" and spec.color == "luminance"
     assert ModelSpec.from_metadata(spec.to_metadata()) == spec
-    assert spec.label([0.1, 0.7, 0.2]) == "bacterial"
+    assert spec.class_names[spec.decide([0.1, 0.7, 0.2])] == "bacterial"
 
 
 def test_spec_nan_std_is_rejected():

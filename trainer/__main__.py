@@ -102,7 +102,7 @@ def cmd_export(a):
 
 def cmd_report(a):
     from .report import write_report
-    path = write_report(a.grid, a.out, model=a.model, notes=a.notes)
+    path = write_report(a.grid, a.out, model=a.model, notes=a.notes, archive=a.archive)
     print(f"wrote {path}")
 
 
@@ -170,10 +170,12 @@ def main(argv=None):
     x.set_defaults(fn=cmd_export)
 
     r = sub.add_parser("report", help="docs/experiments.md and plots from an experiments folder")
-    r.add_argument("--grid", nargs="+", required=True, help="experiment folders")
+    r.add_argument("--grid", nargs="*", default=[], help="experiment folders")
     r.add_argument("--out", default="docs")
     r.add_argument("--model", default="xray_infer/models/default.onnx")
     r.add_argument("--notes", help="a Markdown file appended as the reading of the results")
+    r.add_argument("--archive", help="an earlier experiments.json: its grids whose folders are "
+                                     "not given are reported from it")
     r.set_defaults(fn=cmd_report)
     a = p.parse_args(argv)
     a.fn(a)

@@ -156,8 +156,17 @@ def _model_probs(model_path):
     return spec, out
 
 
-def write_report(grids, out_dir, model=None, notes=None):
-    """Write ``<out_dir>/experiments.md`` (+ img/, experiments.json) from experiment folders."""
+def load_archive(path):
+    """{grid tag: (summary, {run name: [results]})} from an ``experiments.json`` this report
+    wrote: grids whose run folders are no longer at hand are reported from it."""
+    if not path or not Path(path).exists():
+        return {}
+    return {tag: (g["summary"], g["runs"]) for tag, g in json.loads(Path(path).read_text()).items()}
+
+
+def write_report(grids, out_dir, model=None, notes=None, archive=None):
+    """Write ``<out_dir>/experiments.md`` (+ img/, experiments.json) from experiment folders,
+    and from the grids of ``archive`` (an earlier experiments.json) not among the folders."""
     out_dir = Path(out_dir)
     img = out_dir / "img"
     img.mkdir(parents=True, exist_ok=True)
@@ -174,12 +183,11 @@ def write_report(grids, out_dir, model=None, notes=None):
           "weights, augmentation (small affine, gamma, contrast, brightness; no flips). The "
           "checkpoint kept from each run is its epoch with the best validation macro-F1.", ""]
     compact = {}
-    for grid in grids:
-        grid = Path(grid)
-        summary, runs = load_grid(grid)
+    loaded = {Path(g).name: load_grid(g) for g in grids}
+    archived = {t: g for t, g in load_archive(archive).items() if t not in loaded}
+    for tag, (summary, runs) in {**archived, **loaded}.items():
         if not runs:
             continue
-        tag = grid.name
         first = next(iter(runs.values()))[0]
         size = first["config"]["net"]["input_size"]
         scheme = RunConfig.from_dict(first["config"]).val_split
@@ -216,10 +224,11 @@ def write_report(grids, out_dir, model=None, notes=None):
             png = img / f"{tag}-{group}.png"
             plot_curves(runs, shown, png, f"{tag}: {group}")
             md += [f"![{group} learning curves](img/{png.name})", ""]
-        compact[tag] = {n: [{k: r[k] for k in ("config", "val", "test", "best_epoch",
-                                               "train_seconds", "device", "history") if k in r}
-                            for r in rs] for n, rs in runs.items()}
-    if sum(len(rs) for grid in compact.values() for rs in grid.values()) >= 3:
+        compact[tag] = {"summary": summary,
+                        "runs": {n: [{k: r[k] for k in ("config", "val", "test", "best_epoch",
+                                                        "train_seconds", "device", "history")
+                                      if k in r} for r in rs] for n, rs in runs.items()}}
+    if sum(len(rs) for grid in compact.values() for rs in grid["runs"].values()) >= 3:
         md += ["## Validation against test", "",
                "How well the selection metric predicts the reported one, per validation split "
                "(Pearson correlation between a run's validation macro-F1 and its test accuracy; "
@@ -227,7 +236,7 @@ def write_report(grids, out_dir, model=None, notes=None):
                "| validation split | grids | runs | correlation |", "|---|---|---|---|"]
         by_scheme = {}
         for tag, grid in compact.items():
-            for rs in grid.values():
+            for rs in grid["runs"].values():
                 for r in rs:
                     scheme = RunConfig.from_dict(r["config"]).val_split
                     by_scheme.setdefault(scheme, {}).setdefault(tag, []).append(r)

@@ -33,8 +33,9 @@ def decode_input(item, source):
 
 
 def prepare_input(item, out, spec, source):
-    """Decode, check and preprocess one input into ``out``; None, or the reason it failed.
+    """Decode, check and preprocess one input into ``out``.
 
+    Returns ``(error, shape)``: ``(None, (height, width))`` of the scan, or ``(reason, None)``.
     Never raises for a bad input: one bad scan must not sink a batch.
     """
     try:
@@ -42,18 +43,19 @@ def prepare_input(item, out, spec, source):
         check_radiograph(decoded.pixels, source)
         preprocess_into(decoded.pixels, out, mean=spec.mean, std=spec.std,
                         maxval=decoded.maxval, source=source)
-        return None
+        return None, decoded.pixels.shape
     except InputError as e:
-        return e.reason
+        return e.reason, None
     except Exception as e:  # anything else a decoder throws is still this input's failure
-        return f"{type(e).__name__}: {e}"
+        return f"{type(e).__name__}: {e}", None
 
 
 def preprocess_batch(items, spec, *, executor=None, start=0):
     """Preprocess ``items`` into a new float32 ``(N, 1, S, S)`` batch for ``spec``.
 
-    Returns ``(batch, errors)``: ``errors[i]`` is None, or the reason item ``i`` failed (its
-    slot in ``batch`` is then undefined). ``executor`` spreads the items over its threads (the
+    Returns ``(batch, errors, shapes)``: ``errors[i]`` is None, or the reason item ``i``
+    failed (its slot in ``batch`` is then undefined); ``shapes[i]`` is the scan's
+    ``(height, width)`` before resizing (None for a failed item). ``executor`` spreads the items over its threads (the
     kernel releases the GIL); ``start`` is the index of ``items[0]`` in a longer input, for the
     ``<array i>`` names.
     """
@@ -64,4 +66,5 @@ def preprocess_batch(items, spec, *, executor=None, start=0):
         return prepare_input(items[i], batch[i, 0], spec, source_name(items[i], start + i))
 
     run = executor.map if executor is not None else map
-    return batch, list(run(one, range(len(items))))
+    done = list(run(one, range(len(items))))
+    return batch, [e for e, _ in done], [shape for _, shape in done]

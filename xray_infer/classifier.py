@@ -3,13 +3,15 @@ import itertools
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .batch import preprocess_batch, source_name
 from .decode import Decoded
+from .errors import ModelError
+from .heatmap import upsample
 from .model import DEFAULT_MODEL, load_model
 from .spec import DEFAULT_BATCH_SIZE, softmax
 
@@ -18,13 +20,16 @@ from .spec import DEFAULT_BATCH_SIZE, softmax
 class Result:
     """The outcome for one input: a prediction, or the reason there is none.
 
-    ``source`` is the path as given (or ``<array i>`` / ``<bytes i>`` for in-memory input i). Exactly one of
-    ``label`` and ``error`` is set; ``probabilities`` maps every class name to its probability.
+    ``source`` is the path as given (or ``<array i>`` / ``<bytes i>`` for in-memory input i).
+    Exactly one of ``label`` and ``error`` is set; ``probabilities`` maps every class name to
+    its probability. ``heatmap`` (only when asked for) is the predicted class's activation map,
+    float32 in [0, 1], at the scan's own size.
     """
     source: str
     label: str = None
     probabilities: dict = None
     error: str = None
+    heatmap: np.ndarray = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self):
@@ -65,10 +70,13 @@ class Classifier:
     workers : int, optional
         Threads decoding and preprocessing upcoming batches while the current one runs
         (default: the number of CPUs).
+    heatmaps : bool
+        Give every classified Result a ``heatmap`` (needs a model exported with class
+        activation maps; ModelError otherwise). Off by default, and then it costs nothing.
     """
 
     def __init__(self, model=None, *, providers=None, batch_size=DEFAULT_BATCH_SIZE, threads=None,
-                 workers=None):
+                 workers=None, heatmaps=False):
         _check_count("batch_size", batch_size)
         _check_count("threads", threads, optional=True)
         _check_count("workers", workers, optional=True)
@@ -78,6 +86,11 @@ class Classifier:
         self.session, self.spec = load_model(self.model_path, providers=providers,
                                              threads=threads)
         self.providers = self.session.get_providers()
+        if heatmaps and not self.spec.heatmap_output:
+            raise ModelError(f"{self.model_path}: this model has no class activation map output, "
+                             f"so heatmaps are not available (export it again with "
+                             f"`python -m trainer export`)")
+        self.heatmaps = bool(heatmaps)
 
     @property
     def class_names(self):
@@ -90,32 +103,41 @@ class Classifier:
         A row whose logits are not all finite comes back as NaN; ``iter_classify`` turns it
         into an error, never a label.
         """
+        return self._run(batch)[0]
+
+    def _run(self, batch):
+        """(probabilities, class maps or None) for a batch; maps only with ``heatmaps``."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
-        logits = self.session.run([self.spec.output_name], {self.spec.input_name: batch})[0]
+        names = [self.spec.output_name] + ([self.spec.heatmap_output] if self.heatmaps else [])
+        outputs = self.session.run(names, {self.spec.input_name: batch})
+        logits = outputs[0]
         finite = np.isfinite(logits).all(axis=1)
         probs = np.full(logits.shape, np.nan)
         probs[finite] = softmax(logits[finite])
-        return probs
+        return probs, (outputs[1] if self.heatmaps else None)
 
     def _finish(self, start, chunk, prepared):
-        batch, errors = prepared.result()
+        batch, errors, shapes = prepared.result()
         good = [i for i, e in enumerate(errors) if e is None]
         if len(good) == len(chunk):
-            probs = self.predict(batch)  # the common case: no copy
+            probs, maps = self._run(batch)  # the common case: no copy
         else:
-            probs = self.predict(batch[good]) if good else None
+            probs, maps = self._run(batch[good]) if good else (None, None)
         row = dict(zip(good, range(len(good))))
         names = self.spec.class_names
         for i, item in enumerate(chunk):
             source = source_name(item, start + i)
-            p = probs[row[i]] if errors[i] is None else None
             if errors[i] is not None:
                 yield Result(source, error=errors[i])
-            elif not np.isfinite(p).all():
+                continue
+            p = probs[row[i]]
+            if not np.isfinite(p).all():
                 yield Result(source, error="the model returned non-finite scores for this input")
-            else:
-                yield Result(source, label=self.spec.label(p),
-                             probabilities={n: float(v) for n, v in zip(names, p)})
+                continue
+            k = self.spec.decide(p)
+            heatmap = upsample(maps[row[i], k], shapes[i]) if maps is not None else None
+            yield Result(source, label=names[k], heatmap=heatmap,
+                         probabilities={n: float(v) for n, v in zip(names, p)})
 
     def iter_classify(self, inputs, batch_size=None):
         """Yield one Result per input, in input order, for any iterable of inputs.
@@ -152,12 +174,12 @@ class Classifier:
 
 
 def classify(paths, *, model=None, batch_size=DEFAULT_BATCH_SIZE, providers=None, threads=None,
-             workers=None):
+             workers=None, heatmaps=False):
     """Classify images in one call; see ``Classifier`` for the parameters.
 
     Returns a list of ``Result`` in input order: a bad input gets ``error`` set and the rest are
     still classified. For repeated calls create a ``Classifier`` once instead.
     """
     clf = Classifier(model, providers=providers, batch_size=batch_size, threads=threads,
-                     workers=workers)
+                     workers=workers, heatmaps=heatmaps)
     return clf.classify(paths)

@@ -172,6 +172,38 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+class _Overlays:
+    """Writes one overlay PNG per classified input, named after it (``scan.png``; a name met
+    twice in one run gets a suffix from the input's path)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.names, self.written, self.failed = set(), 0, 0
+
+    def write(self, r):
+        import hashlib
+
+        import cv2
+
+        from .decode import read_image
+        from .heatmap import caption, overlay
+        name = Path(r.source).stem
+        if name in self.names:
+            name += "-" + hashlib.sha1(input_key(r.source).encode()).hexdigest()[:8]
+        self.names.add(name)
+        try:
+            scan = read_image(r.source)
+            ok = cv2.imwrite(str(self.folder / f"{name}.png"),
+                             overlay(scan.pixels, scan.maxval, r.heatmap, caption(r)))
+            if not ok:
+                raise OSError("OpenCV could not write the PNG")
+            self.written += 1
+        except Exception as e:  # the row is written; a missing picture is reported, not fatal
+            self.failed += 1
+            log.warning("%s: heatmap not written: %s", r.source, e)
+
+
 def _positive(name, value):
     if value is not None and value < 1:
         raise UsageError(f"{name} must be at least 1, got {value}")
@@ -194,6 +226,8 @@ def check_arguments(args):
         raise UsageError(f"--model {args.model}: no such file")
     if args.log and os.path.isdir(args.log):
         raise UsageError(f"--log {args.log}: is a directory")
+    if args.heatmaps and os.path.exists(args.heatmaps) and not os.path.isdir(args.heatmaps):
+        raise UsageError(f"--heatmaps {args.heatmaps}: exists and is not a directory")
     existing = None
     if args.output:
         if os.path.isdir(args.output):
@@ -261,7 +295,8 @@ def cmd_classify(args):
     from .errors import XrayInferError
     try:
         clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
-                         threads=args.threads, workers=args.workers)
+                         threads=args.threads, workers=args.workers,
+                         heatmaps=bool(args.heatmaps))
     except (XrayInferError, ValueError) as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -283,6 +318,7 @@ def cmd_classify(args):
     progress = _Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
     writer = _Writer(stream, fmt, clf.class_names, write_header=not appending)
     failures = []
+    overlays = _Overlays(args.heatmaps) if args.heatmaps else None
     try:
         for r in clf.iter_classify(files):
             writer.write(r)
@@ -290,6 +326,8 @@ def cmd_classify(args):
             if not r.ok:
                 failures.append(r)
                 log.info("%s: %s", r.source, r.error)
+            elif overlays:
+                overlays.write(r)
     except KeyboardInterrupt:
         progress.close()
         print(f"xray-infer: interrupted after {progress.done} of {len(files)} inputs; rows "
@@ -309,6 +347,10 @@ def cmd_classify(args):
             msg += f", {len(retried)} failed earlier and retried"
         if repeats:
             msg += f", {repeats} repeated input(s) scored once"
+        if overlays:
+            msg += f"; {overlays.written} heatmap(s) in {args.heatmaps}"
+            if overlays.failed:
+                msg += f", {overlays.failed} not written (see --log)"
         if sink.count:
             msg += (f"; {sink.count} library warning(s) " +
                     (f"in {args.log}" if args.log else "(--log FILE keeps them)"))
@@ -385,6 +427,9 @@ def build_parser():
                    help="images per inference call")
     c.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
     c.add_argument("--workers", type=int, help="decode/preprocess threads (default: CPUs)")
+    c.add_argument("--heatmaps", metavar="DIR",
+                   help="write one PNG per classified input here: the scan with the predicted "
+                        "class's activation map over it, label and probabilities")
     c.add_argument("--log", metavar="FILE",
                    help="write library warnings and per-input failures here")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")

@@ -79,9 +79,9 @@ class ModelSpec:
     def to_dict(self):
         return asdict(self)
 
-    def label(self, probabilities):
-        """The class name the decision rule gives for one row of probabilities."""
-        return self.class_names[int(np.argmax(probabilities))]
+    def decide(self, probabilities):
+        """Index of the class the decision rule picks for one row of probabilities."""
+        return int(np.argmax(probabilities))
 
     @classmethod
     def from_metadata(cls, metadata, source="<model>"):

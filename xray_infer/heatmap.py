@@ -1,0 +1,44 @@
+"""Class activation heatmaps: from the model's low-resolution map to the scan's own size, and
+the overlay picture the command line writes."""
+import cv2
+import numpy as np
+
+
+def upsample(class_map, shape):
+    """A model's ``(h, w)`` class map as float32 in [0, 1] at ``shape`` = (height, width).
+
+    The map covers the square the scan was squashed into, so stretching it back to the scan's
+    size undoes the squash. Bilinear, the same for every input; then min-max scaled (a map
+    without contrast is all zeros).
+    """
+    m = cv2.resize(np.asarray(class_map, np.float32), (int(shape[1]), int(shape[0])),
+                   interpolation=cv2.INTER_LINEAR)
+    lo, hi = float(m.min()), float(m.max())
+    if not hi > lo:
+        return np.zeros(m.shape, np.float32)
+    return (m - lo) / (hi - lo)
+
+
+def overlay(pixels, maxval, heatmap, caption_lines, alpha=0.4):
+    """The scan in grey with the heatmap as a colour overlay and the caption written on it:
+    a BGR uint8 image of the scan's size."""
+    grey = np.clip(np.asarray(pixels, np.float64) / float(maxval) * 255.0, 0, 255).astype(np.uint8)
+    base = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    colour = cv2.applyColorMap((heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    out = cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)
+    h, w = grey.shape
+    scale = max(0.4, min(w, h) / 600)
+    thickness = max(1, int(round(scale * 2)))
+    y = int(30 * scale)
+    for line in caption_lines:
+        for colour_, t in (((0, 0, 0), thickness + 2), ((255, 255, 255), thickness)):
+            cv2.putText(out, line, (int(10 * scale), y), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                        colour_, t, cv2.LINE_AA)
+        y += int(32 * scale)
+    return out
+
+
+def caption(result):
+    """The label and probabilities of a Result, as lines for ``overlay``."""
+    probs = ", ".join(f"{k} {v:.2f}" for k, v in result.probabilities.items())
+    return [f"{result.label} (not for diagnostic use)", probs]
