@@ -41,6 +41,9 @@ class RunConfig:
     # (LP-FT, Kumar et al. 2022).
     probe_epochs: int = 0
     probe_lr: float = 3e-3
+    # Keep the features' batch-norm statistics as initialised (pretrained ones) for the whole
+    # run, so training and inference normalise alike; the affine parameters still train.
+    freeze_bn_stats: bool = False
 
     def to_dict(self):
         d = asdict(self)
@@ -52,6 +55,11 @@ class RunConfig:
         d = dict(d)
         d["net"] = net_from_dict(d["net"])
         return cls(**d)
+
+
+def _freeze_bn(module):
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        module.eval()
 
 
 def channels_last(cfg):
@@ -207,8 +215,8 @@ def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True)
         for _ in range(n_epochs):
             epoch += 1
             model.train()
-            if probing:  # frozen features: batch-norm statistics stay ImageNet's
-                model.features.eval()
+            if probing or cfg.freeze_bn_stats:  # batch-norm statistics stay ImageNet's
+                model.features.apply(_freeze_bn)
             perm = torch.randperm(len(xtr), device=device, generator=gen)
             # Accumulated on the device: a host sync per step would stall the GPU.
             total = torch.zeros((), device=device)
