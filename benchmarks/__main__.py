@@ -39,6 +39,9 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="torch device for the baselines")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--batch-size", type=int, default=32, help="e2e batch size")
+    p.add_argument("--baseline-model",
+                   help="e2e: also time this model through the same pipeline, in the same run "
+                        "(e.g. benchmarks/models/v1.0.0.onnx)")
     a = p.parse_args(argv)
     common.set_data_root(a.data)
     names = list(COMMANDS) if a.which == "all" else [a.which]

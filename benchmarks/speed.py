@@ -2,6 +2,7 @@
 measured in the same run."""
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -183,23 +184,44 @@ def e2e(args):
         with ThreadPoolExecutor(os.cpu_count()) as pool:
             return list(pool.map(one, paths))
 
-    t_ours = timeit(ours, repeat=args.repeat)
+    base = None
+    if args.baseline_model:
+        base = Classifier(args.baseline_model, providers=args.providers,
+                          batch_size=args.batch_size)
+        base.classify(paths[:8])
+    # Interleaved, so that drift in the machine's speed hits every path alike.
+    t_ours, t_base, t_dec = [], [], []
+    for _ in range(args.repeat):
+        t_ours += timeit(ours, repeat=1, warmup=0)
+        if base is not None:
+            t_base += timeit(lambda: base.classify(paths), repeat=1, warmup=0)
+        t_dec += timeit(decode_only, repeat=1, warmup=0)
     t_naive = timeit(naive, repeat=max(1, args.repeat // 2))
-    t_dec = timeit(decode_only, repeat=args.repeat)
     n = len(paths)
     results = {"xray_infer": n / median(t_ours), "naive_loop": n / median(t_naive),
                "decode_bound": n / median(t_dec)}
     results["speedup_vs_naive"] = results["xray_infer"] / results["naive_loop"]
     results["fraction_of_decode_bound"] = results["xray_infer"] / results["decode_bound"]
-    print_table(f"end to end: {n} full-resolution scans, {spec.input_size}px model, "
-                f"{os.cpu_count()} cores, providers {clf.providers[0]}",
-                ["path", "scans/s", "relative"],
-                [["xray_infer Classifier.classify", f"{results['xray_infer']:.1f}", "1.00"],
-                 ["naive loop (Pillow + torch per image)", f"{results['naive_loop']:.1f}",
-                  f"{results['naive_loop'] / results['xray_infer']:.2f}"],
-                 ["decode only (OpenCV, all cores)", f"{results['decode_bound']:.1f}",
-                  f"{results['decode_bound'] / results['xray_infer']:.2f}"]])
+    rows = [["xray_infer Classifier.classify", f"{results['xray_infer']:.1f}", "1.00"]]
+    if base is not None:
+        results["baseline_model"] = {
+            "model": str(args.baseline_model), "version": base.spec.model_version,
+            "scans_per_s": n / median(t_base),
+            "fraction_of_decode_bound": n / median(t_base) / results["decode_bound"]}
+        results["speedup_vs_baseline_model"] = results["xray_infer"] * median(t_base) / n
+        rows.append([f"same, model {base.spec.model_version} ({Path(args.baseline_model).name})",
+                     f"{n / median(t_base):.1f}", f"{median(t_ours) / median(t_base):.2f}"])
+    rows += [["naive loop (Pillow + torch per image)", f"{results['naive_loop']:.1f}",
+              f"{results['naive_loop'] / results['xray_infer']:.2f}"],
+             ["decode only (OpenCV, all cores)", f"{results['decode_bound']:.1f}",
+              f"{results['decode_bound'] / results['xray_infer']:.2f}"]]
+    print_table(f"end to end: {n} full-resolution scans, model {spec.model_version} "
+                f"({spec.input_size}px), {os.cpu_count()} cores, providers {clf.providers[0]}",
+                ["path", "scans/s", "relative"], rows)
     print(f"speedup vs naive: {results['speedup_vs_naive']:.1f}x; "
-          f"{100 * results['fraction_of_decode_bound']:.0f}% of the decode bound")
-    save(args.json, "e2e", {"n": n, "batch_size": args.batch_size, "results": results})
+          f"{100 * results['fraction_of_decode_bound']:.0f}% of the decode bound"
+          + (f"; {results['speedup_vs_baseline_model']:.2f}x model "
+             f"{results['baseline_model']['version']}" if base is not None else ""))
+    save(args.json, "e2e", {"n": n, "batch_size": args.batch_size,
+                            "model_version": spec.model_version, "results": results})
     return results

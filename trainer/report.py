@@ -36,7 +36,7 @@ def _fmt(values, digits=3):
 
 
 GROUP_ORDER = ("base", "padding", "dropout", "batch_norm", "stride", "training", "combination",
-               "hyperparameters", "runs", "earlier")
+               "hyperparameters", "candidates", "comparisons", "superseded", "runs", "earlier")
 
 
 def _changes(cfg, base=None):
@@ -193,9 +193,11 @@ def write_report(grids, out_dir, model=None, notes=None, archive=None):
         scheme = RunConfig.from_dict(first["config"]).val_split
         md += [f"## `{tag}`: {len(sum(runs.values(), []))} runs on {first.get('device', '?')}, "
                f"{size} px, `{scheme}` validation split", ""]
-        if summary:
+        if summary.get("selected"):
             md += [f"Selected on validation: **{summary['selected']}** "
                    f"({summary['selection']}).", ""]
+        elif summary.get("selection"):
+            md += [f"Selection: {summary['selection']}.", ""]
             if summary.get("failed"):
                 md += ["Failed runs: " + "; ".join(summary["failed"]), ""]
         groups = {}

@@ -172,36 +172,81 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+class _Names:
+    """Output names after inputs (``scan``); a name met twice in one run gets a suffix from the
+    input's path, so nothing is overwritten."""
+
+    def __init__(self):
+        self.used = set()
+
+    def __call__(self, source):
+        import hashlib
+        name = Path(source).stem
+        if name in self.used:
+            name += "-" + hashlib.sha1(input_key(source).encode()).hexdigest()[:8]
+        self.used.add(name)
+        return name
+
+
 class _Overlays:
-    """Writes one overlay PNG per classified input, named after it (``scan.png``; a name met
-    twice in one run gets a suffix from the input's path)."""
+    """One overlay PNG per classified input: the scan, its heatmap, label and probabilities."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.names, self.written, self.failed = set(), 0, 0
+        self.names, self.written, self.failed = _Names(), 0, 0
 
     def write(self, r):
-        import hashlib
-
         import cv2
 
         from .decode import read_image
         from .heatmap import caption, overlay
-        name = Path(r.source).stem
-        if name in self.names:
-            name += "-" + hashlib.sha1(input_key(r.source).encode()).hexdigest()[:8]
-        self.names.add(name)
         try:
             scan = read_image(r.source)
-            ok = cv2.imwrite(str(self.folder / f"{name}.png"),
-                             overlay(scan.pixels, scan.maxval, r.heatmap, caption(r)))
-            if not ok:
+            path = self.folder / f"{self.names(r.source)}.png"
+            if not cv2.imwrite(str(path), overlay(scan.pixels, scan.maxval, r.heatmap,
+                                                  caption(r))):
                 raise OSError("OpenCV could not write the PNG")
             self.written += 1
         except Exception as e:  # the row is written; a missing picture is reported, not fatal
             self.failed += 1
             log.warning("%s: heatmap not written: %s", r.source, e)
+
+
+class _DicomResults:
+    """For each classified DICOM input, a Structured Report and a Secondary Capture of its
+    heatmap (``name.SR.dcm``, ``name.SC.dcm``); other inputs are counted, not converted."""
+
+    def __init__(self, folder, clf):
+        from .dicom_results import model_digest
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.spec, self.digest = clf.spec, model_digest(clf.model_path)
+        self.names, self.written, self.not_dicom, self.failed = _Names(), 0, 0, 0
+
+    def write(self, r):
+        import pydicom
+
+        from .decode import read_image
+        from .dicom import is_dicom
+        from .dicom_results import secondary_capture, structured_report
+        try:
+            with open(r.source, "rb") as f:
+                head = f.read(132)
+            if not is_dicom(head, r.source):
+                self.not_dicom += 1
+                return
+            source = pydicom.dcmread(r.source, stop_before_pixels=True)
+            scan = read_image(r.source)
+            name = self.names(r.source)
+            structured_report(source, r, self.spec, self.digest).save_as(
+                self.folder / f"{name}.SR.dcm", enforce_file_format=True)
+            secondary_capture(source, r, scan.pixels, scan.maxval).save_as(
+                self.folder / f"{name}.SC.dcm", enforce_file_format=True)
+            self.written += 1
+        except Exception as e:  # the row is written; missing DICOM results are reported
+            self.failed += 1
+            log.warning("%s: DICOM results not written: %s", r.source, e)
 
 
 def _positive(name, value):
@@ -226,8 +271,16 @@ def check_arguments(args):
         raise UsageError(f"--model {args.model}: no such file")
     if args.log and os.path.isdir(args.log):
         raise UsageError(f"--log {args.log}: is a directory")
-    if args.heatmaps and os.path.exists(args.heatmaps) and not os.path.isdir(args.heatmaps):
-        raise UsageError(f"--heatmaps {args.heatmaps}: exists and is not a directory")
+    for option, folder in (("--heatmaps", args.heatmaps), ("--dicom-out", args.dicom_out)):
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise UsageError(f"{option} {folder}: exists and is not a directory")
+    if args.dicom_out:
+        try:
+            import highdicom  # noqa: F401
+            import pydicom  # noqa: F401
+        except ImportError:
+            raise UsageError("--dicom-out needs pydicom and highdicom: "
+                             "pip install 'xray-infer[dicom]'") from None
     existing = None
     if args.output:
         if os.path.isdir(args.output):
@@ -296,7 +349,7 @@ def cmd_classify(args):
     try:
         clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
                          threads=args.threads, workers=args.workers,
-                         heatmaps=bool(args.heatmaps))
+                         heatmaps=bool(args.heatmaps or args.dicom_out))
     except (XrayInferError, ValueError) as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -319,6 +372,7 @@ def cmd_classify(args):
     writer = _Writer(stream, fmt, clf.class_names, write_header=not appending)
     failures = []
     overlays = _Overlays(args.heatmaps) if args.heatmaps else None
+    dicom_out = _DicomResults(args.dicom_out, clf) if args.dicom_out else None
     try:
         for r in clf.iter_classify(files):
             writer.write(r)
@@ -326,8 +380,11 @@ def cmd_classify(args):
             if not r.ok:
                 failures.append(r)
                 log.info("%s: %s", r.source, r.error)
-            elif overlays:
-                overlays.write(r)
+            else:
+                if overlays:
+                    overlays.write(r)
+                if dicom_out:
+                    dicom_out.write(r)
     except KeyboardInterrupt:
         progress.close()
         print(f"xray-infer: interrupted after {progress.done} of {len(files)} inputs; rows "
@@ -351,6 +408,12 @@ def cmd_classify(args):
             msg += f"; {overlays.written} heatmap(s) in {args.heatmaps}"
             if overlays.failed:
                 msg += f", {overlays.failed} not written (see --log)"
+        if dicom_out:
+            msg += f"; DICOM SR + SC for {dicom_out.written} input(s) in {args.dicom_out}"
+            if dicom_out.not_dicom:
+                msg += f", none for {dicom_out.not_dicom} non-DICOM input(s)"
+            if dicom_out.failed:
+                msg += f", {dicom_out.failed} not written (see --log)"
         if sink.count:
             msg += (f"; {sink.count} library warning(s) " +
                     (f"in {args.log}" if args.log else "(--log FILE keeps them)"))
@@ -430,6 +493,9 @@ def build_parser():
     c.add_argument("--heatmaps", metavar="DIR",
                    help="write one PNG per classified input here: the scan with the predicted "
                         "class's activation map over it, label and probabilities")
+    c.add_argument("--dicom-out", metavar="DIR",
+                   help="for every classified DICOM input, write a Structured Report (TID 1500) "
+                        "and a Secondary Capture of its heatmap here (needs the dicom extra)")
     c.add_argument("--log", metavar="FILE",
                    help="write library warnings and per-input failures here")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")

@@ -1,0 +1,102 @@
+"""Results as DICOM objects, built with highdicom (the ``dicom`` extra).
+
+For a classified DICOM scan: a Comprehensive SR following the measurement report template
+(TID 1500) with the finding, each class probability and the algorithm's name, version and
+model SHA-256; and a Secondary Capture of the heatmap overlay, labelled not for diagnostic use.
+Both carry the source's patient and study, reference the source instance, and start new series.
+"""
+import hashlib
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from .heatmap import caption, overlay
+
+MANUFACTURER = "xray-infer"
+ALGORITHM = "xray-infer"
+#: Series numbers of the objects this program writes (their series are new, so these only
+#: order them after the source's series in a viewer).
+SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9101, 9102
+DISCLAIMER = "NOT FOR DIAGNOSTIC USE: research software output"
+
+#: SNOMED CT concepts of the findings this project's models name.
+FINDINGS = {
+    "normal": hd.sr.CodedConcept("17621005", "SCT", "Normal"),
+    "bacterial": hd.sr.CodedConcept("53084003", "SCT", "Bacterial pneumonia"),
+    "viral": hd.sr.CodedConcept("75570004", "SCT", "Viral pneumonia"),
+}
+#: Chest X-ray, the procedure reported on.
+PROCEDURE = hd.sr.CodedConcept("168731009", "SCT", "Standard chest X-ray")
+#: A private coding scheme (designators starting "99" are private by the standard) for the
+#: per-class probabilities, which no public code names.
+PRIVATE_SCHEME = "99XRAYINFER"
+NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+
+
+def model_digest(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _device_uid(digest):
+    # The same model is the same observer device in every report.
+    return generate_uid(entropy_srcs=[digest])
+
+
+def structured_report(source, result, spec, digest):
+    """A Comprehensive SR (TID 1500) of ``result`` for the ``source`` dataset."""
+    if result.label not in FINDINGS:
+        raise ValueError(f"no coded finding for label {result.label!r}")
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=_device_uid(digest), name=ALGORITHM, manufacturer_name=MANUFACTURER,
+            model_name=spec.model_version))
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=ALGORITHM, version=spec.model_version, parameters=[f"model SHA-256 {digest}"])
+    probabilities = [
+        hd.sr.Measurement(
+            name=hd.sr.CodedConcept(f"P-{name.upper()}", PRIVATE_SCHEME,
+                                    f"Probability of {FINDINGS[name].meaning.lower()}"),
+            value=float(p), unit=NO_UNITS, algorithm_id=algorithm)
+        for name, p in result.probabilities.items()]
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
+                                                     identifier="xray-infer classification"),
+        algorithm_id=algorithm,
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.Finding,
+                                                             FINDINGS[result.label])],
+        measurements=probabilities)
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=PROCEDURE, imaging_measurements=[group])
+    return hd.sr.ComprehensiveSR(
+        evidence=[source], content=report, series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description=f"{ALGORITHM} {spec.model_version} result, not for diagnosis")
+
+
+def secondary_capture(source, result, pixels, maxval):
+    """A Secondary Capture of the heatmap overlay, in the source's patient and study."""
+    picture = overlay(pixels, maxval, result.heatmap, caption(result))[:, :, ::-1]  # BGR->RGB
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source, pixel_array=np.ascontiguousarray(picture),
+        photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
+        series_instance_uid=generate_uid(), series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        patient_orientation=tuple(source.get("PatientOrientation", None) or ("L", "F"))[:2],
+        series_description=f"{ALGORITHM} heatmap, not for diagnostic use")
+    sc.BurnedInAnnotation = "YES"
+    # An unpaired body part: Laterality (type 2C) is then absent rather than empty.
+    sc.BodyPartExamined = source.get("BodyPartExamined", "") or "CHEST"
+    sc.ImageComments = (f"Class activation map of '{result.label}' over the source image. "
+                        f"{DISCLAIMER}.")
+    ref = Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    sc.SourceImageSequence = [ref]
+    return sc
