@@ -86,7 +86,7 @@ def test_monochrome1_is_inverted(samples, tmp_path):
 
 @pytest.mark.parametrize("kw,reason", [
     (dict(NumberOfFrames=2), "multi-frame"),
-    (dict(photometric="RGB", SamplesPerPixel=3), "colour"),
+    (dict(photometric="ARGB", SamplesPerPixel=4), "4 samples per pixel"),
     (dict(photometric="PALETTE COLOR"), "photometric interpretation"),
     (dict(syntax=JPEG2000Lossless), "transfer syntax"),
 ])
@@ -205,3 +205,74 @@ def test_pydicom_corpus_through_the_cli(tmp_path):
                                  "AttributeError")), e
     assert "Warning" not in p.stderr and "warn" not in p.stderr.split("failed")[0]
     assert "UserWarning" in log.read_text()
+
+
+def _uncompressed_twin(ds):
+    from pydicom.uid import ExplicitVRLittleEndian as EVRLE
+    twin = ds.copy()
+    twin.file_meta = ds.file_meta.copy()
+    twin.decompress()
+    twin.file_meta.TransferSyntaxUID = EVRLE
+    return twin
+
+
+@pytest.mark.parametrize("syntax_name", ["RLELossless", "JPEGLSLossless", "JPEG2000Lossless"])
+def test_compressed_transfer_syntaxes_decode_like_the_uncompressed_file(tmp_path, samples,
+                                                                       syntax_name):
+    """Fixtures made here: the 12-bit scan written uncompressed, then compressed losslessly in
+    each syntax by pydicom's encoders; both must decode to the same pixels."""
+    import pydicom.uid
+    syntax = getattr(pydicom.uid, syntax_name)
+    plain = write_dicom(tmp_path / "plain.dcm", _g12(samples), 12)
+    ds = pydicom.dcmread(plain)
+    ds.compress(syntax)
+    packed = tmp_path / f"{syntax_name}.dcm"
+    ds.save_as(packed, enforce_file_format=True)
+    assert pydicom.dcmread(packed).file_meta.TransferSyntaxUID == syntax
+    assert np.array_equal(read_image(packed).pixels, read_image(plain).pixels)
+
+
+def test_twelve_bit_jpeg_extended(tmp_path):
+    """JPEG Extended (process 2 and 4), 12-bit, which the decoders before pylibjpeg-libjpeg
+    refused: pydicom's own real-world file (no encoder for this syntax exists to make one
+    here). It must decode, and agree with the same file decompressed and stored uncompressed."""
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import JPEGExtended12Bit
+    path = get_testdata_file("JPGExtended.dcm")
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == JPEGExtended12Bit and ds.BitsStored == 12
+    twin = tmp_path / "twin.dcm"
+    _uncompressed_twin(ds).save_as(twin, enforce_file_format=True)
+    got = read_image(path).pixels
+    assert got.dtype == np.float32 and got.shape == (ds.Rows, ds.Columns)
+    assert np.array_equal(got, read_image(twin).pixels)
+    assert got.max() > got.min()
+
+
+def _ybr(rgb):
+    from pydicom.pixels import convert_color_space
+    return convert_color_space(rgb, "RGB", "YBR_FULL")
+
+
+@pytest.mark.parametrize("photometric,syntax_name", [
+    ("RGB", "ExplicitVRLittleEndian"), ("YBR_FULL", "ExplicitVRLittleEndian"),
+    ("RGB", "RLELossless"), ("RGB", "JPEG2000Lossless")])
+def test_colour_dicom_becomes_luminance(clf, tmp_path, samples, photometric, syntax_name):
+    """A scanned film or secondary capture in colour: converted to luminance as colour JPEG and
+    PNG are, so the grey scan in colour gets the grey scan's prediction."""
+    import pydicom.uid
+    gray = read_image(samples / SCANS[2]).pixels
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    pixels = _ybr(rgb) if photometric == "YBR_FULL" else rgb
+    p = write_dicom(tmp_path / "c.dcm", pixels, 8, photometric, SamplesPerPixel=3,
+                    PlanarConfiguration=0)
+    syntax = getattr(pydicom.uid, syntax_name)
+    if syntax.is_compressed:
+        ds = pydicom.dcmread(p)
+        ds.compress(syntax)
+        ds.save_as(p, enforce_file_format=True)
+    got = read_image(p).pixels
+    assert got.shape == gray.shape
+    assert np.abs(got * 255 - gray).max() <= (2.0 if photometric == "YBR_FULL" else 0.51)
+    a, b = clf.classify([str(p), str(samples / SCANS[2])])
+    assert a.label == b.label

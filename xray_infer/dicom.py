@@ -1,6 +1,6 @@
 """DICOM radiographs (needs the optional ``pydicom``: ``pip install 'xray-infer[dicom]'``).
 
-Single-frame grayscale images only. Pixel values go through the file's modality transform
+Single-frame images: grayscale, or colour (RGB, YBR) converted to luminance. Grayscale values go through the file's modality transform
 (Rescale Slope/Intercept or Modality LUT), then its VOI transform (a VOI LUT, else the first
 Window Center/Width with its VOI LUT Function), both as pydicom implements them, and are scaled
 to [0, 1] over the range that transform maps to; without a VOI transform, over the range that
@@ -13,6 +13,9 @@ import numpy as np
 from .errors import DecodeError
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+#: Colour images (scanned films, secondary captures) are converted to luminance; pydicom
+#: returns the YBR ones as RGB.
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 
 
 def is_dicom(data, path=""):
@@ -46,11 +49,14 @@ def _pixels(ds, source, max_pixels):
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise DecodeError(source, f"multi-frame DICOM ({frames} frames) is not supported")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise DecodeError(source, f"colour DICOM (SamplesPerPixel {ds.SamplesPerPixel}, "
-                                  f"{ds.get('PhotometricInterpretation', '?')}) is not supported")
+    samples = int(ds.get("SamplesPerPixel", 1))
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if photometric not in MONOCHROME:
+    colour = samples == 3 and photometric in COLOUR
+    if samples != 1 and not colour:
+        raise DecodeError(source, f"DICOM with {samples} samples per pixel and photometric "
+                                  f"interpretation {photometric or 'missing'!r} is not supported "
+                                  f"(expected 1, or 3 as {', '.join(COLOUR)})")
+    if samples == 1 and photometric not in MONOCHROME:
         raise DecodeError(source, f"photometric interpretation {photometric or 'missing'!r} is "
                                   f"not supported (expected MONOCHROME1 or MONOCHROME2)")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
@@ -66,6 +72,13 @@ def _pixels(ds, source, max_pixels):
         name = f"{ts.name} ({ts})" if ts is not None else "unknown"
         raise DecodeError(source, f"cannot decode pixel data in transfer syntax {name}: "
                                   f"{e}") from None
+    if colour:
+        if stored.shape != (rows, cols, 3):
+            raise DecodeError(source, f"unexpected colour pixel array shape {stored.shape}")
+        # ITU-R BT.601 luminance, as for colour JPEG and PNG, over the declared bit depth.
+        bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+        luma = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        return np.ascontiguousarray(np.clip(luma / (2 ** bits - 1), 0.0, 1.0), np.float32)
     if stored.ndim != 2:
         raise DecodeError(source, f"unexpected pixel array shape {stored.shape}")
     x = np.asarray(apply_modality_lut(stored, ds), np.float64)
