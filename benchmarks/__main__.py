@@ -5,13 +5,15 @@
     python -m benchmarks inference    # ONNX Runtime vs PyTorch eager, batch 1..128
     python -m benchmarks e2e          # folder scoring vs a naive per-image loop, decode bound
     python -m benchmarks parity       # torch vs ORT, kernel vs reference, full-res vs 224 copies
-    python -m benchmarks all --json-dir docs/bench
+    python -m benchmarks all --json-dir docs/bench --baseline-model benchmarks/models/v1.0.0.onnx
+    python -m benchmarks report      # docs/benchmarks.md from docs/bench/*.json
 """
 import argparse
 import os
 from pathlib import Path
 
 from trainer.dataset import DATA_ROOT
+from xray_infer.spec import DEFAULT_BATCH_SIZE
 
 from . import common
 from . import parity as _parity
@@ -25,7 +27,7 @@ COMMANDS = {"preprocess": speed.preprocess, "decode": speed.decode, "inference":
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=[*COMMANDS, "all"])
+    p.add_argument("which", choices=[*COMMANDS, "all", "report"])
     p.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/, fullres/)")
     p.add_argument("--limit", type=int, default=0, help="use only N inputs (smoke runs)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
@@ -38,11 +40,19 @@ def main(argv=None):
     p.add_argument("--providers", type=lambda s: s.split(","), default=["CPUExecutionProvider"])
     p.add_argument("--device", default="cpu", help="torch device for the baselines")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
-    p.add_argument("--batch-size", type=int, default=32, help="e2e batch size")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="e2e batch size")
     p.add_argument("--baseline-model",
                    help="e2e: also time this model through the same pipeline, in the same run "
                         "(e.g. benchmarks/models/v1.0.0.onnx)")
+    p.add_argument("--gpu-note", default=str(ROOT / "docs" / "bench" / "gpu.md"),
+                   help="report: Markdown for the GPU section")
+    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"),
+                   help="report: the Markdown file to write")
     a = p.parse_args(argv)
+    if a.which == "report":
+        from .report import write
+        print(f"wrote {write(a.json_dir or ROOT / 'docs' / 'bench', a.out, a.gpu_note)}")
+        return
     common.set_data_root(a.data)
     names = list(COMMANDS) if a.which == "all" else [a.which]
     json_path = a.json

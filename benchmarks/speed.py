@@ -148,7 +148,7 @@ def inference(args):
                 ["batch", "ORT p50 ms", "ORT p95 ms", "ORT img/s", "torch p50 ms", "torch p95 ms",
                  "torch img/s", "ORT/torch"], rows)
     save(args.json, "inference", {"providers": clf.providers, "device": args.device,
-                                  "results": results})
+                                  "model_version": clf.spec.model_version, "results": results})
     return results
 
 

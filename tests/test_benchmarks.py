@@ -34,3 +34,17 @@ def test_e2e_compares_the_baseline_model_in_the_same_run(tmp_path, data):
     r = json.loads(out.read_text())["results"]
     assert r["baseline_model"]["version"] == "1.0.0" and r["baseline_model"]["scans_per_s"] > 0
     assert r["speedup_vs_baseline_model"] > 0
+
+
+def test_report_is_written_from_the_json_alone(tmp_path, data):
+    for name in ("e2e", "parity"):
+        main([name, "--limit", "3", "--repeat", "1", "--json", str(tmp_path / f"{name}.json"),
+              "--baseline-model", str(ROOT / "benchmarks" / "models" / "v1.0.0.onnx")])
+    note = tmp_path / "gpu.md"
+    note.write_text("GPU figures go here.")
+    out = tmp_path / "benchmarks.md"
+    main(["report", "--json-dir", str(tmp_path), "--out", str(out), "--gpu-note", str(note)])
+    md = out.read_text()
+    e2e = json.loads((tmp_path / "e2e.json").read_text())["results"]
+    assert f"{e2e['xray_infer']:.1f}" in md and "GPU figures go here." in md
+    assert "model 1.0.0" in md and "Accuracy parity" in md
