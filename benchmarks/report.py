@@ -34,7 +34,7 @@ def _preprocess(d):
     rows = [[name, f"{v['ms_per_scan_1_thread']:.3f}", f"{v['speedup_vs_opencv_1_thread']:.1f}x",
              f"{v['scans_per_s_all_cores']:,.0f}", f"{v['max_abs_diff_vs_reference']:.1e}"]
             for name, v in r.items()]
-    return [f"## 1. Preprocessing (`python -m benchmarks preprocess`)", "",
+    return ["## 1. Preprocessing (`python -m benchmarks preprocess`)", "",
             f"{d['n']} full-resolution scans, decoded beforehand, resized and normalised to "
             f"{d['size']}x{d['size']} float32 (the shipped model's input).", ""] + \
         _table(["method", "ms/scan, 1 thread", "vs OpenCV", f"scans/s, "

@@ -59,7 +59,8 @@ def _conv_bn(cin, cout, k, stride=1, groups=1, act=True):
 
 
 class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand, kxk depthwise, 1x1 project; identity skip when shapes match."""
+    """Inverted residual: 1x1 expand, kxk depthwise, 1x1 project; identity skip when shapes
+    match."""
 
     def __init__(self, cin, cout, k, stride, expand):
         super().__init__()

@@ -35,9 +35,10 @@ def candidates(folders, ensemble):
     """Validation-only choice of what to ship, from the runs that kept a checkpoint.
 
     Candidates: every single run (but those a grid ran for comparison only), and for each
-    input size the ensemble of its ``ensemble`` best runs (by validation macro-F1). Each is scored by the validation macro-F1 of its (mean)
-    validation probabilities; returns [(score, [run json paths])], best first. Runs validated
-    on different splits cannot be ranked together, so mixing them is an error.
+    input size the ensemble of its ``ensemble`` best runs (by validation macro-F1). Each is
+    scored by the validation macro-F1 of its (mean) validation probabilities; returns
+    [(score, [run json paths])], best first. Runs validated on different splits cannot be
+    ranked together, so mixing them is an error.
     """
     runs = [(p, r) for folder in folders for p, r in load_runs(folder)
             if p.with_suffix(".pt").exists() and _group(folder, r) not in NOT_CANDIDATES]

@@ -240,9 +240,9 @@ def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True)
                 total += loss.detach() * len(idx)
                 correct += (logits.argmax(1) == yb).sum()
                 seen += len(idx)
-            best, best_state = _end_epoch(cfg, model, phase, epoch, total_epochs, float(total) / seen,
-                                          int(correct) / seen, data, weights, device, history,
-                                          best, best_state, t0, log)
+            best, best_state = _end_epoch(cfg, model, phase, epoch, total_epochs,
+                                          float(total) / seen, int(correct) / seen, data,
+                                          weights, device, history, best, best_state, t0, log)
     for p in model.parameters():
         p.requires_grad_(True)
     model.load_state_dict(best_state)

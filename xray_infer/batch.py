@@ -55,9 +55,9 @@ def preprocess_batch(items, spec, *, executor=None, start=0):
 
     Returns ``(batch, errors, shapes)``: ``errors[i]`` is None, or the reason item ``i``
     failed (its slot in ``batch`` is then undefined); ``shapes[i]`` is the scan's
-    ``(height, width)`` before resizing (None for a failed item). ``executor`` spreads the items over its threads (the
-    kernel releases the GIL); ``start`` is the index of ``items[0]`` in a longer input, for the
-    ``<array i>`` names.
+    ``(height, width)`` before resizing (None for a failed item). ``executor`` spreads the
+    items over its threads (the kernel releases the GIL); ``start`` is the index of
+    ``items[0]`` in a longer input, for the ``<array i>`` names.
     """
     size = spec.input_size
     batch = np.empty((len(items), 1, size, size), np.float32)

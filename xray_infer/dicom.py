@@ -1,6 +1,7 @@
 """DICOM radiographs (needs the optional ``pydicom``: ``pip install 'xray-infer[dicom]'``).
 
-Single-frame images: grayscale, or colour (RGB, YBR) converted to luminance. Grayscale values go through the file's modality transform
+Single-frame images: grayscale, or colour (RGB, YBR) converted to luminance (ITU-R BT.601)
+over the declared bit depth. Grayscale values go through the file's modality transform
 (Rescale Slope/Intercept or Modality LUT), then its VOI transform (a VOI LUT, else the first
 Window Center/Width with its VOI LUT Function), both as pydicom implements them, and are scaled
 to [0, 1] over the range that transform maps to; without a VOI transform, over the range that
