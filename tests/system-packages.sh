@@ -1,15 +1,23 @@
 #!/bin/bash
 # System packages some tests use, on Debian as root (CI): dicom3tools (dciodvfy, the DICOM
-# validator). Elsewhere it only says what is missing; those tests then skip with the reason.
+# validator) and Orthanc (a real PACS for the DICOM node tests; the tests start their own on
+# loopback ports, so the package's service is kept from starting). Elsewhere it only says what
+# is missing; those tests then skip with the reason.
 set -euo pipefail
 need=()
 command -v dciodvfy > /dev/null || need+=(dicom3tools)
+command -v Orthanc > /dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
-  # Keep package scripts from starting services during the install.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" > /dev/null \
-    || { apt-get update -q > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" > /dev/null; }
+  # Keep package scripts from starting services (Orthanc's, on its default ports) meanwhile.
+  made=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    made=1
+  fi
+  install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" > /dev/null; }
+  install || { apt-get update -q > /dev/null && install; }
+  [ -z "$made" ] || rm -f /usr/sbin/policy-rc.d
 else
   echo "not installed (tests that need them skip): ${need[*]}" >&2
 fi

@@ -229,7 +229,7 @@ class _DicomResults:
 
         from .decode import read_image
         from .dicom import is_dicom
-        from .dicom_results import secondary_capture, structured_report
+        from .dicom_results import results_for
         try:
             with open(r.source, "rb") as f:
                 head = f.read(132)
@@ -239,10 +239,9 @@ class _DicomResults:
             source = pydicom.dcmread(r.source, stop_before_pixels=True)
             scan = read_image(r.source)
             name = self.names(r.source)
-            structured_report(source, r, self.spec, self.digest).save_as(
-                self.folder / f"{name}.SR.dcm", enforce_file_format=True)
-            secondary_capture(source, r, scan.pixels, scan.maxval).save_as(
-                self.folder / f"{name}.SC.dcm", enforce_file_format=True)
+            sr, sc = results_for(source, r, scan.pixels, scan.maxval, self.spec, self.digest)
+            sr.save_as(self.folder / f"{name}.SR.dcm", enforce_file_format=True)
+            sc.save_as(self.folder / f"{name}.SC.dcm", enforce_file_format=True)
             self.written += 1
         except Exception as e:  # the row is written; missing DICOM results are reported
             self.failed += 1
@@ -462,6 +461,84 @@ def cmd_info(args):
     return EXIT_OK
 
 
+def _peer(text):
+    from .peer import Peer
+    try:
+        return Peer.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _dicom_networking():
+    try:
+        import highdicom  # noqa: F401
+        import pynetdicom  # noqa: F401
+    except ImportError:
+        raise UsageError("DICOM networking needs pynetdicom and highdicom: "
+                         "pip install 'xray-infer[dicom]'") from None
+
+
+def cmd_send(args):
+    _dicom_networking()
+    files, _ = collect_inputs(args.paths, args.recursive)
+    if not files:
+        raise UsageError("no files to send")
+    from .node import AssociationError, send
+    try:
+        outcome = send(files, args.to, ae_title=args.ae_title,
+                       report=(lambda line: None) if args.quiet else print)
+    except AssociationError as e:
+        print(f"xray-infer: {e}", file=sys.stderr)
+        return EXIT_INPUT_FAILED
+    refused = [p for p, v in outcome.items() if not isinstance(v, int)]
+    if not args.quiet:
+        print(f"xray-infer: {len(outcome) - len(refused)} stored, {len(refused)} not stored, "
+              f"to {args.to}", file=sys.stderr)
+    return EXIT_INPUT_FAILED if refused else EXIT_OK
+
+
+def cmd_listen(args):
+    import signal
+    import threading
+    _dicom_networking()
+    _positive("--batch-size", args.batch_size)
+    if args.model and not os.path.isfile(args.model):
+        raise UsageError(f"--model {args.model}: no such file")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if args.log:
+        handlers.append(logging.FileHandler(args.log, encoding="utf-8"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    _quiet_opencv()
+    from .errors import XrayInferError
+    from .node import Node
+    try:
+        node = Node(args.port, args.forward, args.spool, ae_title=args.ae_title, host=args.host,
+                    batch_size=args.batch_size, model=args.model)
+    except XrayInferError as e:
+        print(f"xray-infer: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    stopping = []
+
+    def stop(signum, _frame):
+        if not stopping:
+            stopping.append(signum)
+            log.info("signal %d: stopping", signum)
+            threading.Thread(target=node.stop, daemon=True).start()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        node.start()
+    except OSError as e:
+        print(f"xray-infer: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
+        node.stop()
+        return EXIT_USAGE
+    node.wait()
+    return EXIT_OK
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="xray-infer", description="Classify pediatric chest X-rays "
                                 "(normal / bacterial / viral pneumonia). Not a diagnostic device.")
@@ -500,6 +577,26 @@ def build_parser():
                    help="write library warnings and per-input failures here")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     c.set_defaults(fn=cmd_classify)
+    n = sub.add_parser("send", help="send DICOM files to a DICOM node or PACS (C-STORE)")
+    n.add_argument("paths", nargs="+", metavar="PATH")
+    n.add_argument("--to", required=True, type=_peer, metavar="HOST:PORT[:AET]")
+    n.add_argument("--ae-title", default="XRAYINFER", help="this sender's AE title")
+    n.add_argument("-r", "--recursive", action="store_true")
+    n.add_argument("-q", "--quiet", action="store_true")
+    n.set_defaults(fn=cmd_send)
+    li = sub.add_parser("listen", help="a DICOM node: receive radiographs, classify them, "
+                                       "forward SR + Secondary Capture results")
+    li.add_argument("--port", type=int, required=True)
+    li.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    li.add_argument("--ae-title", default="XRAYINFER")
+    li.add_argument("--forward", required=True, type=_peer, metavar="HOST:PORT[:AET]",
+                    help="where the results go (a PACS)")
+    li.add_argument("--spool", default="xray-infer-spool",
+                    help="received instances wait here until their results are delivered")
+    li.add_argument("--batch-size", type=int, default=8)
+    li.add_argument("--model")
+    li.add_argument("--log", metavar="FILE", help="also write the log here")
+    li.set_defaults(fn=cmd_listen)
     i = sub.add_parser("info", help="show the model's metadata and the available providers")
     i.add_argument("--model")
     i.add_argument("--json", action="store_true", help="machine-readable output")

@@ -37,12 +37,29 @@ NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 
 
 def model_digest(path):
-    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def results_for(source, result, pixels, maxval, spec, digest):
+    """(SR, SC) for one classified source dataset."""
+    return (structured_report(source, result, spec, digest),
+            secondary_capture(source, result, pixels, maxval, digest))
 
 
 def _device_uid(digest):
     # The same model is the same observer device in every report.
     return generate_uid(entropy_srcs=[digest])
+
+
+def result_uids(source, digest, kind):
+    """(series UID, instance UID) of the ``kind`` ("SR" or "SC") result for ``source`` by the
+    model with SHA-256 ``digest``: derived from those, so scoring an instance again gives the
+    same UIDs and a PACS replaces rather than duplicates (what makes a retried forward, or a
+    restart after a crash, deliver each result once)."""
+    series = generate_uid(entropy_srcs=[source.SeriesInstanceUID, digest, kind])
+    instance = generate_uid(entropy_srcs=[source.SOPInstanceUID, digest, kind])
+    return series, instance
 
 
 def structured_report(source, result, spec, digest):
@@ -62,9 +79,10 @@ def structured_report(source, result, spec, digest):
                                     f"Probability of {FINDINGS[name].meaning.lower()}"),
             value=float(p), unit=NO_UNITS, algorithm_id=algorithm)
         for name, p in result.probabilities.items()]
+    tracking = hd.sr.TrackingIdentifier(uid=result_uids(source, digest, "track")[1],
+                                        identifier="xray-infer classification")
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
-                                                     identifier="xray-infer classification"),
+        tracking_identifier=tracking,
         algorithm_id=algorithm,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.DCM.Finding,
@@ -73,21 +91,23 @@ def structured_report(source, result, spec, digest):
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=PROCEDURE, imaging_measurements=[group])
+    series_uid, instance_uid = result_uids(source, digest, "SR")
     return hd.sr.ComprehensiveSR(
-        evidence=[source], content=report, series_instance_uid=generate_uid(),
-        series_number=SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
+        evidence=[source], content=report, series_instance_uid=series_uid,
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=instance_uid, instance_number=1,
         manufacturer=MANUFACTURER,
         series_description=f"{ALGORITHM} {spec.model_version} result, not for diagnosis")
 
 
-def secondary_capture(source, result, pixels, maxval):
+def secondary_capture(source, result, pixels, maxval, digest):
     """A Secondary Capture of the heatmap overlay, in the source's patient and study."""
     picture = overlay(pixels, maxval, result.heatmap, caption(result))[:, :, ::-1]  # BGR->RGB
+    series_uid, instance_uid = result_uids(source, digest, "SC")
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=np.ascontiguousarray(picture),
         photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
-        series_instance_uid=generate_uid(), series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=instance_uid, instance_number=1, manufacturer=MANUFACTURER,
         patient_orientation=tuple(source.get("PatientOrientation", None) or ("L", "F"))[:2],
         series_description=f"{ALGORITHM} heatmap, not for diagnostic use")
     sc.BurnedInAnnotation = "YES"

@@ -1,0 +1,100 @@
+"""A real Orthanc PACS for the node tests: started from Debian's ``Orthanc`` binary with a
+generated configuration on free loopback ports, driven through its REST API."""
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BINARY = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists()
+                                     else None)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+class Orthanc:
+    def __init__(self, folder, modalities=None, aet="ORTHANC", dicom_port=None):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.aet, self.http_port = aet, free_port()
+        self.dicom_port = dicom_port or free_port()
+        config = {"Name": "xray-infer-tests", "StorageDirectory": str(self.folder / "db"),
+                  "IndexDirectory": str(self.folder / "db"), "HttpPort": self.http_port,
+                  "DicomPort": self.dicom_port, "DicomAet": aet, "DicomCheckCalledAet": True,
+                  "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+                  "DicomModalities": modalities or {}, "Plugins": [], "StableAge": 1,
+                  "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True}
+        self.config = self.folder / "orthanc.json"
+        self.config.write_text(json.dumps(config, indent=1))
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.folder / "orthanc.log", "ab")
+        self.proc = subprocess.Popen([BINARY, str(self.config)], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        wait_port(self.http_port, proc=self.proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self.get("/system")
+                wait_port(self.dicom_port, proc=self.proc)
+                return self
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        raise TimeoutError("Orthanc's REST API did not answer")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    # -- REST ----------------------------------------------------------------------------------
+    def _call(self, method, path, body=None, raw=False):
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
+                                     method=method)
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            out = resp.read()
+        return out if raw else json.loads(out)
+
+    def get(self, path, raw=False):
+        return self._call("GET", path, raw=raw)
+
+    def post(self, path, body):
+        return self._call("POST", path, body)
+
+    def upload(self, path):
+        return self.post("/instances", Path(path).read_bytes())["ID"]
+
+    def find_instances(self, modality, **query):
+        """Orthanc ids of the instances of series with ``modality`` matching ``query``."""
+        series = self.post("/tools/find", {"Level": "Series", "Expand": True,
+                                           "Query": {"Modality": modality, **query}})
+        return [i for s in series for i in s["Instances"]]
+
+    def file(self, instance_id):
+        return self.get(f"/instances/{instance_id}/file", raw=True)

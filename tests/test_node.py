@@ -1,0 +1,228 @@
+"""The DICOM node against a real PACS: Orthanc, started here on loopback ports."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("pynetdicom")
+
+from orthanc import BINARY, Orthanc, free_port, wait_port  # noqa: E402
+from test_dicom import write_dicom  # noqa: E402
+
+from xray_infer import classify  # noqa: E402
+from xray_infer.decode import read_image  # noqa: E402
+
+pytestmark = pytest.mark.skipif(BINARY is None, reason="Orthanc is not installed (Debian: "
+                                "apt-get install orthanc; tests/system-packages.sh does it)")
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = sorted((ROOT / "xray_infer" / "samples").glob("*.jpeg"))
+NODE_AET = "XRAYINFER"
+
+
+def chest_dicoms(folder, n, patient):
+    """``n`` DX instances of the sample scans, one study, unique UIDs, patient ``patient``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = pydicom.uid.generate_uid()
+    series = pydicom.uid.generate_uid()
+    out = []
+    for i in range(n):
+        scan = SAMPLES[i % len(SAMPLES)]
+        out.append(write_dicom(
+            folder / f"{patient}-{i:03d}.dcm", read_image(scan).pixels, 8, PatientName="Test^Child",
+            PatientID=patient, PatientBirthDate="20200101", PatientSex="O", StudyInstanceUID=study,
+            SeriesInstanceUID=series, StudyDate="20260101", StudyTime="120000",
+            AccessionNumber=patient[:16], ReferringPhysicianName="", StudyID="1", SeriesNumber=1,
+            InstanceNumber=i + 1))
+    return out
+
+
+class NodeProcess:
+    def __init__(self, folder, forward_port, forward_aet="ORTHANC", port=None):
+        self.port = port or free_port()
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.spool = Path(folder) / "spool"
+        self.log = Path(folder) / "node.log"
+        self.args = [sys.executable, "-m", "xray_infer", "listen", "--host", "127.0.0.1",
+                     "--port", str(self.port), "--ae-title", NODE_AET, "--forward",
+                     f"127.0.0.1:{forward_port}:{forward_aet}", "--spool", str(self.spool),
+                     "--batch-size", "4"]
+        self.proc = None
+
+    def start(self):
+        self.out = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=self.out, stderr=subprocess.STDOUT)
+        wait_port(self.port, timeout=120, proc=self.proc)
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(60)
+        return self.proc.returncode
+
+    def spooled(self):
+        return sorted((self.spool / "incoming").glob("*.dcm"))
+
+
+def send(paths, port, aet):
+    return subprocess.run([sys.executable, "-m", "xray_infer", "send", *map(str, paths), "--to",
+                           f"127.0.0.1:{port}:{aet}"], capture_output=True, text=True,
+                          timeout=600)
+
+
+def wait_for(predicate, timeout=180, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not met after {timeout} s")
+
+
+def sr_finding(orthanc, instance_id):
+    """(finding meaning, referenced source SOP instance UID) of an SR stored in Orthanc."""
+    sr = pydicom.dcmread(io.BytesIO(orthanc.file(instance_id)))
+    finding, source = None, None
+
+    def walk(items):
+        nonlocal finding, source
+        for it in items:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it \
+                else ""
+            if name == "Finding" and "ConceptCodeSequence" in it:
+                finding = it.ConceptCodeSequence[0].CodeMeaning
+            if "ReferencedSOPSequence" in it:
+                source = it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            if "ContentSequence" in it:
+                walk(it.ContentSequence)
+    walk(sr.ContentSequence)
+    return finding, source
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    node_port = free_port()
+    folder = tmp_path_factory.mktemp("orthanc")
+    orthanc = Orthanc(folder, modalities={"xrayinfer": [NODE_AET, "127.0.0.1", node_port]})
+    orthanc.start()
+    orthanc.node_port = node_port
+    yield orthanc
+    orthanc.stop()
+
+
+@pytest.fixture()
+def node(pacs, tmp_path):
+    n = NodeProcess(tmp_path, pacs.dicom_port, port=pacs.node_port).start()
+    yield n
+    n.stop()
+
+
+def test_send_to_orthanc_and_a_refused_association(pacs, tmp_path):
+    files = chest_dicoms(tmp_path / "in", 2, "SEND-1")
+    p = send(files, pacs.dicom_port, "ORTHANC")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("stored (0x0000)") == 2
+    assert len(pacs.post("/tools/find", {"Level": "Instance",
+                                         "Query": {"PatientID": "SEND-1"}})) == 2
+    p = send(files, pacs.dicom_port, "WRONG")
+    assert p.returncode == 1 and "rejected the association" in p.stderr
+    assert "check the AE titles" in p.stderr
+
+
+def test_pacs_to_node_to_pacs(pacs, node, tmp_path):
+    """Upload to Orthanc, have Orthanc C-STORE to the node, and find in each study an SR whose
+    finding is what `xray-infer classify` says of the same file, and its Secondary Capture."""
+    files = chest_dicoms(tmp_path / "in", 3, "E2E-1")
+    ids = [pacs.upload(f) for f in files]
+    pacs.post("/modalities/xrayinfer/store", {"Resources": ids, "Synchronous": True})
+    wait_for(lambda: len(pacs.find_instances("SR", PatientID="E2E-1")) == 3, what="3 SRs")
+    wait_for(lambda: len(pacs.find_instances("OT", PatientID="E2E-1")) == 3, what="3 SCs")
+    expected = {pydicom.dcmread(f).SOPInstanceUID: r.label
+                for f, r in zip(files, classify([str(f) for f in files]))}
+    from xray_infer.dicom_results import FINDINGS
+    got = dict(reversed(sr_finding(pacs, i)) for i in pacs.find_instances("SR", PatientID="E2E-1"))
+    assert got == {uid: FINDINGS[label].meaning for uid, label in expected.items()}
+    wait_for(lambda: not node.spooled(), what="empty spool")
+
+
+def test_unclassifiable_objects_get_a_status_and_the_node_stays_up(pacs, node, tmp_path):
+    from pydicom.data import get_testdata_file
+    sr = get_testdata_file("test-SR.dcm")
+    multiframe = get_testdata_file("SC_rgb_rle_2frame.dcm")  # Secondary Capture, 2 frames
+    p = send([sr, multiframe], node.port, NODE_AET)
+    assert p.returncode == 1
+    assert p.stdout.count("refused with status 0xC000") == 2, p.stdout
+    assert "not a radiograph" in p.stdout and "multi-frame" in p.stdout
+    good = chest_dicoms(tmp_path / "in", 1, "STAYS-UP")
+    assert send(good, node.port, NODE_AET).returncode == 0
+    wait_for(lambda: len(pacs.find_instances("SR", PatientID="STAYS-UP")) == 1, what="1 SR")
+    log = node.log.read_text()
+    assert "refused" in log and "forwarded SR" in log
+
+
+@pytest.mark.slow
+def test_load_200_instances_over_4_associations(pacs, node, tmp_path):
+    files = chest_dicoms(tmp_path / "in", 200, "LOAD-1")
+    results = [None] * 4
+    threads = [threading.Thread(target=lambda k: results.__setitem__(
+        k, send(files[k::4], node.port, NODE_AET)), args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    wait_for(lambda: len(pacs.find_instances("SR", PatientID="LOAD-1")) >= 200, timeout=600,
+             what="200 SRs")
+    srs = pacs.find_instances("SR", PatientID="LOAD-1")
+    sources = [sr_finding(pacs, i)[1] for i in srs]
+    assert len(srs) == 200 and len(set(sources)) == 200
+    assert set(sources) == {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    assert len(pacs.find_instances("OT", PatientID="LOAD-1")) == 200
+
+
+@pytest.mark.slow
+def test_killed_mid_batch_then_restarted_delivers_each_result_once(pacs, tmp_path):
+    node = NodeProcess(tmp_path, pacs.dicom_port, port=pacs.node_port).start()
+    files = chest_dicoms(tmp_path / "in", 24, "KILL-1")
+    assert send(files, node.port, NODE_AET).returncode == 0  # all spooled and acknowledged
+    wait_for(lambda: len(pacs.find_instances("SR", PatientID="KILL-1")) >= 1, what="first SR")
+    node.stop(signal.SIGKILL)  # mid-way: some delivered, some not
+    left = len(node.spooled())
+    assert left > 0, "the node finished before it was killed; nothing tested"
+    node = NodeProcess(tmp_path, pacs.dicom_port, port=pacs.node_port).start()
+    try:
+        wait_for(lambda: not node.spooled(), what="spool emptied after the restart")
+        srs = pacs.find_instances("SR", PatientID="KILL-1")
+        sources = [sr_finding(pacs, i)[1] for i in srs]
+        assert len(srs) == 24 and len(set(sources)) == 24
+        assert len(pacs.find_instances("OT", PatientID="KILL-1")) == 24
+    finally:
+        node.stop()
+
+
+def test_results_wait_in_the_spool_while_the_destination_is_down(tmp_path):
+    dest_port = free_port()
+    node = NodeProcess(tmp_path / "node", dest_port).start()
+    orthanc = Orthanc(tmp_path / "later", dicom_port=dest_port)
+    try:
+        files = chest_dicoms(tmp_path / "in", 3, "DOWN-1")
+        assert send(files, node.port, NODE_AET).returncode == 0
+        time.sleep(3)
+        assert len(node.spooled()) == 3  # classified, not delivered: kept
+        assert "wait in the spool" in node.log.read_text()
+        orthanc.start()
+        wait_for(lambda: not node.spooled(), what="spool emptied")
+        assert len(orthanc.find_instances("SR", PatientID="DOWN-1")) == 3
+    finally:
+        assert node.stop() == 0  # SIGTERM: a clean stop
+        orthanc.stop()
+    assert "stopped" in node.log.read_text()
