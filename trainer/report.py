@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import CLASS_NAMES, VAL_SPLITS
+from .dataset import CLASS_NAMES, VAL_SPLITS, parse_name
 from .selection import load_runs
 from .metrics import NORMAL, roc_curve
 from .train import RunConfig
@@ -135,6 +135,31 @@ def plot_rocs(curves, path):
         ax.set_ylabel("true positive rate")
         ax.set_title(title)
         ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
+#: Test-split scans shipped as samples: a normal, a bacterial and a viral pneumonia.
+HEATMAP_SAMPLES = ("IM-0001-0001.jpeg", "person100_bacteria_475.jpeg", "person10_virus_35.jpeg")
+
+
+def plot_heatmaps(model_path, path):
+    """Overlays (as ``xray-infer classify --heatmaps`` writes them) for three sample scans."""
+    from xray_infer import Classifier
+    from xray_infer.decode import read_image
+    from xray_infer.heatmap import caption, overlay
+    samples = Path(__file__).resolve().parent.parent / "xray_infer" / "samples"
+    paths = [str(samples / name) for name in HEATMAP_SAMPLES]
+    results = Classifier(model_path, providers=["CPUExecutionProvider"],
+                         heatmaps=True).classify(paths)
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(paths), figsize=(4 * len(paths), 4.3))
+    for ax, p, r in zip(axes, paths, results):
+        scan = read_image(p)
+        ax.imshow(overlay(scan.pixels, scan.maxval, r.heatmap, caption(r))[:, :, ::-1])
+        name = Path(p).name
+        label, _ = parse_name("PNEUMONIA" if name.startswith("person") else "NORMAL", name)
+        ax.set_title(f"{name} (truth: {CLASS_NAMES[label]})", fontsize=9)
+        ax.axis("off")
     _save(fig, path)
 
 
@@ -284,6 +309,11 @@ def write_report(grids, out_dir, model=None, notes=None, archive=None):
                   img / "shipped-roc.png")
         md += ["", "![confusion matrices](img/shipped-confusion.png)", "",
                "![ROC curves](img/shipped-roc.png)", ""]
+        if spec.heatmap_output:
+            plot_heatmaps(model, img / "heatmaps.png")
+            md += ["Class activation maps of the shipped model for three test scans shipped as "
+                   "samples (a normal, a bacterial and a viral pneumonia):", "",
+                   "![heatmaps](img/heatmaps.png)", ""]
         cm = np.asarray(m["test"]["confusion"])
         md += ["Where it fails on the test split: "
                f"{cm[0, 1] + cm[0, 2]} of {cm[0].sum()} normal scans are called pneumonia "

@@ -27,14 +27,16 @@ def overlay(pixels, maxval, heatmap, caption_lines, alpha=0.4):
     colour = cv2.applyColorMap((heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
     out = cv2.addWeighted(base, 1 - alpha, colour, alpha, 0)
     h, w = grey.shape
-    scale = max(0.4, min(w, h) / 600)
-    thickness = max(1, int(round(scale * 2)))
-    y = int(30 * scale)
+    scale = max(0.35, min(w, h) / 700)
+    thickness = max(1, int(round(scale * 1.5)))
+    step = int(28 * scale) + 4
+    band = out[:step * len(caption_lines) + 6]
+    band[:] = (band * 0.35).astype(np.uint8)  # a dark band keeps the text legible on any map
+    y = step - 4
     for line in caption_lines:
-        for colour_, t in (((0, 0, 0), thickness + 2), ((255, 255, 255), thickness)):
-            cv2.putText(out, line, (int(10 * scale), y), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                        colour_, t, cv2.LINE_AA)
-        y += int(32 * scale)
+        cv2.putText(out, line, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                    thickness, cv2.LINE_AA)
+        y += step
     return out
 
 
