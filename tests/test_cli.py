@@ -237,3 +237,18 @@ def test_info():
     assert "CPUExecutionProvider" in info["available_providers"]
     p = run("info")
     assert p.returncode == 0 and "test metrics" in p.stdout
+
+
+@pytest.mark.parametrize("text,reason", [("localhost", "not HOST:PORT"), ("h:0", "port must be"),
+                                         ("h:70000", "port must be"), (":104", "not HOST:PORT"),
+                                         ("h:104:" + "A" * 17, "1 to 16 characters")])
+def test_peer_addresses_are_checked_before_anything_runs(text, reason):
+    p = run("send", SAMPLES / "IM-0001-0001.jpeg", "--to", text)
+    assert p.returncode == 2 and reason in p.stderr
+
+
+def test_peer_parsing():
+    from xray_infer.peer import Peer
+    assert Peer.parse("pacs:104:ORTHANC") == Peer("pacs", 104, "ORTHANC")
+    assert Peer.parse("10.0.0.1:11112").ae_title == "ANY-SCP"
+    assert str(Peer.parse("h:1:X")) == "X@h:1"
