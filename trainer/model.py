@@ -4,6 +4,7 @@ Variants are ``dataclasses.replace(BASE, ...)``. Every net ends in global averag
 linear layer, so class activation maps stay possible and any input size works.
 """
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 
 from torch import nn
 
@@ -118,3 +119,17 @@ def net_from_dict(d):
 
 def variant(base: NetConfig, **changes):
     return replace(base, **changes)
+
+
+@lru_cache(maxsize=None)
+def mmac(cfg):
+    """Millions of multiply-accumulates for one image through the net of ``cfg`` (the cost
+    the report lists beside every run; counted by torch's FLOP counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    if getattr(cfg, "pretrained", False):
+        cfg = replace(cfg, pretrained=False)  # the cost does not depend on the weights
+    model = build(cfg).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, cfg.input_size, cfg.input_size))
+    return counter.get_total_flops() / 2e6

@@ -7,6 +7,7 @@ import numpy as np
 from .dataset import CLASS_NAMES, VAL_SPLITS, parse_name
 from .selection import load_runs
 from .metrics import NORMAL, roc_curve
+from .model import mmac
 from .train import RunConfig
 
 METRICS = [("val", "accuracy"), ("val", "macro_f1"), ("val", "loss"), ("test", "accuracy"),
@@ -54,12 +55,13 @@ def _changes(cfg, base=None):
 
 
 def table(runs, names, base=None):
-    lines = ["| run | differs from base | seeds | " + " | ".join(HEAD) + " | best epoch | train s |",
-             "|" + "---|" * (len(HEAD) + 5)]
+    lines = ["| run | differs from base | seeds | MMAC | " + " | ".join(HEAD)
+             + " | best epoch | train s |", "|" + "---|" * (len(HEAD) + 6)]
     for n in names:
         rs = runs[n]
         cells = [_fmt([r[s].get(m) for r in rs]) for s, m in METRICS]
-        lines.append(f"| {n} | {_changes(rs[0]['config'], base)} | {len(rs)} | "
+        cost = mmac(RunConfig.from_dict(rs[0]["config"]).net)
+        lines.append(f"| {n} | {_changes(rs[0]['config'], base)} | {len(rs)} | {cost:,.0f} | "
                      + " | ".join(cells)
                      + f" | {_fmt([r['best_epoch'] for r in rs], 0)} | "
                      f"{_fmt([r['train_seconds'] for r in rs], 0)} |")
