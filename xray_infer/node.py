@@ -179,10 +179,16 @@ class Node:
                             self.failed)
                 os.replace(path, self.failed / path.name)
                 continue
-            source = dcmread(path, stop_before_pixels=True)
-            scan = read_image(path)
-            sr, sc = results_for(source, r, scan.pixels, scan.maxval, self.classifier.spec,
-                                 self.digest)
+            try:
+                source = dcmread(path, stop_before_pixels=True)
+                scan = read_image(path)
+                sr, sc = results_for(source, r, scan.pixels, scan.maxval, self.classifier.spec,
+                                     self.digest)
+            except Exception as e:  # a source the result objects cannot be built from
+                log.warning("%s: results not built: %s: %s; moved to %s", path.name,
+                            type(e).__name__, e, self.failed)
+                os.replace(path, self.failed / path.name)
+                continue
             ready.append((path, r, sr, sc))
         if not ready:
             return True
