@@ -16,7 +16,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
     made=1
   fi
   install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" > /dev/null; }
-  install || { apt-get update -q > /dev/null && install; }
+  install || { apt-get update -q > /dev/null && install; } \
+    || echo "could not install (tests that need them skip): ${need[*]}" >&2
   [ -z "$made" ] || rm -f /usr/sbin/policy-rc.d
 else
   echo "not installed (tests that need them skip): ${need[*]}" >&2
