@@ -196,13 +196,11 @@ class _Overlays:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.names, self.written, self.failed = _Names(), 0, 0
 
-    def write(self, r):
+    def write(self, r, scan):
         import cv2
 
-        from .decode import read_image
         from .heatmap import caption, overlay
         try:
-            scan = read_image(r.source)
             path = self.folder / f"{self.names(r.source)}.png"
             if not cv2.imwrite(str(path), overlay(scan.pixels, scan.maxval, r.heatmap,
                                                   caption(r))):
@@ -224,10 +222,9 @@ class _DicomResults:
         self.spec, self.digest = clf.spec, model_digest(clf.model_path)
         self.names, self.written, self.not_dicom, self.failed = _Names(), 0, 0, 0
 
-    def write(self, r):
+    def write(self, r, scan):
         import pydicom
 
-        from .decode import read_image
         from .dicom import is_dicom
         from .dicom_results import results_for
         try:
@@ -237,7 +234,6 @@ class _DicomResults:
                 self.not_dicom += 1
                 return
             source = pydicom.dcmread(r.source, stop_before_pixels=True)
-            scan = read_image(r.source)
             name = self.names(r.source)
             sr, sc = results_for(source, r, scan.pixels, scan.maxval, self.spec, self.digest)
             sr.save_as(self.folder / f"{name}.SR.dcm", enforce_file_format=True)
@@ -246,6 +242,22 @@ class _DicomResults:
         except Exception as e:  # the row is written; missing DICOM results are reported
             self.failed += 1
             log.warning("%s: DICOM results not written: %s", r.source, e)
+
+
+def _write_extras(writers, r):
+    """Overlays and DICOM results of one classified input; they need the scan itself, decoded
+    again, once for all of them. A failure here is counted and logged, never fatal."""
+    from .decode import read_image
+    from .errors import DecodeError
+    try:
+        scan = read_image(r.source)
+    except DecodeError as e:  # changed on disk since it was scored
+        for w in writers:
+            w.failed += 1
+        log.warning("%s: no heatmap or DICOM results: %s", r.source, e.reason)
+        return
+    for w in writers:
+        w.write(r, scan)
 
 
 def _positive(name, value):
@@ -372,6 +384,7 @@ def cmd_classify(args):
     failures = []
     overlays = _Overlays(args.heatmaps) if args.heatmaps else None
     dicom_out = _DicomResults(args.dicom_out, clf) if args.dicom_out else None
+    extras = [w for w in (overlays, dicom_out) if w]
     try:
         for r in clf.iter_classify(files):
             writer.write(r)
@@ -379,11 +392,8 @@ def cmd_classify(args):
             if not r.ok:
                 failures.append(r)
                 log.info("%s: %s", r.source, r.error)
-            else:
-                if overlays:
-                    overlays.write(r)
-                if dicom_out:
-                    dicom_out.write(r)
+            elif extras:
+                _write_extras(extras, r)
     except KeyboardInterrupt:
         progress.close()
         print(f"xray-infer: interrupted after {progress.done} of {len(files)} inputs; rows "
