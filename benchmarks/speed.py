@@ -115,7 +115,8 @@ def _torch_model(args, device):
 
 def inference(args):
     """ONNX Runtime vs PyTorch eager, per batch size: latency p50/p95 and throughput."""
-    clf = Classifier(args.model, providers=args.providers)
+    # float32 on both sides: the same arithmetic as the torch baseline
+    clf = Classifier(args.model, providers=args.providers, precision="float32")
     model, torch = _torch_model(args, args.device)
     size = clf.spec.input_size
     rng = np.random.default_rng(0)

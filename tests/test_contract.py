@@ -166,3 +166,30 @@ def test_provider_errors_and_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         providers.check_active(["CPUExecutionProvider"], ["CPUExecutionProvider"])
+
+
+def test_float16_variant_has_its_parity_record_and_agrees():
+    from xray_infer.model import fp16_path
+    assert fp16_path(xray_infer.DEFAULT_MODEL).exists()
+    session, spec = model_module.load_model(providers=["CPUExecutionProvider"],
+                                            precision="float16")
+    parity = spec.metrics["fp16_parity"]["test"]
+    assert spec.precision == "float16" and parity["n"] == 624
+    assert parity["agreement"] >= 0.995
+    assert parity["accuracy_float32"] - parity["accuracy_float16"] <= 0.005
+    # auto picks float16 only on CUDA: on this CPU-only build it is the float32 model
+    assert model_module.load_model(providers=["CPUExecutionProvider"])[1].precision == "float32"
+    samples = sorted((xray_infer.DEFAULT_MODEL.parent.parent / "samples").glob("*.jpeg"))
+    half = Classifier(precision="float16", providers=["CPUExecutionProvider"])
+    full = Classifier(precision="float32", providers=["CPUExecutionProvider"])
+    for a, b in zip(half.classify(samples), full.classify(samples)):
+        assert a.label == b.label
+        assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 0.02
+
+
+def test_float16_needs_a_variant(tmp_path):
+    path = save_model(tmp_path / "m.onnx", log_mean_model(), meta())
+    with pytest.raises(ModelError, match="no float16 variant"):
+        Classifier(path, precision="float16")
+    with pytest.raises(ValueError, match="precision"):
+        Classifier(path, precision="int4")

@@ -89,6 +89,11 @@ def cmd_export(a):
                   "best_epochs": [r["best_epoch"] for r in results], "code_commit": commit}
     spec, _ = export(members, a.out, data, model_version=a.version, provenance=provenance)
     m = spec.metrics
+    if not a.no_fp16:
+        from .export import export_fp16
+        parity = export_fp16(a.out, data)["test"]
+        print(f"wrote the float16 variant: test agreement {parity['agreement']:.4f}, accuracy "
+              f"{parity['accuracy_float16']:.4f} (float32 {parity['accuracy_float32']:.4f})")
     if a.save_checkpoint:
         save_checkpoint(a.save_checkpoint, members, m["temperatures"])
     print(f"wrote {a.out}: {len(members)} member(s), temperatures "
@@ -165,6 +170,8 @@ def main(argv=None):
                    help="with --select: also consider ensembles of this many runs")
     x.add_argument("--out", required=True)
     x.add_argument("--version", default="0.1.0")
+    x.add_argument("--no-fp16", action="store_true",
+                   help="do not write the float16 variant (name.fp16.onnx) used on CUDA")
     x.add_argument("--save-checkpoint", metavar="PT",
                    help="also save the torch weights + config (for parity benchmarks)")
     x.set_defaults(fn=cmd_export)

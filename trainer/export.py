@@ -167,6 +167,67 @@ def export(members, out_path, data, *, model_version, provenance):
     return spec, wrapped
 
 
+#: The float16 variant must agree with the float32 model on this share of the test scans, and
+#: lose at most this much accuracy, or it is not written.
+FP16_MIN_AGREEMENT, FP16_MAX_ACCURACY_DROP = 0.995, 0.005
+
+
+def export_fp16(fp32_path, data):
+    """Write the float16 variant of an exported model beside it (``model.fp16_path``): float16
+    weights and activations, float32 inputs and outputs, so the library's contract is the same.
+
+    Its metadata is the float32 model's with ``precision`` float16, its own validation and test
+    metrics, and a parity record against the float32 model. Raises (and writes nothing) when
+    test agreement is under ``FP16_MIN_AGREEMENT`` or accuracy drops by more than
+    ``FP16_MAX_ACCURACY_DROP``. Returns the parity record.
+    """
+    import warnings
+    from dataclasses import replace
+
+    from onnxconverter_common import float16
+
+    from xray_infer.model import fp16_path
+    fp32_path = Path(fp32_path)
+    sess32, spec = load_model(fp32_path, providers=["CPUExecutionProvider"],
+                              precision="float32")
+    with warnings.catch_warnings():  # it reports every weight below float16's range
+        warnings.simplefilter("ignore")
+        proto = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    out = fp16_path(fp32_path)
+    tmp = out.with_suffix(".tmp.onnx")
+    onnx.save(proto, str(tmp))
+    sess16 = graph_session(tmp)
+    metrics, parity = dict(spec.metrics), {}
+    for split in ("val", "test"):
+        x, y = data[split]
+        p32, p16 = softmax(ort_logits(sess32, x)), softmax(ort_logits(sess16, x))
+        metrics[split] = summarize(y, p16)
+        parity[split] = {"n": int(len(y)),
+                         "agreement": float((p32.argmax(1) == p16.argmax(1)).mean()),
+                         "accuracy_float32": spec.metrics[split]["accuracy"],
+                         "accuracy_float16": metrics[split]["accuracy"],
+                         "max_abs_probability_diff": float(np.abs(p32 - p16).max())}
+    test = parity["test"]
+    if (test["agreement"] < FP16_MIN_AGREEMENT
+            or test["accuracy_float32"] - test["accuracy_float16"] > FP16_MAX_ACCURACY_DROP):
+        tmp.unlink()
+        raise RuntimeError(f"float16 variant not written: test agreement {test['agreement']:.4f} "
+                           f"(needs {FP16_MIN_AGREEMENT}), accuracy {test['accuracy_float16']:.4f} "
+                           f"against {test['accuracy_float32']:.4f}")
+    metrics["fp16_parity"] = parity
+    spec16 = replace(spec, precision="float16", metrics=metrics)
+    del proto.metadata_props[:]
+    for k, v in spec16.to_metadata().items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, out)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
+    load_model(fp32_path, providers=["CPUExecutionProvider"], precision="float16")  # reads back
+    return parity
+
+
 def save_checkpoint(path, members, temperatures):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"members": [{"config": c.to_dict(), "state_dict": s} for c, s in members],

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from .batch import preprocess_batch, source_name
 from .decode import Decoded
@@ -73,10 +74,13 @@ class Classifier:
     heatmaps : bool
         Give every classified Result a ``heatmap`` (needs a model exported with class
         activation maps; ModelError otherwise). Off by default, and then it costs nothing.
+    precision : str
+        ``"auto"`` (the model's float16 variant on CUDA where it exists), ``"float32"`` or
+        ``"float16"``; see ``xray_infer.load_model``.
     """
 
     def __init__(self, model=None, *, providers=None, batch_size=DEFAULT_BATCH_SIZE, threads=None,
-                 workers=None, heatmaps=False):
+                 workers=None, heatmaps=False, precision="auto"):
         _check_count("batch_size", batch_size)
         _check_count("threads", threads, optional=True)
         _check_count("workers", workers, optional=True)
@@ -84,8 +88,11 @@ class Classifier:
         self.batch_size = batch_size
         self.workers = workers or os.cpu_count() or 1
         self.session, self.spec = load_model(self.model_path, providers=providers,
-                                             threads=threads)
+                                             threads=threads, precision=precision)
         self.providers = self.session.get_providers()
+        # On CUDA a batch goes to the device once and the outputs stay there until the small
+        # arrays are copied back (ONNX Runtime's I/O binding); elsewhere plain session.run.
+        self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else None
         if heatmaps and not self.spec.heatmap_output:
             raise ModelError(f"{self.model_path}: this model has no class activation map output, "
                              f"so heatmaps are not available (export it again with "
@@ -109,12 +116,24 @@ class Classifier:
         """(probabilities, class maps or None) for a batch; maps only with ``heatmaps``."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         names = [self.spec.output_name] + ([self.spec.heatmap_output] if self.heatmaps else [])
-        outputs = self.session.run(names, {self.spec.input_name: batch})
+        if self._device:
+            outputs = self._run_on_device(batch, names)
+        else:
+            outputs = self.session.run(names, {self.spec.input_name: batch})
         logits = outputs[0]
         finite = np.isfinite(logits).all(axis=1)
         probs = np.full(logits.shape, np.nan)
         probs[finite] = softmax(logits[finite])
         return probs, (outputs[1] if self.heatmaps else None)
+
+    def _run_on_device(self, batch, names):
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(self.spec.input_name,
+                                    ort.OrtValue.ortvalue_from_numpy(batch, self._device, 0))
+        for name in names:
+            binding.bind_output(name, self._device)
+        self.session.run_with_iobinding(binding)
+        return [value.numpy() for value in binding.get_outputs()]
 
     def _finish(self, start, chunk, prepared):
         batch, errors, shapes = prepared.result()
@@ -174,12 +193,12 @@ class Classifier:
 
 
 def classify(paths, *, model=None, batch_size=DEFAULT_BATCH_SIZE, providers=None, threads=None,
-             workers=None, heatmaps=False):
+             workers=None, heatmaps=False, precision="auto"):
     """Classify images in one call; see ``Classifier`` for the parameters.
 
     Returns a list of ``Result`` in input order: a bad input gets ``error`` set and the rest are
     still classified. For repeated calls create a ``Classifier`` once instead.
     """
     clf = Classifier(model, providers=providers, batch_size=batch_size, threads=threads,
-                     workers=workers, heatmaps=heatmaps)
+                     workers=workers, heatmaps=heatmaps, precision=precision)
     return clf.classify(paths)

@@ -6,7 +6,7 @@ import onnxruntime as ort
 
 from . import providers as _providers
 from .errors import ModelError
-from .spec import ModelSpec
+from .spec import PRECISIONS, ModelSpec
 
 #: The model shipped with the package; its SHA-256 sidecar must exist and match.
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
@@ -14,6 +14,12 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
 
 def sidecar_path(path):
     return Path(path).with_name(Path(path).name + ".sha256")
+
+
+def fp16_path(path):
+    """Where the float16 variant of a model lives: ``name.fp16.onnx`` beside ``name.onnx``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".fp16" + path.suffix)
 
 
 def _expected_digest(sidecar):
@@ -77,18 +83,30 @@ def check_signature(session, spec, source):
                              f"{len(spec.class_names)}, h, w)")
 
 
-def load_model(path=None, *, providers=None, threads=None):
+def load_model(path=None, *, providers=None, threads=None, precision="auto"):
     """Open an exported model: ``(onnxruntime.InferenceSession, ModelSpec)``.
 
     ``path`` defaults to the bundled model, which must match its SHA-256 file; another model is
     checked against ``<model>.sha256`` where one exists. ``providers`` as in
     ``providers.resolve`` (default: CUDA when available, else CPU); ``threads`` sets ONNX
-    Runtime's intra-op thread count. Raises ModelError for a file that is missing, corrupted,
-    not ONNX, without valid metadata, or whose graph does not match its metadata.
+    Runtime's intra-op thread count. ``precision``: ``"auto"`` opens the float16 variant
+    (``fp16_path``) when CUDA is among the providers and the variant exists, else the model
+    itself; ``"float32"`` always the model; ``"float16"`` the variant (ModelError without one).
+    Raises ModelError for a file that is missing, corrupted, not ONNX, without valid metadata,
+    or whose graph does not match its metadata.
     """
     path = Path(path) if path is not None else DEFAULT_MODEL
-    data = read_model_bytes(path, require_digest=path.resolve() == DEFAULT_MODEL)
     requested = _providers.resolve(providers)
+    if precision not in ("auto", *PRECISIONS):
+        raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
+    half = fp16_path(path)
+    on_cuda = "CUDAExecutionProvider" in [_providers.name(p) for p in requested]
+    if precision == "float16" and not half.exists():
+        raise ModelError(f"{path}: no float16 variant ({half.name}) beside it")
+    if precision == "float16" or (precision == "auto" and on_cuda and half.exists()):
+        path = half
+    bundled = path.resolve() in (DEFAULT_MODEL, fp16_path(DEFAULT_MODEL))
+    data = read_model_bytes(path, require_digest=bundled)
     _providers.prepare(requested)
     options = ort.SessionOptions()
     if threads:
@@ -100,4 +118,7 @@ def load_model(path=None, *, providers=None, threads=None):
     _providers.check_active(requested, session.get_providers())
     spec = ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
     check_signature(session, spec, path)
+    if path == half and spec.precision != "float16":
+        raise ModelError(f"{path}: named as a float16 variant, but its metadata says "
+                         f"{spec.precision}")
     return session, spec

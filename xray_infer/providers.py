@@ -9,7 +9,8 @@ from .errors import ProviderError, ProviderWarning
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-def _name(p):
+def name(p):
+    """The provider's name, for a name or a ``(name, options)`` entry."""
     return p[0] if isinstance(p, tuple) else p
 
 
@@ -33,7 +34,7 @@ def resolve(requested=None):
     requested = list(requested)
     if not requested:
         raise ProviderError("providers must name at least one execution provider")
-    unknown = [_name(p) for p in requested if _name(p) not in available]
+    unknown = [name(p) for p in requested if name(p) not in available]
     if unknown:
         raise ProviderError(f"execution provider(s) {', '.join(unknown)} not available in this "
                             f"onnxruntime build; available: {', '.join(available)}")
@@ -42,14 +43,14 @@ def resolve(requested=None):
 
 def prepare(providers):
     """Load the CUDA/cuDNN libraries that onnxruntime-gpu needs, when a GPU provider is used."""
-    if any(_name(p) in GPU_PROVIDERS for p in providers) and hasattr(ort, "preload_dlls"):
+    if any(name(p) in GPU_PROVIDERS for p in providers) and hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
 
 
 def check_active(requested, active):
     """Warn when a requested GPU provider did not make it into the session."""
     for p in requested:
-        if _name(p) in GPU_PROVIDERS and _name(p) not in active:
-            warnings.warn(f"{_name(p)} was requested but is not active (session runs on "
+        if name(p) in GPU_PROVIDERS and name(p) not in active:
+            warnings.warn(f"{name(p)} was requested but is not active (session runs on "
                           f"{', '.join(active)}); check the CUDA/cuDNN installation",
                           ProviderWarning, stacklevel=3)

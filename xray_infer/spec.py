@@ -27,6 +27,9 @@ COLOR_RULE = "luminance"
 #: How probabilities become a label: the most probable class.
 DECISION_RULE = "argmax"
 
+#: Arithmetic precisions a model may be exported in (the first is the default).
+PRECISIONS = ("float32", "float16")
+
 #: Images per inference call unless the caller says otherwise.
 DEFAULT_BATCH_SIZE = 32
 
@@ -61,6 +64,8 @@ class ModelSpec:
     output_name: str = "logits"
     # Optional second output: class activation maps (N, classes, h, w); "" when absent.
     heatmap_output: str = ""
+    # Arithmetic inside the graph; inputs and outputs are float32 either way.
+    precision: str = "float32"
     model_version: str = "unversioned"
     training_data: str = ""
     validation_split: str = ""
@@ -70,7 +75,8 @@ class ModelSpec:
 
     _REQUIRED = ("class_names", "input_size", "mean", "std", "resize", "schema_version")
     #: Rules this library implements; a model asking for another one is refused.
-    _RULES = {"resize": (RESIZE_RULE,), "color": (COLOR_RULE,), "decision": (DECISION_RULE,)}
+    _RULES = {"resize": (RESIZE_RULE,), "color": (COLOR_RULE,), "decision": (DECISION_RULE,),
+              "precision": PRECISIONS}
 
     def to_metadata(self):
         """{key: value} pairs for ``onnx.ModelProto.metadata_props``."""
