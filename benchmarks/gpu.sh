@@ -11,6 +11,7 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 setup.py -q build_ext --inplace > "$out/build.log" 2>&1
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -3
 export PYTHONUNBUFFERED=1
 python3 -m benchmarks inference --providers CUDAExecutionProvider,CPUExecutionProvider \
   --device cuda --batch-sizes 1 32 256 1024 --json "$out/inference-cuda.json"
