@@ -90,7 +90,7 @@ def ort_logits(sess, x, batch_size=256):
 
 
 def _member(cfg, state):
-    model = build(cfg.net)
+    model = build(cfg.net, pretrained_weights=False)
     model.load_state_dict(state)
     return model.eval()
 

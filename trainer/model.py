@@ -101,11 +101,13 @@ class XrayNet(nn.Module):
         return self.head(self.drop(x))
 
 
-def build(cfg, num_classes=NUM_CLASSES):
-    """The module for a scratch ``NetConfig`` or an ImageNet-initialised ``LiteConfig``."""
+def build(cfg, num_classes=NUM_CLASSES, pretrained_weights=True):
+    """The module for a scratch ``NetConfig`` or an ImageNet-initialised ``LiteConfig``;
+    ``pretrained_weights=False`` skips loading ImageNet weights that a state dict will replace."""
     from .pretrained import EfficientNetLite, LiteConfig
     if isinstance(cfg, LiteConfig):
-        return EfficientNetLite(cfg, num_classes)
+        return EfficientNetLite(cfg if pretrained_weights else replace(cfg, pretrained=False),
+                                num_classes)
     return XrayNet(cfg, num_classes)
 
 
@@ -127,9 +129,7 @@ def mmac(cfg):
     the report lists beside every run; counted by torch's FLOP counter)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    if getattr(cfg, "pretrained", False):
-        cfg = replace(cfg, pretrained=False)  # the cost does not depend on the weights
-    model = build(cfg).eval()
+    model = build(cfg, pretrained_weights=False).eval()  # the cost does not depend on them
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.zeros(1, 1, cfg.input_size, cfg.input_size))
     return counter.get_total_flops() / 2e6
