@@ -2,7 +2,6 @@
 import glob
 import os
 import re
-import threading
 import tracemalloc
 import warnings
 
@@ -16,6 +15,7 @@ from xray_infer import Classifier, Decoded, ModelError, ProviderError, classify
 from xray_infer.decode import read_image
 from xray_infer.preprocess import reference_preprocess
 from xray_infer.spec import METADATA_KEY, ModelSpec
+from threads import run_threads  # tests/threads.py
 
 
 @pytest.fixture(scope="module")
@@ -173,20 +173,8 @@ def test_generator_input_keeps_memory_bounded(clf, scans):
 
 def test_concurrent_use_matches_sequential(clf, scans):
     expected = [r.probabilities for r in clf.classify(scans)]
-    out, errors = {}, []
-
-    def work(k):
-        try:
-            out[k] = [r.probabilities for r in clf.classify(scans, batch_size=2 + k)]
-        except Exception as e:  # collected: an assertion in a thread would be lost
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    out = run_threads(lambda k: [r.probabilities
+                                 for r in clf.classify(scans, batch_size=2 + k)], 4)
     for k in range(4):
         for a, b in zip(out[k], expected):
             assert max(abs(a[c] - b[c]) for c in a) < 1e-5

@@ -1,6 +1,5 @@
 """The CUDA path, on a GPU machine with onnxruntime-gpu (skipped elsewhere):
 ``python -m pytest -m gpu``."""
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from xray_infer import Classifier
+from threads import run_threads  # tests/threads.py
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     "CUDAExecutionProvider" not in ort.get_available_providers(),
@@ -38,20 +38,8 @@ def test_float16_on_cuda_agrees_and_heatmaps_come_back():
 def test_pipeline_under_several_threads():
     clf = Classifier(providers=["CUDAExecutionProvider"], batch_size=4)
     expected = [r.probabilities for r in clf.classify(SAMPLES * 4)]
-    out, errors = {}, []
-
-    def work(k):
-        try:
-            out[k] = [r.probabilities for r in clf.classify(SAMPLES * 4, batch_size=2 + k)]
-        except Exception as e:  # collected: an assertion in a thread would be lost
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    out = run_threads(lambda k: [r.probabilities
+                                 for r in clf.classify(SAMPLES * 4, batch_size=2 + k)], 4)
     for k in range(4):
         for a, b in zip(out[k], expected):
             assert np.allclose([a[c] for c in a], [b[c] for c in b], atol=1e-3)

@@ -1,7 +1,5 @@
 """The DICOM node against a real PACS: Orthanc, started here on loopback ports."""
 import io
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pydicom = pytest.importorskip("pydicom")

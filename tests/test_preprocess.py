@@ -1,6 +1,5 @@
 """The compiled kernel against the NumPy reference of the preprocessing definition."""
 import glob
-import threading
 from pathlib import Path
 
 import cv2
@@ -12,6 +11,7 @@ from xray_infer import _preprocess
 from xray_infer.decode import read_image
 from xray_infer.errors import ImageError
 from xray_infer.preprocess import area_weights, preprocess, preprocess_into, reference_preprocess
+from threads import run_threads  # tests/threads.py
 
 TOL = 1e-4  # max abs difference after normalisation
 NORM = dict(mean=0.5, std=0.25)
@@ -133,21 +133,13 @@ def test_threads_share_no_state():
     images = [rng.integers(0, 256, (rng.integers(50, 900), rng.integers(50, 900)), dtype=np.uint8)
               for _ in range(16)]
     expected = [reference_preprocess(im, size=96, **NORM) for im in images]
-    errors = []
 
     def work(offset):
-        for k in range(40):
-            i = (k + offset) % len(images)
-            got = preprocess(images[i], size=96, **NORM)
-            if np.abs(got - expected[i]).max() > TOL:
-                errors.append(i)
+        indices = [(k + offset) % len(images) for k in range(40)]
+        return [i for i in indices
+                if np.abs(preprocess(images[i], size=96, **NORM) - expected[i]).max() > TOL]
 
-    threads = [threading.Thread(target=work, args=(o,)) for o in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert all(bad == [] for bad in run_threads(work, 6).values())
 
 
 def test_openmp_rows_from_several_python_threads():
@@ -156,21 +148,13 @@ def test_openmp_rows_from_several_python_threads():
     images = [rng.integers(0, 65536, (rng.integers(200, 700), rng.integers(200, 700)),
                            dtype=np.uint16) for _ in range(6)]
     expected = [reference_preprocess(im, size=128, **NORM) for im in images]
-    errors = []
 
     def work(offset):
-        for k in range(12):
-            i = (k + offset) % len(images)
-            got = preprocess(images[i], size=128, threads=2 + offset % 3, **NORM)
-            if np.abs(got - expected[i]).max() > TOL:
-                errors.append(i)
+        indices = [(k + offset) % len(images) for k in range(12)]
+        return [i for i in indices if np.abs(preprocess(images[i], size=128, threads=2 + offset % 3,
+                                                        **NORM) - expected[i]).max() > TOL]
 
-    threads = [threading.Thread(target=work, args=(o,)) for o in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert all(bad == [] for bad in run_threads(work, 4).values())
 
 
 @pytest.mark.slow

@@ -98,7 +98,8 @@ class ModelSpec:
         try:
             raw = json.loads(metadata[METADATA_KEY])
         except json.JSONDecodeError as e:
-            raise ModelError(f"{source}: '{METADATA_KEY}' metadata is not valid JSON: {e}") from None
+            raise ModelError(f"{source}: '{METADATA_KEY}' metadata is not valid JSON: "
+                             f"{e}") from None
         if not isinstance(raw, dict):
             raise ModelError(f"{source}: '{METADATA_KEY}' metadata is not a JSON object")
         missing = [k for k in cls._REQUIRED if k not in raw]
