@@ -52,18 +52,28 @@ def _decode(d):
 
 
 def _inference(d):
-    rows = []
+    rows, extra = [], {}
     for bs, v in d["results"].items():
         o, t = v["onnxruntime"], v["torch_eager"]
         rows.append([bs, f"{o['p50_ms']:.1f}", f"{o['p95_ms']:.1f}", f"{o['img_per_s']:,.0f}",
                      f"{t['p50_ms']:.1f}", f"{t['p95_ms']:.1f}", f"{t['img_per_s']:,.0f}",
                      f"{v['speedup']:.1f}x"])
-    return ["## 3. Inference (`python -m benchmarks inference`)", "",
-            f"The shipped model (version {d.get('model_version', '?')}) on random inputs: ONNX "
-            f"Runtime ({', '.join(d['providers'])}) against PyTorch eager on {d['device']} "
-            f"running the same weights (`models/default.pt`).", ""] + \
+        for name, m in v.items():
+            if name not in ("onnxruntime", "torch_eager", "speedup"):
+                extra.setdefault(name, {})[bs] = m
+    out = ["## 3. Inference (`python -m benchmarks inference`)", "",
+           f"The shipped model (version {d.get('model_version', '?')}) on random inputs: ONNX "
+           f"Runtime ({', '.join(d['providers'])}, float32) against PyTorch eager on "
+           f"{d['device']} running the same weights (`models/default.pt`).", ""] + \
         _table(["batch", "ORT p50 ms", "ORT p95 ms", "ORT img/s", "torch p50 ms",
                 "torch p95 ms", "torch img/s", "ORT / torch"], rows) + [""]
+    if extra:
+        out += ["Other paths timed in the same run (img/s, p50 / p95 ms):", ""] + _table(
+            ["path", *d["results"]],
+            [[name.replace("_", " ")] + [f"{m[bs]['img_per_s']:,.0f} ({m[bs]['p50_ms']:.1f} / "
+                                         f"{m[bs]['p95_ms']:.1f})" for bs in d["results"]]
+             for name, m in extra.items()]) + [""]
+    return out
 
 
 def _e2e(d):

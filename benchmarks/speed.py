@@ -1,5 +1,6 @@
 """Preprocessing, decoding, inference and end-to-end throughput, each against baselines
 measured in the same run."""
+import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -113,41 +114,59 @@ def _torch_model(args, device):
     return model.to(device), torch
 
 
+def _timing(seconds, bs):
+    return {"p50_ms": 1e3 * median(seconds), "p95_ms": 1e3 * percentile(seconds, 95),
+            "img_per_s": bs / median(seconds)}
+
+
 def inference(args):
-    """ONNX Runtime vs PyTorch eager, per batch size: latency p50/p95 and throughput."""
-    # float32 on both sides: the same arithmetic as the torch baseline
+    """ONNX Runtime vs PyTorch eager, per batch size: latency p50/p95 and throughput.
+
+    The headline pair is float32 on both sides (the same arithmetic). Also timed, same run:
+    on CUDA the session fed and read through NumPy instead of bound on the device, the float16
+    variant where it exists, and on CUDA torch in float16, channels-last.
+    """
+    from xray_infer.model import fp16_path
     clf = Classifier(args.model, providers=args.providers, precision="float32")
     model, torch = _torch_model(args, args.device)
-    size = clf.spec.input_size
+    size, s = clf.spec.input_size, clf.spec
+    half = (Classifier(args.model, providers=args.providers, precision="float16")
+            if fp16_path(clf.model_path).exists() else None)
+    cuda = args.device == "cuda"
+    if cuda:
+        model_half = copy.deepcopy(model).half().to(memory_format=torch.channels_last)
     rng = np.random.default_rng(0)
     rows, results = [], {}
     for bs in args.batch_sizes:
         x = rng.standard_normal((bs, 1, size, size)).astype(np.float32)
         iters = args.repeat * max(1, min(10, 64 // bs))  # bounded by --repeat
-        ort_t = timeit(lambda: clf.predict(x), repeat=iters, warmup=2)
         xt = torch.from_numpy(x).to(args.device)
 
-        def torch_run():
+        def torch_run(net, inp):
             with torch.inference_mode():
-                out = model(xt)
-            if args.device == "cuda":
+                out = net(inp)
+            if cuda:
                 torch.cuda.synchronize()
             return out
-        torch_t = timeit(torch_run, repeat=iters, warmup=2)
-        r = {"onnxruntime": {"p50_ms": 1e3 * median(ort_t), "p95_ms": 1e3 * percentile(ort_t, 95),
-                             "img_per_s": bs / median(ort_t)},
-             "torch_eager": {"p50_ms": 1e3 * median(torch_t), "p95_ms": 1e3 * percentile(torch_t, 95),
-                             "img_per_s": bs / median(torch_t)}}
+        variants = {"onnxruntime": lambda: clf.predict(x),
+                    "torch_eager": lambda: torch_run(model, xt)}
+        if clf.providers[0] == "CUDAExecutionProvider":
+            variants["onnxruntime_numpy_fed"] = lambda: clf.session.run(
+                [s.output_name], {s.input_name: x})
+        if half is not None:
+            variants["onnxruntime_float16"] = lambda: half.predict(x)
+        if cuda:
+            xh = xt.half().to(memory_format=torch.channels_last)
+            variants["torch_float16_channels_last"] = lambda: torch_run(model_half, xh)
+        r = {name: _timing(timeit(fn, repeat=iters, warmup=2), bs)
+             for name, fn in variants.items()}
         r["speedup"] = r["onnxruntime"]["img_per_s"] / r["torch_eager"]["img_per_s"]
         results[bs] = r
-        rows.append([bs, f"{r['onnxruntime']['p50_ms']:.2f}", f"{r['onnxruntime']['p95_ms']:.2f}",
-                     f"{r['onnxruntime']['img_per_s']:.0f}", f"{r['torch_eager']['p50_ms']:.2f}",
-                     f"{r['torch_eager']['p95_ms']:.2f}", f"{r['torch_eager']['img_per_s']:.0f}",
-                     f"{r['speedup']:.2f}x"])
-    print_table(f"inference: {size}x{size} input, ORT {clf.providers[0]} vs torch eager on "
-                f"{args.device} ({torch.get_num_threads()} torch threads)",
-                ["batch", "ORT p50 ms", "ORT p95 ms", "ORT img/s", "torch p50 ms", "torch p95 ms",
-                 "torch img/s", "ORT/torch"], rows)
+        rows.append([bs] + [f"{r[n]['img_per_s']:.0f} ({r[n]['p50_ms']:.1f}/"
+                            f"{r[n]['p95_ms']:.1f})" for n in variants] + [f"{r['speedup']:.2f}x"])
+    print_table(f"inference: {size}x{size} input, ORT {clf.providers[0]} vs torch on "
+                f"{args.device} ({torch.get_num_threads()} torch threads); img/s (p50/p95 ms)",
+                ["batch", *variants, "ORT/torch"], rows)
     save(args.json, "inference", {"providers": clf.providers, "device": args.device,
                                   "model_version": clf.spec.model_version, "results": results})
     return results
