@@ -198,6 +198,8 @@ def test_encoded_bytes_are_an_input(clf, samples):
     path = samples / "IM-0001-0001.jpeg"
     a, b = clf.classify([path.read_bytes(), str(path)])
     assert a.source == "<bytes 0>" and a.probabilities == b.probabilities
+    one = clf.classify(bytearray(path.read_bytes()))  # a single input, not its bytes
+    assert len(one) == 1 and one[0].probabilities == b.probabilities
     bad = clf.classify([b"not an image"])[0]
     assert "<bytes 0>" == bad.source and "not a decodable image" in bad.error
 

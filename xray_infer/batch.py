@@ -8,12 +8,17 @@ from .decode import Decoded, decode_bytes, read_image
 from .errors import InputError
 from .preprocess import check_radiograph, preprocess_into
 
+#: Encoded file contents.
+ENCODED = (bytes, bytearray, memoryview)
+#: What counts as one input (not an iterable of inputs) where a single one may be passed.
+SINGLE_INPUT = (str, os.PathLike, np.ndarray, Decoded, *ENCODED)
+
 
 def source_name(item, index):
     """How an input is named in results and errors: its path, or ``<array i>``."""
     if isinstance(item, (str, os.PathLike)):
         return os.fspath(item)
-    if isinstance(item, (bytes, bytearray, memoryview)):
+    if isinstance(item, ENCODED):
         return f"<bytes {index}>"
     return f"<array {index}>"
 
@@ -24,7 +29,7 @@ def decode_input(item, source):
         return item
     if isinstance(item, (str, os.PathLike)):
         return read_image(item)
-    if isinstance(item, (bytes, bytearray, memoryview)):
+    if isinstance(item, ENCODED):
         return decode_bytes(bytes(item), source)
     if isinstance(item, np.ndarray):
         return Decoded(item, None)

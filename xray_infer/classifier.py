@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .batch import preprocess_batch, source_name
-from .decode import Decoded
+from .batch import SINGLE_INPUT, preprocess_batch, source_name
 from .errors import ModelError
 from .heatmap import upsample
 from .model import DEFAULT_MODEL, load_model
@@ -187,7 +186,7 @@ class Classifier:
 
     def classify(self, inputs, batch_size=None):
         """List of Results, one per input, in input order. See ``iter_classify``."""
-        if isinstance(inputs, (str, os.PathLike, np.ndarray, Decoded, bytes)):
+        if isinstance(inputs, SINGLE_INPUT):
             inputs = [inputs]  # one input, not an iterable of them
         return list(self.iter_classify(inputs, batch_size))
 
