@@ -41,6 +41,9 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="torch device for the baselines")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="e2e batch size")
+    p.add_argument("--cycle", type=int, default=1,
+                   help="e2e: each timed pass goes over the scans this many times (a pass of a "
+                        "few hundred scans on a fast machine is too short to time)")
     p.add_argument("--baseline-model",
                    help="e2e: also time this model through the same pipeline, in the same run "
                         "(e.g. benchmarks/models/v1.0.0.onnx)")
