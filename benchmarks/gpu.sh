@@ -18,7 +18,8 @@ clf = Classifier(providers=["CUDAExecutionProvider"])
 labels = [r.label or r.error for r in clf.classify(sorted(glob.glob("xray_infer/samples/*.jpeg")))]
 print("CUDA session:", clf.providers, clf.spec.precision, labels)
 PY
-python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -3
+python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -4 ||
+  echo "GPU TESTS FAILED (benchmarks run anyway)"
 cuda=CUDAExecutionProvider,CPUExecutionProvider
 python3 -m benchmarks inference --providers $cuda --device cuda --batch-sizes 1 32 256 1024 \
   --json "$out/inference-cuda.json"

@@ -41,17 +41,17 @@ def _preprocess(d):
                 f"{d['machine']['cores']} threads", "max abs diff vs reference"], rows) + [""]
 
 
-def _decode(d):
+def _decode(d, title="## 2. Decoding (`python -m benchmarks decode`)"):
     rows = [[name, f"{v['ms_per_scan_1_thread']:.2f}", f"{v['scans_per_s_all_cores']:,.0f}"]
             for name, v in d["results"].items()]
-    return ["## 2. Decoding (`python -m benchmarks decode`)", "",
+    return [title, "",
             f"The same {d['n']} JPEGs decoded from memory. The library decodes at full size "
             f"(reduced-size decoding would change the pixels the model was trained on).", ""] + \
         _table(["decoder", "ms/scan, 1 thread", f"scans/s, {d['machine']['cores']} threads"],
                rows) + [""]
 
 
-def _inference(d):
+def _inference(d, title="## 3. Inference (`python -m benchmarks inference`)"):
     rows, extra = [], {}
     for bs, v in d["results"].items():
         o, t = v["onnxruntime"], v["torch_eager"]
@@ -61,7 +61,7 @@ def _inference(d):
         for name, m in v.items():
             if name not in ("onnxruntime", "torch_eager", "speedup"):
                 extra.setdefault(name, {})[bs] = m
-    out = ["## 3. Inference (`python -m benchmarks inference`)", "",
+    out = [title, "",
            f"The shipped model (version {d.get('model_version', '?')}) on random inputs: ONNX "
            f"Runtime ({', '.join(d['providers'])}, float32) against PyTorch eager on "
            f"{d['device']} running the same weights (`models/default.pt`).", ""] + \
@@ -127,6 +127,20 @@ def _parity(d):
             "them, never accuracy.", ""]
 
 
+def _gpu(folder, note):
+    """The GPU run (``benchmarks/gpu.sh``, JSON under ``bench/gpu/``) and its note."""
+    md = ["## 5. GPU", "", Path(note).read_text().strip() if note and Path(note).exists()
+          else "Not measured.", ""]
+    inference, decode = _load(folder, "inference-cuda"), _load(folder, "decode-gpu-host")
+    if inference:
+        md += [f"Machine: {inference['machine'].get('gpu', 'GPU')}, "
+               f"{_machine(inference['machine'])}.", ""]
+        md += _inference(inference, "### Inference on the GPU (`benchmarks/gpu.sh`)")
+    if decode:
+        md += _decode(decode, "### Decoding on the GPU machine's CPU")
+    return md
+
+
 def write(json_dir, out, gpu_note):
     parts = {name: _load(json_dir, name)
              for name in ("preprocess", "decode", "inference", "e2e", "parity")}
@@ -138,8 +152,7 @@ def write(json_dir, out, gpu_note):
                          ("inference", _inference), ("e2e", _e2e)):
         if parts[name]:
             md += render(parts[name])
-    md += ["## 5. GPU", "", Path(gpu_note).read_text().strip() if gpu_note and
-           Path(gpu_note).exists() else "Not measured.", ""]
+    md += _gpu(Path(json_dir) / "gpu", gpu_note)
     if parts["parity"]:
         md += _parity(parts["parity"])
     Path(out).write_text("\n".join(md))

@@ -110,6 +110,9 @@ def _torch_model(args, device):
     import torch
 
     from trainer.export import load_checkpoint
+    # float32 means float32 on both sides: torch's cuDNN convolutions default to TF32, as ONNX
+    # Runtime's do unless the library turns it off (xray_infer.providers.strict_float32).
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     model, _ = load_checkpoint(args.checkpoint)
     return model.to(device), torch
 

@@ -97,6 +97,25 @@ def test_bad_files_mixed_into_a_batch(clf, scans, tmp_path):
     assert [r.label for r in good] == [results[i].label for i in (0, 2, 6)]
 
 
+def test_padded_batches_keep_one_shape_and_the_same_results(clf, scans, tmp_path):
+    # The CUDA path pads short batches (one input shape for cuDNN); here on the CPU session,
+    # so that the slicing is checked where no GPU is: one shape seen, results unchanged.
+    padded = Classifier(providers=["CPUExecutionProvider"], heatmaps=True)
+    padded._pad = True
+    shapes, run = [], padded.session.run
+    padded.session.run = lambda names, feed: shapes.append(feed[padded.spec.input_name].shape) or run(names, feed)
+    inputs = scans[:5] + [str(tmp_path / "missing.jpeg")] + scans[5:9]
+    got = padded.classify(inputs, batch_size=4)
+    assert {s[0] for s in shapes} == {4} and len(shapes) == 3
+    want = Classifier(providers=["CPUExecutionProvider"], heatmaps=True).classify(inputs,
+                                                                                 batch_size=4)
+    assert [r.error for r in got] == [r.error for r in want] and not got[5].ok
+    for a, b in zip(got, want):
+        if a.ok:
+            assert a.label == b.label and np.array_equal(a.heatmap, b.heatmap)
+            assert all(abs(a.probabilities[k] - b.probabilities[k]) < 1e-6 for k in a.probabilities)
+
+
 def test_all_bad_batch(clf, tmp_path):
     results = clf.classify([str(tmp_path / "a.jpeg"), str(tmp_path / "b.jpeg")])
     assert [r.ok for r in results] == [False, False]

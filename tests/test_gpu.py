@@ -20,12 +20,13 @@ def test_cuda_is_really_active_and_picks_the_float16_variant():
     assert clf.providers[0] == "CUDAExecutionProvider" and clf.spec.precision == "float16"
 
 
-def test_cuda_logits_match_cpu():
+def test_cuda_float32_matches_cpu():
+    # float32 really is float32 on CUDA (TF32 off): with TF32 this differed by 1.2e-3 on an H100
     cuda = Classifier(providers=["CUDAExecutionProvider"], precision="float32")
     cpu = Classifier(providers=["CPUExecutionProvider"], precision="float32")
     for a, b in zip(cuda.classify(SAMPLES), cpu.classify(SAMPLES)):
         assert a.label == b.label
-        assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 1e-3
+        assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 1e-4
 
 
 def test_float16_on_cuda_agrees_and_heatmaps_come_back():

@@ -92,6 +92,11 @@ class Classifier:
         # On CUDA a batch goes to the device once and the outputs stay there until the small
         # arrays are copied back (ONNX Runtime's I/O binding); elsewhere plain session.run.
         self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else None
+        # cuDNN searches convolution algorithms again for every new input shape; a short last
+        # batch (or one with failed inputs) alternating with full ones cost 6x end to end on an
+        # H100 (docs/benchmarks.md). On CUDA every batch is padded to one shape; on the CPU the
+        # padding would only add work.
+        self._pad = self._device is not None
         if heatmaps and not self.spec.heatmap_output:
             raise ModelError(f"{self.model_path}: this model has no class activation map output, "
                              f"so heatmaps are not available (export it again with "
@@ -111,19 +116,23 @@ class Classifier:
         """
         return self._run(batch)[0]
 
-    def _run(self, batch):
-        """(probabilities, class maps or None) for a batch; maps only with ``heatmaps``."""
+    def _run(self, batch, rows=None):
+        """(probabilities, class maps or None) for a batch; maps only with ``heatmaps``.
+        ``rows``: with padding on, the batch goes to the session padded to this many rows."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = len(batch)
+        if self._pad and rows and n < rows:
+            batch = np.concatenate([batch, np.zeros((rows - n, *batch.shape[1:]), np.float32)])
         names = [self.spec.output_name] + ([self.spec.heatmap_output] if self.heatmaps else [])
         if self._device:
             outputs = self._run_on_device(batch, names)
         else:
             outputs = self.session.run(names, {self.spec.input_name: batch})
-        logits = outputs[0]
+        logits = outputs[0][:n]
         finite = np.isfinite(logits).all(axis=1)
         probs = np.full(logits.shape, np.nan)
         probs[finite] = softmax(logits[finite])
-        return probs, (outputs[1] if self.heatmaps else None)
+        return probs, (outputs[1][:n] if self.heatmaps else None)
 
     def _run_on_device(self, batch, names):
         binding = self.session.io_binding()
@@ -134,13 +143,13 @@ class Classifier:
         self.session.run_with_iobinding(binding)
         return [value.numpy() for value in binding.get_outputs()]
 
-    def _finish(self, start, chunk, prepared):
+    def _finish(self, start, chunk, prepared, rows):
         batch, errors, shapes = prepared.result()
         good = [i for i, e in enumerate(errors) if e is None]
         if len(good) == len(chunk):
-            probs, maps = self._run(batch)  # the common case: no copy
+            probs, maps = self._run(batch, rows)  # the common case: no copy
         else:
-            probs, maps = self._run(batch[good]) if good else (None, None)
+            probs, maps = self._run(batch[good], rows) if good else (None, None)
         row = dict(zip(good, range(len(good))))
         names = self.spec.class_names
         for i, item in enumerate(chunk):
@@ -180,9 +189,9 @@ class Classifier:
                                                              executor=items, start=start)))
                 start += len(chunk)
                 if len(pending) > 2:
-                    yield from self._finish(*pending.popleft())
+                    yield from self._finish(*pending.popleft(), n)
             while pending:
-                yield from self._finish(*pending.popleft())
+                yield from self._finish(*pending.popleft(), n)
 
     def classify(self, inputs, batch_size=None):
         """List of Results, one per input, in input order. See ``iter_classify``."""

@@ -105,6 +105,8 @@ def load_model(path=None, *, providers=None, threads=None, precision="auto"):
         raise ModelError(f"{path}: no float16 variant ({half.name}) beside it")
     if precision == "float16" or (precision == "auto" and on_cuda and half.exists()):
         path = half
+    else:
+        requested = [_providers.strict_float32(p) for p in requested]
     bundled = path.resolve() in (DEFAULT_MODEL, fp16_path(DEFAULT_MODEL))
     data = read_model_bytes(path, require_digest=bundled)
     _providers.prepare(requested)
