@@ -32,3 +32,14 @@ def data():
 @pytest.fixture(scope="session")
 def samples():
     return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """One local Ray for the whole test session, with fixed resources (2 CPUs, no GPU), as
+    Ray's testing guide advises; tests in this process use it, CLI runs join it by address."""
+    import ray
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -9,7 +9,7 @@ Research software, not a diagnostic device: see README for what the model can an
 import importlib
 
 from .errors import (DecodeError, ImageError, InputError, ModelError, ProviderError,
-                     ProviderWarning, XrayInferError, XrayInferWarning)
+                     ProviderWarning, UsageError, XrayInferError, XrayInferWarning)
 from .spec import ModelSpec
 
 __version__ = "0.1.0"
@@ -18,11 +18,11 @@ __version__ = "0.1.0"
 # line can check its arguments before paying for those imports.
 _LAZY = {"classify": "classifier", "Classifier": "classifier", "Result": "classifier",
          "DEFAULT_MODEL": "model", "load_model": "model", "Decoded": "decode",
-         "read_image": "decode"}
+         "read_image": "decode", "Encoded": "batch"}
 
-__all__ = ["classify", "Classifier", "Result", "ModelSpec", "Decoded", "read_image",
+__all__ = ["classify", "Classifier", "Result", "ModelSpec", "Decoded", "Encoded", "read_image",
            "load_model", "DEFAULT_MODEL", "XrayInferError", "InputError", "DecodeError",
-           "ImageError", "ModelError", "ProviderError", "XrayInferWarning", "ProviderWarning"]
+           "ImageError", "ModelError", "ProviderError", "UsageError", "XrayInferWarning", "ProviderWarning"]
 
 
 def __getattr__(name):

@@ -1,6 +1,7 @@
 """From inputs (paths, encoded bytes, arrays) to a model batch: the path shared by the
 classifier and the trainer, so both see exactly the same pixels."""
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -8,16 +9,27 @@ from .decode import Decoded, decode_bytes, read_image
 from .errors import InputError
 from .preprocess import check_radiograph, preprocess_into
 
+
+
+class Encoded(NamedTuple):
+    """A file's contents and the name (path or URI) results and errors give it: bytes read
+    elsewhere (by Ray's readers, from object storage) scored exactly as the file would be."""
+    data: bytes
+    name: str
+
+
 #: Encoded file contents.
 ENCODED = (bytes, bytearray, memoryview)
 #: What counts as one input (not an iterable of inputs) where a single one may be passed.
-SINGLE_INPUT = (str, os.PathLike, np.ndarray, Decoded, *ENCODED)
+SINGLE_INPUT = (str, os.PathLike, np.ndarray, Decoded, Encoded, *ENCODED)
 
 
 def source_name(item, index):
     """How an input is named in results and errors: its path, or ``<array i>``."""
     if isinstance(item, (str, os.PathLike)):
         return os.fspath(item)
+    if isinstance(item, Encoded):
+        return item.name
     if isinstance(item, ENCODED):
         return f"<bytes {index}>"
     return f"<array {index}>"
@@ -27,6 +39,8 @@ def decode_input(item, source):
     """A ``Decoded`` scan for a path, encoded bytes, a 2-D array or a ``Decoded``."""
     if isinstance(item, Decoded):
         return item
+    if isinstance(item, Encoded):
+        return decode_bytes(bytes(item.data), item.name)
     if isinstance(item, (str, os.PathLike)):
         return read_image(item)
     if isinstance(item, ENCODED):
@@ -34,7 +48,7 @@ def decode_input(item, source):
     if isinstance(item, np.ndarray):
         return Decoded(item, None)
     raise InputError(source, f"unsupported input type {type(item).__name__} (expected a path, "
-                             f"bytes, a 2-D array or Decoded)")
+                             f"bytes, Encoded, a 2-D array or Decoded)")
 
 
 def prepare_input(item, out, spec, source):

@@ -16,78 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import UsageError
+from .inputs import IMAGE_EXTENSIONS, collect_inputs, input_key
+from .output import FORMATS, ResultWriter, format_for, header
 from .spec import DEFAULT_BATCH_SIZE
 
-#: File extensions collected when scanning folders (matched case-insensitively).
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
-
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-FORMATS = ("csv", "jsonl")
 
 log = logging.getLogger("xray_infer.cli")
-
-
-class UsageError(Exception):
-    pass
-
-
-def input_key(path):
-    """What identifies an input across runs: its absolute, normalised path (``./scans/x`` and
-    ``scans/x`` are one input; symbolic links are not followed, so two links are two inputs)."""
-    return os.path.abspath(os.fspath(path))
-
-
-def collect_inputs(paths, recursive):
-    """Expand files and folders into a list of file paths (folders: sorted, by extension).
-
-    A path named explicitly is always included, whatever its extension, so that a bad file
-    given by name gets an error row instead of vanishing; so is anything in a folder whose name
-    has an image extension, a folder named ``x.jpeg`` included (it gets an error row). An input
-    reached twice (named twice, or named and inside a named folder) is kept once.
-    Returns (files, number of repeats dropped).
-    """
-    files, seen, repeats = [], set(), 0
-    for p in paths:
-        if os.path.isdir(p):
-            walker = (Path(p).rglob("*") if recursive else Path(p).iterdir())
-            found = sorted(str(f) for f in walker if f.suffix.lower() in IMAGE_EXTENSIONS)
-        elif os.path.lexists(p):
-            found = [p]
-        else:
-            raise UsageError(f"{p}: no such file or directory")
-        for f in found:
-            key = input_key(f)
-            if key in seen:
-                repeats += 1
-                continue
-            seen.add(key)
-            files.append(f)
-    return files, repeats
-
-
-def header(class_names):
-    return ["path", "label"] + [f"p_{n}" for n in class_names] + ["error"]
-
-
-class _Writer:
-    """Writes result rows as CSV or JSON Lines, flushing each so a crash loses nothing."""
-
-    def __init__(self, stream, fmt, class_names, write_header):
-        self.stream, self.fmt, self.names = stream, fmt, class_names
-        if fmt == "csv":
-            self.csv = csv.writer(stream, lineterminator="\n")
-            if write_header:
-                self.csv.writerow(header(class_names))
-                stream.flush()
-
-    def write(self, r):
-        if self.fmt == "csv":
-            probs = ([f"{r.probabilities[n]:.6f}" for n in self.names] if r.ok
-                     else [""] * len(self.names))
-            self.csv.writerow([r.source, r.label or ""] + probs + [r.error or ""])
-        else:
-            self.stream.write(json.dumps(r.to_dict()) + "\n")
-        self.stream.flush()
 
 
 class Existing:
@@ -272,6 +208,24 @@ def check_arguments(args):
     _positive("--batch-size", args.batch_size)
     _positive("--threads", args.threads)
     _positive("--workers", args.workers)
+    if args.engine != "ray":
+        for option, value in (("--address", args.address),
+                              ("--gpus-per-worker", args.gpus_per_worker),
+                              ("--cpus-per-worker", args.cpus_per_worker)):
+            if value is not None:
+                raise UsageError(f"{option} needs --engine ray")
+    else:
+        if args.heatmaps or args.dicom_out:
+            raise UsageError("--heatmaps and --dicom-out need the scans' pixels on this machine: "
+                             "use the local engine")
+        if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+            raise UsageError(f"--gpus-per-worker must be at least 0, got {args.gpus_per_worker}")
+        if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:
+            raise UsageError(f"--cpus-per-worker must be above 0, got {args.cpus_per_worker}")
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UsageError("--engine ray needs Ray Data: pip install 'xray-infer[ray]'") from None
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; choose one")
     if args.retry_failed and not args.resume:
@@ -302,15 +256,22 @@ def check_arguments(args):
                                  f"it, or --overwrite")
             if args.resume:
                 existing = Existing(args.output)
-    fmt = args.format
+    fmt = args.format or (format_for(args.output) if args.output else "csv")
+    if fmt == "parquet":
+        if not args.output:
+            raise UsageError("Parquet output needs --output FILE")
+        if args.resume:
+            raise UsageError("--resume reads CSV or JSON Lines results; Parquet files are "
+                             "written whole")
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError("Parquet output needs pyarrow: pip install pyarrow") from None
     if existing is not None and existing.fmt:
-        if fmt and fmt != existing.fmt:
-            raise UsageError(f"--format {fmt}, but {args.output} holds {existing.fmt} rows; "
-                             f"resuming must keep the file's format")
+        if args.format and args.format != existing.fmt:
+            raise UsageError(f"--format {args.format}, but {args.output} holds {existing.fmt} "
+                             f"rows; resuming must keep the file's format")
         fmt = existing.fmt
-    if not fmt:
-        suffix = Path(args.output).suffix.lower() if args.output else ""
-        fmt = "jsonl" if suffix in (".jsonl", ".json", ".ndjson") else "csv"
     return fmt, existing
 
 
@@ -339,9 +300,46 @@ def _setup_logging(path):
     return sink
 
 
+class _Engine:
+    """Where the scoring runs: a Classifier in this process, or Ray workers (``--engine ray``:
+    connected here, so that an unreachable cluster is reported before any output is touched).
+    Both yield one Result per input, in input order."""
+
+    def __init__(self, args, providers):
+        self.args, self.providers = args, providers
+        if args.engine == "ray":
+            from . import distributed
+            from .model import load_model
+            self.clf, self.spec = None, load_model(args.model, providers=["CPUExecutionProvider"])[1]
+            logging.getLogger("ray.data").setLevel(logging.WARNING)  # progress is ours
+            distributed.connect(args.address)
+            distributed.plan(args.workers, args.gpus_per_worker or 0.0, args.cpus_per_worker)
+        else:
+            from .classifier import Classifier
+            self.clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
+                                  threads=args.threads, workers=args.workers,
+                                  heatmaps=bool(args.heatmaps or args.dicom_out))
+            self.spec = self.clf.spec
+
+    def results(self, files):
+        if self.clf is not None:
+            return self.clf.iter_classify(files)
+        if not files:  # everything was already in the resumed file
+            return iter(())
+        from . import distributed
+        a = self.args
+        return distributed.iter_results(
+            files, address=a.address, model=a.model, workers=a.workers,
+            gpus_per_worker=a.gpus_per_worker or 0.0, cpus_per_worker=a.cpus_per_worker,
+            batch_size=a.batch_size, providers=self.providers)
+
+
 def cmd_classify(args):
     fmt, existing = check_arguments(args)
     files, repeats = collect_inputs(args.paths, args.recursive)
+    if not files:
+        raise UsageError(f"no inputs: {', '.join(args.paths)} hold(s) no files ending in "
+                         f"{', '.join(IMAGE_EXTENSIONS)}")
     skipped, skipped_failed, retried = 0, 0, set()
     if existing is not None:
         keys = [input_key(f) for f in files]
@@ -355,19 +353,17 @@ def cmd_classify(args):
     sink = _setup_logging(args.log)
     _quiet_opencv()
 
-    from .classifier import Classifier  # loads onnxruntime: only after arguments are valid
     from .errors import XrayInferError
     try:
-        clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
-                         threads=args.threads, workers=args.workers,
-                         heatmaps=bool(args.heatmaps or args.dicom_out))
+        engine = _Engine(args, providers)  # loads the model: only after arguments are valid
     except (XrayInferError, ValueError) as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_USAGE
+    class_names = engine.spec.class_names
     appending = existing is not None and existing.fmt is not None
-    if appending and fmt == "csv" and existing.columns != header(clf.class_names):
+    if appending and fmt == "csv" and existing.columns != header(class_names):
         print(f"xray-infer: {args.output} has columns {','.join(existing.columns)}; this model "
-              f"writes {','.join(header(clf.class_names))}. Resume with the model that wrote "
+              f"writes {','.join(header(class_names))}. Resume with the model that wrote "
               f"it, or write a new file", file=sys.stderr)
         return EXIT_USAGE
     if appending and (existing.partial or retried):
@@ -377,16 +373,19 @@ def cmd_classify(args):
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(existing.without(retried))
         os.replace(tmp, args.output)
-    stream = (open(args.output, "a" if appending else "w", encoding="utf-8", newline="")
-              if args.output else sys.stdout)
+    if fmt == "parquet":
+        stream = open(args.output, "wb")
+    else:
+        stream = (open(args.output, "a" if appending else "w", encoding="utf-8", newline="")
+                  if args.output else sys.stdout)
     progress = _Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
-    writer = _Writer(stream, fmt, clf.class_names, write_header=not appending)
+    writer = ResultWriter(stream, fmt, class_names, write_header=not appending)
     failures = []
     overlays = _Overlays(args.heatmaps) if args.heatmaps else None
-    dicom_out = _DicomResults(args.dicom_out, clf) if args.dicom_out else None
+    dicom_out = _DicomResults(args.dicom_out, engine.clf) if args.dicom_out else None
     extras = [w for w in (overlays, dicom_out) if w]
     try:
-        for r in clf.iter_classify(files):
+        for r in engine.results(files):
             writer.write(r)
             progress.update(r.ok)
             if not r.ok:
@@ -400,6 +399,7 @@ def cmd_classify(args):
               f"written so far are complete (rerun with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        writer.close()
         if stream is not sys.stdout:
             stream.close()
     progress.close()
@@ -556,13 +556,14 @@ def build_parser():
     c = sub.add_parser("classify", help="classify image files and folders",
                        description=f"Folders contribute files ending in "
                                    f"{', '.join(IMAGE_EXTENSIONS)} (any case); files named "
-                                   f"explicitly are always read.")
+                                   f"explicitly are always read. A PATH may be a URI that "
+                                   f"pyarrow reads (s3://, gs://, file://; needs pyarrow).")
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     c.add_argument("-o", "--output", help="write results here (default: stdout)")
     c.add_argument("-f", "--format", choices=FORMATS,
                    help="output format (default: jsonl for a .jsonl/.json/.ndjson --output, "
-                        "else csv)")
+                        "parquet for .parquet, else csv)")
     c.add_argument("--resume", action="store_true",
                    help="skip inputs already in --output and append the rest (format and "
                         "columns are the file's own; a row cut by an interruption is redone)")
@@ -576,7 +577,19 @@ def build_parser():
     c.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="images per inference call")
     c.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
-    c.add_argument("--workers", type=int, help="decode/preprocess threads (default: CPUs)")
+    c.add_argument("--workers", type=int,
+                   help="decode/preprocess threads (default: CPUs); with --engine ray, the "
+                        "number of Ray workers (default: one per GPU share, else per CPU)")
+    c.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: in this process; ray: on Ray Data workers, this machine's or "
+                        "a cluster's (--address), same rows (needs the ray extra)")
+    c.add_argument("--address", help="with --engine ray: the cluster, HOST:PORT, "
+                                     "ray://HOST:PORT or auto (default: a local Ray)")
+    c.add_argument("--gpus-per-worker", type=float,
+                   help="with --engine ray: GPUs each worker holds (fractions share a GPU)")
+    c.add_argument("--cpus-per-worker", type=float,
+                   help="with --engine ray: CPUs (decode threads) per worker (default: the "
+                        "cluster's CPUs shared among the workers)")
     c.add_argument("--heatmaps", metavar="DIR",
                    help="write one PNG per classified input here: the scan with the predicted "
                         "class's activation map over it, label and probabilities")

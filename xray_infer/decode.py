@@ -126,9 +126,12 @@ def _to_gray(img, path):
 
 
 def decode_bytes(data, source="<bytes>"):
-    """Decode an encoded image held in memory. See ``read_image``."""
+    """Decode an encoded image held in memory, named ``source`` in errors. See ``read_image``:
+    the same checks and the same errors, whether the bytes came from a file here or not."""
     if len(data) == 0:
         raise DecodeError(source, "empty file (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise _too_large(source, len(data))
     if dicom.is_dicom(data, source):
         return Decoded(dicom.decode_dicom(data, source, MAX_PIXELS), 1.0)
     if sniff_format(data) is None:
@@ -162,6 +165,30 @@ def decode_bytes(data, source="<bytes>"):
     return Decoded(np.ascontiguousarray(img), 255.0 if img.dtype == np.uint8 else 65535.0)
 
 
+def _too_large(source, size):
+    return DecodeError(source, f"file is {size:,} bytes, over the limit of {MAX_FILE_BYTES:,}")
+
+
+def check_file(path):
+    """Raise the DecodeError ``read_image`` would raise before decoding: ``path`` is a
+    directory, missing, larger than MAX_FILE_BYTES or unreadable. Lets a caller that hands the
+    reading to others (the Ray engine) report those inputs exactly as ``read_image`` does."""
+    path = os.fspath(path)
+    try:
+        if os.path.isdir(path):
+            raise DecodeError(path, "is a directory, not an image file")
+        st = os.stat(path)
+        if st.st_size > MAX_FILE_BYTES:
+            raise _too_large(path, st.st_size)
+        open(path, "rb").close()
+    except FileNotFoundError:
+        raise DecodeError(path, "no such file") from None
+    except PermissionError:
+        raise DecodeError(path, "permission denied") from None
+    except OSError as e:
+        raise DecodeError(path, f"cannot read file: {e.strerror or e}") from None
+
+
 def read_image(path):
     """Read ``path`` into a ``Decoded`` 2-D grayscale scan.
 
@@ -176,19 +203,10 @@ def read_image(path):
         or not an image OpenCV can decode. The error names the file.
     """
     path = os.fspath(path)
+    check_file(path)
     try:
-        if os.path.isdir(path):
-            raise DecodeError(path, "is a directory, not an image file")
-        st = os.stat(path)
-        if st.st_size > MAX_FILE_BYTES:
-            raise DecodeError(path, f"file is {st.st_size:,} bytes, over the limit of "
-                                    f"{MAX_FILE_BYTES:,}")
         with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise DecodeError(path, "no such file") from None
-    except PermissionError:
-        raise DecodeError(path, "permission denied") from None
-    except OSError as e:
+            data = f.read(MAX_FILE_BYTES + 1)  # a file that grew since the check stays bounded
+    except OSError as e:  # removed or changed since the check
         raise DecodeError(path, f"cannot read file: {e.strerror or e}") from None
     return decode_bytes(data, path)

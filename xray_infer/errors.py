@@ -5,6 +5,11 @@ class XrayInferError(Exception):
     """Base class of every error raised by xray_infer."""
 
 
+class UsageError(XrayInferError):
+    """The request itself cannot be carried out (a source that does not exist, contradicting
+    options, an unreachable cluster): reported before any input is scored."""
+
+
 class InputError(XrayInferError):
     """One input could not be turned into a model input. Names the input and the reason."""
 

@@ -1,0 +1,238 @@
+"""Scoring on Ray Data, from a laptop to a cluster: the same rows as the in-process engine.
+
+Ray's file readers (``read_binary_files``) read the bytes, locally or from object storage;
+actors of ``ClassifyBatch``, each holding one ``Classifier``, decode them with the library's own
+decoder (the same checks and errors as for a file read here) and score them; the driver streams
+the rows back in input order and checks that every input came back exactly once. Needs the
+``ray`` extra: ``pip install 'xray-infer[ray]'``.
+
+    >>> from xray_infer.distributed import classify_dataset
+    >>> classify_dataset(["s3://bucket/scans/"], output="results.parquet", gpus_per_worker=1)
+"""
+import io
+import logging
+import socket
+
+from .batch import Encoded
+from .classifier import Classifier, Result
+from .decode import check_file
+from .errors import DecodeError, UsageError
+from .inputs import collect_inputs, is_uri
+from .model import load_model
+from .output import ResultWriter, format_for
+from .spec import DEFAULT_BATCH_SIZE
+
+try:
+    import pyarrow as pa
+    import ray
+    import ray.data
+except ImportError as e:  # the core library does not need Ray
+    raise ImportError("the Ray engine needs Ray Data: pip install 'xray-infer[ray]'") from e
+
+log = logging.getLogger(__name__)
+
+#: Logical CPUs a read task asks for. Reading bytes is I/O; with a whole CPU per read task,
+#: actors holding every CPU of a node left no read able to start, and the job waited forever.
+READ_CPUS = 0.1
+#: Rows handed to an actor per call, in classifier batches: larger calls keep the classifier's
+#: decode/inference pipeline full for longer between calls.
+BATCHES_PER_CALL = 4
+
+
+def _host_port(address):
+    hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    return host.strip("[]"), int(port)
+
+
+def connect(address=None, **init_args):
+    """Join the Ray cluster at ``address`` (``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``) or,
+    without one, start a local Ray; a driver already connected keeps its connection.
+
+    An address that accepts no connection within 5 s is a UsageError, before Ray's own
+    reconnection attempts (which wait a minute or more) and before any work starts.
+    """
+    if ray.is_initialized():
+        return
+    if address and address != "auto":
+        host, port = _host_port(address)
+        try:
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError as e:
+            raise UsageError(f"cannot reach a Ray cluster at {address}: "
+                             f"{e.strerror or e}") from None
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    ray.init(address=address, configure_logging=False, log_to_driver=False, **init_args)
+
+
+def plan(workers=None, gpus_per_worker=0.0, cpus_per_worker=None):
+    """``(workers, cpus_per_worker)`` for the connected cluster.
+
+    Without ``workers``: one per ``gpus_per_worker`` share of the cluster's GPUs, else one per
+    CPU. Without ``cpus_per_worker``: the CPUs left after a little for the read tasks, shared
+    among the workers (each worker decodes on that many threads).
+    """
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if gpus_per_worker < 0 or (workers is not None and workers < 1):
+        raise UsageError("--workers must be at least 1 and --gpus-per-worker at least 0")
+    if gpus_per_worker:
+        if gpus < gpus_per_worker:
+            raise UsageError(f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has "
+                             f"{gpus:g} GPU(s)")
+        workers = workers or int(gpus // gpus_per_worker)
+    workers = workers or max(1, int(cpus))
+    reserve = min(1.0, max(2 * READ_CPUS, 0.1 * cpus))
+    cpus_per_worker = cpus_per_worker or round((cpus - reserve) / workers, 2)
+    if cpus_per_worker <= 0 or workers * cpus_per_worker + READ_CPUS > cpus:
+        raise UsageError(f"{workers} worker(s) of {cpus_per_worker:g} CPU(s) and the read tasks "
+                         f"do not fit in the cluster's {cpus:g} CPU(s)")
+    return workers, cpus_per_worker
+
+
+class ClassifyBatch:
+    """The callable class for ``Dataset.map_batches``: one Classifier per actor.
+
+    Takes batches with the ``bytes`` and ``path`` columns of ``read_binary_files(...,
+    include_paths=True)`` and returns the output columns (path, label, ``p_<class>``, error)
+    as a pyarrow Table; a bad input is an error row, never an exception. ``scheme`` restores
+    the ``s3://``-style prefix that Ray's paths leave out, so rows name inputs as they were
+    given.
+    """
+
+    def __init__(self, model=None, *, providers=None, batch_size=DEFAULT_BATCH_SIZE,
+                 threads=None, precision="auto", scheme=None):
+        self.clf = Classifier(model, providers=providers, batch_size=batch_size,
+                              threads=threads, workers=threads, precision=precision)
+        self.prefix = f"{scheme}://" if scheme else ""
+        names = self.clf.class_names
+        self.schema = pa.schema([("path", pa.string()), ("label", pa.string())] +
+                                [(f"p_{n}", pa.float64()) for n in names] +
+                                [("error", pa.string())])
+
+    def __call__(self, batch):
+        items = [Encoded(data, self.prefix + path)
+                 for data, path in zip(batch["bytes"], batch["path"])]
+        results = self.clf.classify(items)
+        columns = {"path": [r.source for r in results], "label": [r.label for r in results]}
+        for n in self.clf.class_names:
+            columns[f"p_{n}"] = [r.probabilities[n] if r.ok else None for r in results]
+        columns["error"] = [r.error for r in results]
+        return pa.table(columns, schema=self.schema)
+
+
+def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
+                  cpus_per_worker=None, batch_size=DEFAULT_BATCH_SIZE, precision="auto",
+                  providers=None):
+    """The Ray Dataset of result rows for ``inputs`` (files or URIs of one filesystem, already
+    expanded), in input order. For pipelines of your own, e.g. ``.write_parquet("s3://...")``
+    spread over the workers. Needs a connected Ray (``connect``)."""
+    workers, cpus = plan(workers, gpus_per_worker, cpus_per_worker)
+    schemes = {p.split("://", 1)[0] if is_uri(p) else None for p in inputs}
+    if len(schemes) > 1:
+        raise UsageError(f"inputs mix filesystems ({', '.join(sorted(map(str, schemes)))}); "
+                         f"run one job per filesystem")
+    scheme = schemes.pop() if schemes else None
+    if providers is None and not gpus_per_worker:
+        providers = ["CPUExecutionProvider"]  # a worker without a GPU share must not take one
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # rows come back in input order
+    context.enable_progress_bars = False  # the caller reports progress
+    ds = ray.data.read_binary_files(list(inputs), include_paths=True, num_cpus=READ_CPUS)
+    return ds.map_batches(
+        ClassifyBatch, batch_size=batch_size * BATCHES_PER_CALL, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
+        num_gpus=gpus_per_worker or None,
+        fn_constructor_kwargs=dict(model=model, providers=providers, batch_size=batch_size,
+                                   threads=max(1, round(cpus)), precision=precision,
+                                   scheme=scheme))
+
+
+def _screen(inputs):
+    """``(input, error or None)``: local files that cannot be read (folders named like images,
+    dangling links, over the size limit, unreadable) are reported here exactly as the
+    in-process engine reports them, so that Ray only reads what it can."""
+    for item in inputs:
+        if is_uri(item):
+            yield item, None
+            continue
+        try:
+            check_file(item)
+            yield item, None
+        except DecodeError as e:
+            yield item, e.reason
+
+
+def iter_results(inputs, *, address=None, **options):
+    """Yield one Result per input, in input order, scored on Ray (options as
+    ``build_dataset``). Raises RuntimeError if Ray's output loses, repeats or reorders an
+    input, rather than passing such a result set on."""
+    connect(address)
+    screened = list(_screen(inputs))
+    readable = [item for item, error in screened if error is None]
+    rows = iter(())
+    if readable:
+        rows = iter(build_dataset(readable, **options).iter_rows())
+    for item, error in screened:
+        if error is not None:
+            yield Result(item, error=error)
+            continue
+        row = next(rows, None)
+        if row is None or row["path"] != item:
+            raise RuntimeError(f"the Ray job returned {row and row['path']!r} where {item!r} "
+                               f"was due: an input was lost or reordered")
+        yield _result(row)
+    extra = next(rows, None)
+    if extra is not None:
+        raise RuntimeError(f"the Ray job returned a row beyond the inputs: {extra['path']!r}")
+
+
+def _result(row):
+    if row["error"] is not None:
+        return Result(row["path"], error=row["error"])
+    probs = {k[2:]: v for k, v in row.items() if k.startswith("p_")}
+    return Result(row["path"], label=row["label"], probabilities=probs)
+
+
+def classify_dataset(sources, *, output=None, format=None, recursive=False, address=None,
+                     **options):
+    """Score paths, folders or URIs (``s3://``, ``gs://``, ``file://`` ...) on Ray.
+
+    Returns the list of Results in input order or, with ``output`` (a path or URI), writes the
+    CLI's columns there as CSV, JSON Lines or Parquet (``format``, else from the name) and
+    returns ``(classified, failed)``. Options as ``build_dataset``; ``address`` as ``connect``.
+    An empty input or a source that does not exist is a UsageError before any work starts.
+    """
+    inputs, _ = collect_inputs(sources, recursive)
+    if not inputs:
+        raise UsageError("no inputs: the sources hold no files with an image extension")
+    results = iter_results(inputs, address=address, **options)
+    if output is None:
+        return list(results)
+    fmt = format or format_for(output)
+    names = load_model(options.get("model"), providers=["CPUExecutionProvider"])[1].class_names
+    counts = [0, 0]
+    with _open_output(output, fmt) as stream:
+        writer = ResultWriter(stream, fmt, names)
+        for r in results:
+            writer.write(r)
+            counts[not r.ok] += 1
+        writer.close()
+    return tuple(counts)
+
+
+def _open_output(output, fmt):
+    """A text stream for CSV / JSON Lines, a binary one for Parquet; local or a URI."""
+    if is_uri(output):
+        import pyarrow.fs as pafs
+        fs, path = pafs.FileSystem.from_uri(output)
+        raw = fs.open_output_stream(path)
+        return raw if fmt == "parquet" else io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    return open(output, "wb") if fmt == "parquet" else \
+        open(output, "w", encoding="utf-8", newline="")
+
+
+__all__ = ["ClassifyBatch", "build_dataset", "classify_dataset", "connect", "iter_results",
+           "plan"]
