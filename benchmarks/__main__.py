@@ -5,6 +5,7 @@
     python -m benchmarks inference    # ONNX Runtime vs PyTorch eager, batch 1..128
     python -m benchmarks e2e          # folder scoring vs a naive per-image loop, decode bound
     python -m benchmarks parity       # torch vs ORT, kernel vs reference, full-res vs 224 copies
+    python -m benchmarks ray --cycle 10  # Ray engine vs in-process over 2,400 inputs (ray extra)
     python -m benchmarks all --json-dir docs/bench --baseline-model benchmarks/models/v1.0.0.onnx
     python -m benchmarks report      # docs/benchmarks.md from docs/bench/*.json
 """
@@ -17,7 +18,7 @@ from xray_infer.spec import DEFAULT_BATCH_SIZE
 
 from . import common
 from . import parity as _parity
-from . import speed
+from . import scaling, speed
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {"preprocess": speed.preprocess, "decode": speed.decode, "inference": speed.inference,
@@ -27,7 +28,7 @@ COMMANDS = {"preprocess": speed.preprocess, "decode": speed.decode, "inference":
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=[*COMMANDS, "all", "report"])
+    p.add_argument("which", choices=[*COMMANDS, "ray", "all", "report"])
     p.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/, fullres/)")
     p.add_argument("--limit", type=int, default=0, help="use only N inputs (smoke runs)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
@@ -42,7 +43,7 @@ def main(argv=None):
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="e2e batch size")
     p.add_argument("--cycle", type=int, default=1,
-                   help="e2e: each timed pass goes over the scans this many times (a pass of a "
+                   help="e2e, ray: each timed pass goes over the scans this many times (a pass of a "
                         "few hundred scans on a fast machine is too short to time)")
     p.add_argument("--baseline-model",
                    help="e2e: also time this model through the same pipeline, in the same run "
@@ -57,6 +58,9 @@ def main(argv=None):
         print(f"wrote {write(a.json_dir or ROOT / 'docs' / 'bench', a.out, a.gpu_note)}")
         return
     common.set_data_root(a.data)
+    if a.which == "ray":  # not in "all": it needs the ray extra
+        scaling.ray_engine(a)
+        return
     names = list(COMMANDS) if a.which == "all" else [a.which]
     json_path = a.json
     for name in names:

@@ -127,6 +127,23 @@ def _parity(d):
             "them, never accuracy.", ""]
 
 
+def _ray(d):
+    r = d["results"]
+    rows = [["in-process `Classifier.classify`", f"{r['in_process']:.1f}", "1.00"],
+            ["Ray engine, whole job", f"{r['ray_whole_job']:.1f}",
+             f"{r['ratio_whole_job']:.2f}"],
+            ["Ray engine, after the job's start", f"{r['ray_after_start']:.1f}",
+             f"{r['ratio_after_start']:.2f}"]]
+    return ["## 7. Ray engine (`python -m benchmarks ray --cycle 10`)", "",
+            f"{d['n']} inputs ({d['scans']} full-resolution scans linked {d['cycle']} times "
+            f"under distinct names) on a local Ray with {r['workers']} workers of "
+            f"{r['cpus_per_worker']:g} CPU, against the in-process engine, interleaved in one "
+            f"run (median of the passes). `ray.init` took {r['ray_init_s']:.1f} s; a job's "
+            f"fixed cost (its workers start and load the model), timed as a job over 8 "
+            f"inputs, {r['job_start_s']:.1f} s. See [scaling.md](scaling.md).", ""] + \
+        _table(["engine", "scans/s", "vs in-process"], rows) + [""]
+
+
 def _gpu(folder, note):
     """The GPU run (``benchmarks/gpu.sh``, JSON under ``bench/gpu/``) and its note."""
     md = ["## 5. GPU", "", Path(note).read_text().strip() if note and Path(note).exists()
@@ -155,5 +172,8 @@ def write(json_dir, out, gpu_note):
     md += _gpu(Path(json_dir) / "gpu", gpu_note)
     if parts["parity"]:
         md += _parity(parts["parity"])
+    ray_run = _load(json_dir, "ray")
+    if ray_run:
+        md += _ray(ray_run)
     Path(out).write_text("\n".join(md))
     return out

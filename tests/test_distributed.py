@@ -157,3 +157,16 @@ def test_writes_csv_jsonl_and_parquet(samples, tmp_path):
     assert [t["path"] for t in table] == [x["path"] for x in lines]
     assert np.allclose([t["p_normal"] for t in table],
                        [x["probabilities"]["normal"] for x in lines])
+
+
+def test_resume_sends_only_the_missing_inputs(ray_address, samples, tmp_path):
+    out = tmp_path / "r.jsonl"
+    scans = sorted(samples.glob("*.jpeg"))
+    ray_cli = ["--engine", "ray", "--address", ray_address, "-o", str(out), "-q"]
+    assert subprocess.run(CLASSIFY + [str(s) for s in scans[:2]] + ray_cli).returncode == 0
+    run = subprocess.run(CLASSIFY + [str(samples)] + ray_cli + ["--resume"], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    import json
+    paths = [json.loads(x)["path"] for x in out.read_text().splitlines()]
+    assert sorted(map(os.path.abspath, paths)) == [str(s) for s in scans]  # each once
