@@ -311,7 +311,8 @@ class _Engine:
             from . import distributed
             from .model import load_model
             self.clf, self.spec = None, load_model(args.model, providers=["CPUExecutionProvider"])[1]
-            logging.getLogger("ray.data").setLevel(logging.WARNING)  # progress is ours
+            # Ray Data's notices (plan, progress bars off) would land between our progress lines
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
             distributed.connect(args.address)
             distributed.plan(args.workers, args.gpus_per_worker or 0.0, args.cpus_per_worker)
         else:

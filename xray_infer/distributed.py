@@ -10,7 +10,6 @@ the rows back in input order and checks that every input came back exactly once.
     >>> classify_dataset(["s3://bucket/scans/"], output="results.parquet", gpus_per_worker=1)
 """
 import io
-import logging
 import socket
 
 from .batch import Encoded
@@ -29,7 +28,6 @@ try:
 except ImportError as e:  # the core library does not need Ray
     raise ImportError("the Ray engine needs Ray Data: pip install 'xray-infer[ray]'") from e
 
-log = logging.getLogger(__name__)
 
 #: Logical CPUs a read task asks for. Reading bytes is I/O; with a whole CPU per read task,
 #: actors holding every CPU of a node left no read able to start, and the job waited forever.
@@ -63,7 +61,6 @@ def connect(address=None, **init_args):
         except OSError as e:
             raise UsageError(f"cannot reach a Ray cluster at {address}: "
                              f"{e.strerror or e}") from None
-    logging.getLogger("ray").setLevel(logging.WARNING)
     ray.init(address=address, configure_logging=False, log_to_driver=False, **init_args)
 
 
