@@ -107,7 +107,8 @@ def test_a_killed_worker_is_replaced_and_every_input_appears_once(data, tmp_path
     assert all(first[inputs[i % len(scans)]] == r.label for i, r in enumerate(rows))
 
 
-@pytest.mark.parametrize("case", ["empty folder", "missing path", "unreachable address"])
+@pytest.mark.parametrize("case", ["empty folder", "missing path", "unreachable address",
+                                  "threads", "heatmaps"])
 def test_requests_that_cannot_run_fail_before_any_work(case, samples, tmp_path):
     out = tmp_path / "out.csv"
     (tmp_path / "empty").mkdir()
@@ -116,6 +117,8 @@ def test_requests_that_cannot_run_fail_before_any_work(case, samples, tmp_path):
         "missing path": (tmp_path / "nothere", [], "no such file or directory"),
         "unreachable address": (samples, ["--address", "127.0.0.1:9"],
                                 "cannot reach a Ray cluster at 127.0.0.1:9"),
+        "threads": (samples, ["--threads", "2"], "--cpus-per-worker sets"),
+        "heatmaps": (samples, ["--heatmaps", str(tmp_path / "h")], "use the local engine"),
     }[case]
     run = subprocess.run(CLASSIFY + [str(source), "--engine", "ray", "-o", str(out)] + extra,
                          capture_output=True, text=True, timeout=60)
@@ -170,3 +173,10 @@ def test_resume_sends_only_the_missing_inputs(ray_address, samples, tmp_path):
     import json
     paths = [json.loads(x)["path"] for x in out.read_text().splitlines()]
     assert sorted(map(os.path.abspath, paths)) == [str(s) for s in scans]  # each once
+
+
+def test_an_object_gone_after_listing_stops_the_job_naming_it(samples, tmp_path):
+    # URIs are listed, not screened: one that vanished must fail loudly, never drop a row
+    gone = f"file://{tmp_path}/gone.jpeg"
+    with pytest.raises(Exception, match="gone.jpeg"):
+        list(distributed.iter_results([f"file://{next(samples.glob('*.jpeg'))}", gone]))

@@ -2,7 +2,8 @@
 
 Exit status: 0 when every input was classified, 1 when any input failed (each failure is a row
 in the output and is summarised on stderr), 2 for usage errors (reported before the model loads
-and before any output file is touched), 130 when interrupted.
+and before any output file is touched), 3 when a Ray job failed as a whole (rows written until
+then are complete), 130 when interrupted.
 
 Nothing heavy is imported until the arguments have been checked.
 """
@@ -21,7 +22,7 @@ from .inputs import IMAGE_EXTENSIONS, collect_inputs, input_key
 from .output import FORMATS, ResultWriter, format_for, header
 from .spec import DEFAULT_BATCH_SIZE
 
-EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 log = logging.getLogger("xray_infer.cli")
 
@@ -215,6 +216,9 @@ def check_arguments(args):
             if value is not None:
                 raise UsageError(f"{option} needs --engine ray")
     else:
+        if args.threads is not None:
+            raise UsageError("--threads: with --engine ray, --cpus-per-worker sets each "
+                             "worker's threads")
         if args.heatmaps or args.dicom_out:
             raise UsageError("--heatmaps and --dicom-out need the scans' pixels on this machine: "
                              "use the local engine")
@@ -399,6 +403,13 @@ def cmd_classify(args):
         print(f"xray-infer: interrupted after {progress.done} of {len(files)} inputs; rows "
               f"written so far are complete (rerun with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:
+        if args.engine != "ray":
+            raise
+        progress.close()  # a read that failed for good, a lost worker node, a lost row
+        print(f"xray-infer: the Ray job failed after {progress.done} of {len(files)} inputs: "
+              f"{e}; rows written so far are complete (rerun with --resume)", file=sys.stderr)
+        return EXIT_JOB_FAILED
     finally:
         writer.close()
         if stream is not sys.stdout:
