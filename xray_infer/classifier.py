@@ -169,8 +169,9 @@ class Classifier:
     def iter_classify(self, inputs, batch_size=None):
         """Yield one Result per input, in input order, for any iterable of inputs.
 
-        Inputs are paths, encoded file contents (``bytes``), 2-D arrays (uint8, uint16, or
-        float32 in [0, 1]) or ``Decoded`` (pixels with their declared maximum). Inputs that are
+        Inputs are paths, encoded file contents (``bytes``, or ``Encoded(bytes, name)`` to be
+        named and checked as that file), 2-D arrays (uint8, uint16, or float32 in [0, 1]) or
+        ``Decoded`` (pixels with their declared maximum). Inputs that are
         not radiograph-shaped (``preprocess.MIN_SIDE``, ``preprocess.MAX_ASPECT``) or whose
         values leave the declared range get an error.
         Upcoming batches are decoded and preprocessed on worker threads while the current
