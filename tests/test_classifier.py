@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 import xray_infer
-from xray_infer import Classifier, Decoded, ModelError, ProviderError, classify
+from xray_infer import Classifier, Decoded, Encoded, ModelError, ProviderError, classify
 from xray_infer.decode import read_image
 from xray_infer.preprocess import reference_preprocess
 from xray_infer.spec import METADATA_KEY, ModelSpec
@@ -277,3 +277,17 @@ def test_whole_test_split_matches_reference_and_recorded_accuracy(clf, data):
     accuracy = np.mean([a == b for a, b in zip(ref_labels, truth)])
     assert accuracy == pytest.approx(s.metrics["test"]["accuracy"], abs=1e-9)
     assert s.metrics["test"]["n"] == len(records) == 624
+
+
+def test_encoded_bytes_carry_their_name_and_the_file_checks(clf, samples, tmp_path):
+    path = samples / "IM-0001-0001.jpeg"
+    cut = tmp_path / "cut.jpeg"
+    cut.write_bytes(path.read_bytes()[:2000])
+    named = clf.classify([Encoded(path.read_bytes(), "s3://b/x.jpeg"),
+                          Encoded(cut.read_bytes(), str(cut)), Encoded(b"", "e.jpeg")])
+    files = clf.classify([str(path), str(cut)])
+    assert [r.source for r in named] == ["s3://b/x.jpeg", str(cut), "e.jpeg"]
+    assert named[0].probabilities == files[0].probabilities
+    assert named[1].error == files[1].error and "truncated JPEG" in named[1].error
+    assert named[2].error == "empty file (0 bytes)"
+    assert len(clf.classify(Encoded(path.read_bytes(), "one"))) == 1  # a single input
