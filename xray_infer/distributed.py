@@ -11,6 +11,7 @@ the rows back in input order and checks that every input came back exactly once.
 """
 import io
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 from .batch import Encoded
 from .classifier import Classifier, Result
@@ -148,18 +149,20 @@ def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
 
 
 def _screen(inputs):
-    """``(input, error or None)``: local files that cannot be read (folders named like images,
-    dangling links, over the size limit, unreadable) are reported here exactly as the
-    in-process engine reports them, so that Ray only reads what it can."""
-    for item in inputs:
+    """``[(input, error or None)]``: local files that cannot be read (folders named like
+    images, dangling links, over the size limit, unreadable) are reported here exactly as the
+    in-process engine reports them, so that Ray only reads what it can. Threads, because on a
+    network filesystem each check waits on a round trip."""
+    def one(item):
         if is_uri(item):
-            yield item, None
-            continue
+            return item, None
         try:
             check_file(item)
-            yield item, None
+            return item, None
         except DecodeError as e:
-            yield item, e.reason
+            return item, e.reason
+    with ThreadPoolExecutor(32) as pool:
+        return list(pool.map(one, inputs))
 
 
 def iter_results(inputs, *, address=None, **options):
@@ -167,7 +170,7 @@ def iter_results(inputs, *, address=None, **options):
     ``build_dataset``). Raises RuntimeError if Ray's output loses, repeats or reorders an
     input, rather than passing such a result set on."""
     connect(address)
-    screened = list(_screen(inputs))
+    screened = _screen(inputs)
     readable = [item for item, error in screened if error is None]
     rows = iter(())
     if readable:
