@@ -34,3 +34,21 @@ def test_installed_metadata_pins_torch_to_the_cpu_build():
     requires = importlib.metadata.requires("xray-infer")
     torch = [r for r in requires if r.startswith("torch")]
     assert torch and all(r.startswith("torch==2.13.0") and 'extra == "train"' in r for r in torch)
+
+
+def test_the_core_and_the_local_engine_stand_without_ray_and_pyarrow(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.modules['ray'] = sys.modules['pyarrow'] = None  # any import of them now fails\n"
+        "from xray_infer import cli\n"
+        f"rc = cli.main(['classify', 'xray_infer/samples', '-q', '-o', r'{tmp_path}/r.csv'])\n"
+        f"assert rc == 0 and len(open(r'{tmp_path}/r.csv').readlines()) == 7\n"
+        f"assert cli.main(['classify', 'xray_infer/samples', '--engine', 'ray']) == 2\n"
+        "print('ok')\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(xray_infer.__file__).parent.parent)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+    assert "pip install 'xray-infer[ray]'" in p.stderr
+    requires = importlib.metadata.requires("xray-infer")
+    ray = [r for r in requires if r.startswith("ray")]
+    assert ray and all('extra == "ray"' in r for r in ray)  # an extra, never a core dependency
