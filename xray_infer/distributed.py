@@ -135,10 +135,10 @@ def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
     scheme = schemes.pop() if schemes else None
     if providers is None and not gpus_per_worker:
         providers = ["CPUExecutionProvider"]  # a worker without a GPU share must not take one
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # rows come back in input order
-    context.enable_progress_bars = False  # the caller reports progress
     ds = ray.data.read_binary_files(list(inputs), include_paths=True, num_cpus=READ_CPUS)
+    # this dataset's own copy of the context: the driver's other datasets are left alone
+    ds.context.execution_options.preserve_order = True  # rows come back in input order
+    ds.context.enable_progress_bars = False  # the caller reports progress
     return ds.map_batches(
         ClassifyBatch, batch_size=batch_size * BATCHES_PER_CALL, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
