@@ -126,6 +126,20 @@ def test_requests_that_cannot_run_fail_before_any_work(case, samples, tmp_path):
     assert not out.exists()
 
 
+def test_workers_are_placed_node_by_node():
+    # a CPU-only head beside four GPU nodes: GPU workers get a GPU node's CPUs, not a share of
+    # the cluster's total (which no node could give them)
+    head, gpu = {"CPU": 8.0}, {"CPU": 16.0, "GPU": 1.0}
+    assert distributed.place([head] + [gpu] * 4, gpus_per_worker=1.0) == (4, 15.0)
+    assert distributed.place([head] + [gpu] * 4, gpus_per_worker=0.5) == (8, 7.5)
+    assert distributed.place([{"CPU": 16.0}] * 2, workers=3) == (3, 7.5)
+    assert distributed.place([{"CPU": 16.0}] * 2) == (32, 0.94)
+    with pytest.raises(UsageError, match="room for 2"):
+        distributed.place([{"CPU": 16.0}] * 2, workers=3, cpus_per_worker=10.0)
+    with pytest.raises(UsageError, match="room for 4"):
+        distributed.place([head] + [gpu] * 4, workers=5, gpus_per_worker=1.0)
+
+
 def test_worker_plans_that_do_not_fit_the_cluster():
     # the test session's cluster: 2 CPUs, no GPU
     assert distributed.plan() == (2, 0.9)

@@ -66,27 +66,47 @@ def connect(address=None, **init_args):
 
 
 def plan(workers=None, gpus_per_worker=0.0, cpus_per_worker=None):
-    """``(workers, cpus_per_worker)`` for the connected cluster.
+    """``(workers, cpus_per_worker)`` for the connected cluster, node by node.
 
-    Without ``workers``: one per ``gpus_per_worker`` share of the cluster's GPUs, else one per
-    CPU. Without ``cpus_per_worker``: the CPUs left after a little for the read tasks, shared
-    among the workers (each worker decodes on that many threads).
+    Without ``workers``: one per ``gpus_per_worker`` share of each node's GPUs, else one per
+    CPU. Without ``cpus_per_worker``: workers spread evenly over the nodes that can hold them,
+    each getting its share of the smallest such node's CPUs, less a little for the read tasks
+    (each worker decodes on that many threads). A plan whose workers cannot all be placed is a
+    UsageError: Ray would otherwise wait for resources that never come.
     """
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    return place([n["Resources"] for n in ray.nodes() if n.get("Alive")], workers,
+                 gpus_per_worker, cpus_per_worker)
+
+
+def place(nodes, workers=None, gpus_per_worker=0.0, cpus_per_worker=None):
+    """``plan`` for ``nodes``, a list of the live nodes' resources (``{"CPU": 16, "GPU": 1}``)."""
     if gpus_per_worker < 0 or (workers is not None and workers < 1):
         raise UsageError("--workers must be at least 1 and --gpus-per-worker at least 0")
     if gpus_per_worker:
-        if gpus < gpus_per_worker:
-            raise UsageError(f"--gpus-per-worker {gpus_per_worker:g}: the Ray cluster has "
-                             f"{gpus:g} GPU(s)")
-        workers = workers or int(gpus // gpus_per_worker)
-    workers = workers or max(1, int(cpus))
-    reserve = min(1.0, max(2 * READ_CPUS, 0.1 * cpus))
-    cpus_per_worker = cpus_per_worker or round((cpus - reserve) / workers, 2)
-    if cpus_per_worker <= 0 or workers * cpus_per_worker + READ_CPUS > cpus:
-        raise UsageError(f"{workers} worker(s) of {cpus_per_worker:g} CPU(s) and the read tasks "
-                         f"do not fit in the cluster's {cpus:g} CPU(s)")
+        total = sum(r.get("GPU", 0.0) for r in nodes)
+        nodes = [r for r in nodes if r.get("GPU", 0.0) >= gpus_per_worker]
+        if not nodes:
+            raise UsageError(f"--gpus-per-worker {gpus_per_worker:g}: no node of the Ray "
+                             f"cluster has that many GPUs (it has {total:g} GPU(s) in all)")
+        workers = workers or sum(int(r["GPU"] // gpus_per_worker) for r in nodes)
+    workers = workers or max(1, int(sum(r.get("CPU", 0.0) for r in nodes)))
+    if cpus_per_worker is None:
+        per_node = -(-workers // len(nodes))
+        cpus_per_worker = round(min(
+            (r.get("CPU", 0.0) - min(1.0, max(2 * READ_CPUS, 0.1 * r.get("CPU", 0.0))))
+            / per_node for r in nodes), 2)
+    fit = 0
+    if cpus_per_worker > 0:
+        for r in nodes:
+            slots = int((r.get("CPU", 0.0) - READ_CPUS) // cpus_per_worker)
+            if gpus_per_worker:
+                slots = min(slots, int(r["GPU"] // gpus_per_worker))
+            fit += max(0, slots)
+    if fit < workers:
+        raise UsageError(f"{workers} worker(s) of {cpus_per_worker:g} CPU(s)"
+                         + (f" and {gpus_per_worker:g} GPU(s)" if gpus_per_worker else "")
+                         + f" do not fit in the Ray cluster's nodes (room for {fit}, beside "
+                           f"the read tasks)")
     return workers, cpus_per_worker
 
 
