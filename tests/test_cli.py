@@ -252,3 +252,27 @@ def test_peer_parsing():
     assert Peer.parse("pacs:104:ORTHANC") == Peer("pacs", 104, "ORTHANC")
     assert Peer.parse("10.0.0.1:11112").ae_title == "ANY-SCP"
     assert str(Peer.parse("h:1:X")) == "X@h:1"
+
+
+def test_parquet_and_uri_outputs(folder, tmp_path):
+    import pyarrow.parquet as pq
+    rows = list(csv.DictReader(run("classify", folder, "-q").stdout.splitlines()))
+    uri = f"file://{tmp_path}/r.parquet"
+    p = run("classify", folder, "-q", "-o", uri)
+    assert p.returncode == 0, p.stderr
+    table = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert [t["path"] for t in table] == [r["path"] for r in rows]
+    assert [f"{t['p_normal']:.6f}" for t in table] == [r["p_normal"] for r in rows]
+    again = run("classify", folder, "-q", "-o", uri)  # an object is not replaced unasked
+    assert again.returncode == 2 and "exists" in again.stderr
+    p = run("classify", folder, "-q", "-o", f"file://{tmp_path}/r.jsonl")
+    assert p.returncode == 0 and len((tmp_path / "r.jsonl").read_text().splitlines()) == 4
+    for target in (uri, tmp_path / "x.parquet"):  # neither can be appended to
+        bad = run("classify", folder, "-q", "--resume", "-o", target)
+        assert bad.returncode == 2 and "--resume appends to a local" in bad.stderr, bad.stderr
+
+
+def test_empty_sources_are_a_usage_error(tmp_path):
+    p = run("classify", tmp_path, "-o", tmp_path / "r.csv")
+    assert p.returncode == 2 and "no inputs" in p.stderr
+    assert not (tmp_path / "r.csv").exists()

@@ -194,3 +194,9 @@ def test_an_object_gone_after_listing_stops_the_job_naming_it(samples, tmp_path)
     gone = f"file://{tmp_path}/gone.jpeg"
     with pytest.raises(Exception, match="gone.jpeg"):
         list(distributed.iter_results([f"file://{next(samples.glob('*.jpeg'))}", gone]))
+
+
+def test_results_written_to_a_uri(samples, tmp_path):
+    counts = distributed.classify_dataset([samples], output=f"file://{tmp_path}/r.csv")
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert counts == (len(rows), 0) and len(rows) == len(list(samples.glob("*.jpeg")))

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from .errors import UsageError
-from .inputs import IMAGE_EXTENSIONS, collect_inputs, input_key
-from .output import FORMATS, ResultWriter, format_for, header
+from .inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
+from .output import FORMATS, ResultWriter, format_for, header, open_output, output_exists
 from .spec import DEFAULT_BATCH_SIZE
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -250,27 +250,29 @@ def check_arguments(args):
         except ImportError:
             raise UsageError("--dicom-out needs pydicom and highdicom: "
                              "pip install 'xray-infer[dicom]'") from None
+    fmt = args.format or (format_for(args.output) if args.output else "csv")
+    remote = bool(args.output) and is_uri(args.output)
+    if fmt == "parquet" or remote:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError("Parquet output and URI outputs need pyarrow: "
+                             "pip install pyarrow") from None
+    if fmt == "parquet" and not args.output:
+        raise UsageError("Parquet output needs --output FILE")
+    if args.resume and (fmt == "parquet" or remote):
+        raise UsageError("--resume appends to a local CSV or JSON Lines file; Parquet files "
+                         "and objects in a store are written whole")
     existing = None
     if args.output:
-        if os.path.isdir(args.output):
+        if not remote and os.path.isdir(args.output):
             raise UsageError(f"--output {args.output}: is a directory")
-        if os.path.exists(args.output):
+        if output_exists(args.output):
             if not (args.resume or args.overwrite):
                 raise UsageError(f"{args.output} exists; use --resume to skip inputs already in "
                                  f"it, or --overwrite")
             if args.resume:
                 existing = Existing(args.output)
-    fmt = args.format or (format_for(args.output) if args.output else "csv")
-    if fmt == "parquet":
-        if not args.output:
-            raise UsageError("Parquet output needs --output FILE")
-        if args.resume:
-            raise UsageError("--resume reads CSV or JSON Lines results; Parquet files are "
-                             "written whole")
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise UsageError("Parquet output needs pyarrow: pip install pyarrow") from None
     if existing is not None and existing.fmt:
         if args.format and args.format != existing.fmt:
             raise UsageError(f"--format {args.format}, but {args.output} holds {existing.fmt} "
@@ -378,11 +380,7 @@ def cmd_classify(args):
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(existing.without(retried))
         os.replace(tmp, args.output)
-    if fmt == "parquet":
-        stream = open(args.output, "wb")
-    else:
-        stream = (open(args.output, "a" if appending else "w", encoding="utf-8", newline="")
-                  if args.output else sys.stdout)
+    stream = open_output(args.output, fmt, append=appending) if args.output else sys.stdout
     progress = _Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
     writer = ResultWriter(stream, fmt, class_names, write_header=not appending)
     failures = []
@@ -572,7 +570,8 @@ def build_parser():
                                    f"pyarrow reads (s3://, gs://, file://; needs pyarrow).")
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
-    c.add_argument("-o", "--output", help="write results here (default: stdout)")
+    c.add_argument("-o", "--output", help="write results here, a path or a URI such as "
+                                          "s3://bucket/run1.parquet (default: stdout)")
     c.add_argument("-f", "--format", choices=FORMATS,
                    help="output format (default: jsonl for a .jsonl/.json/.ndjson --output, "
                         "parquet for .parquet, else csv)")

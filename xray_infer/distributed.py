@@ -9,7 +9,6 @@ the rows back in input order and checks that every input came back exactly once.
     >>> from xray_infer.distributed import classify_dataset
     >>> classify_dataset(["s3://bucket/scans/"], output="results.parquet", gpus_per_worker=1)
 """
-import io
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +18,7 @@ from .decode import check_file
 from .errors import DecodeError, UsageError
 from .inputs import collect_inputs, is_uri
 from .model import load_model
-from .output import ResultWriter, format_for
+from .output import ResultWriter, format_for, open_output
 from .spec import DEFAULT_BATCH_SIZE
 
 try:
@@ -234,24 +233,13 @@ def classify_dataset(sources, *, output=None, format=None, recursive=False, addr
     fmt = format or format_for(output)
     names = load_model(options.get("model"), providers=["CPUExecutionProvider"])[1].class_names
     counts = [0, 0]
-    with _open_output(output, fmt) as stream:
+    with open_output(output, fmt) as stream:
         writer = ResultWriter(stream, fmt, names)
         for r in results:
             writer.write(r)
             counts[not r.ok] += 1
         writer.close()
     return tuple(counts)
-
-
-def _open_output(output, fmt):
-    """A text stream for CSV / JSON Lines, a binary one for Parquet; local or a URI."""
-    if is_uri(output):
-        import pyarrow.fs as pafs
-        fs, path = pafs.FileSystem.from_uri(output)
-        raw = fs.open_output_stream(path)
-        return raw if fmt == "parquet" else io.TextIOWrapper(raw, encoding="utf-8", newline="")
-    return open(output, "wb") if fmt == "parquet" else \
-        open(output, "w", encoding="utf-8", newline="")
 
 
 __all__ = ["ClassifyBatch", "build_dataset", "classify_dataset", "connect", "iter_results",

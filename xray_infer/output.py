@@ -1,6 +1,7 @@
 """Result rows as CSV, JSON Lines or Parquet: the same columns whichever engine scored them
 (path, label, one probability per class, error)."""
 import csv
+import io
 import json
 import os
 
@@ -22,13 +23,36 @@ def format_for(output):
     return "parquet" if suffix in (".parquet", ".pq") else "csv"
 
 
+def open_output(output, fmt, append=False):
+    """The stream a ResultWriter writes to: text for CSV and JSON Lines, binary for Parquet;
+    ``output`` a local path or a URI that pyarrow writes (``s3://``, ``gs://``, ``file://``;
+    object stores cannot append)."""
+    if "://" in os.fspath(output):
+        import pyarrow.fs as pafs
+        fs, path = pafs.FileSystem.from_uri(os.fspath(output))
+        raw = fs.open_output_stream(path)
+        return raw if fmt == "parquet" else io.TextIOWrapper(raw, encoding="utf-8", newline="")
+    if fmt == "parquet":
+        return open(output, "wb")
+    return open(output, "a" if append else "w", encoding="utf-8", newline="")
+
+
+def output_exists(output):
+    """Whether ``output`` (a path or URI) is already there."""
+    if "://" not in os.fspath(output):
+        return os.path.exists(output)
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(os.fspath(output))
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
 class ResultWriter:
     """Writes Results in order. CSV and JSON Lines go to an open text ``stream``, flushed after
     each row so that a crash loses nothing; Parquet goes to ``stream``, a path or URI, in row
     groups, and is complete only after ``close``."""
 
     def __init__(self, stream, fmt, class_names, write_header=True):
-        # stream: a text stream (CSV, JSON Lines); for Parquet a binary stream, path or URI
+        # stream: from open_output (text for CSV and JSON Lines, binary for Parquet)
         self.stream, self.fmt, self.names = stream, fmt, list(class_names)
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
@@ -58,19 +82,14 @@ class ResultWriter:
             self._writer.close()
 
     # -- Parquet ---------------------------------------------------------------------------------
-    def _parquet_open(self, target):
+    def _parquet_open(self, stream):
         import pyarrow as pa
-        import pyarrow.fs as pafs
         import pyarrow.parquet as pq
         self._pa = pa
         self.schema = pa.schema([("path", pa.string()), ("label", pa.string())] +
                                 [(f"p_{n}", pa.float64()) for n in self.names] +
                                 [("error", pa.string())])
-        if isinstance(target, str) and "://" in target:
-            fs, path = pafs.FileSystem.from_uri(target)
-            self._writer = pq.ParquetWriter(path, self.schema, filesystem=fs)
-        else:  # a local path or an open binary stream
-            self._writer = pq.ParquetWriter(target, self.schema)
+        self._writer = pq.ParquetWriter(stream, self.schema)
         self._rows = []
 
     def _parquet_flush(self):
