@@ -10,7 +10,6 @@ from .errors import InputError
 from .preprocess import check_radiograph, preprocess_into
 
 
-
 class Encoded(NamedTuple):
     """A file's contents and the name (path or URI) results and errors give it: bytes read
     elsewhere (by Ray's readers, from object storage) scored exactly as the file would be."""
