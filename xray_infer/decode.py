@@ -169,24 +169,33 @@ def _too_large(source, size):
     return DecodeError(source, f"file is {size:,} bytes, over the limit of {MAX_FILE_BYTES:,}")
 
 
+def _checked_stat(path):
+    """A directory or a file over MAX_FILE_BYTES is a DecodeError; OSError passes through."""
+    if os.path.isdir(path):
+        raise DecodeError(path, "is a directory, not an image file")
+    size = os.stat(path).st_size
+    if size > MAX_FILE_BYTES:
+        raise _too_large(path, size)
+
+
+def _read_error(path, e):
+    if isinstance(e, FileNotFoundError):
+        return DecodeError(path, "no such file")
+    if isinstance(e, PermissionError):
+        return DecodeError(path, "permission denied")
+    return DecodeError(path, f"cannot read file: {e.strerror or e}")
+
+
 def check_file(path):
     """Raise the DecodeError ``read_image`` would raise before decoding: ``path`` is a
     directory, missing, larger than MAX_FILE_BYTES or unreadable. Lets a caller that hands the
     reading to others (the Ray engine) report those inputs exactly as ``read_image`` does."""
     path = os.fspath(path)
     try:
-        if os.path.isdir(path):
-            raise DecodeError(path, "is a directory, not an image file")
-        st = os.stat(path)
-        if st.st_size > MAX_FILE_BYTES:
-            raise _too_large(path, st.st_size)
+        _checked_stat(path)
         open(path, "rb").close()
-    except FileNotFoundError:
-        raise DecodeError(path, "no such file") from None
-    except PermissionError:
-        raise DecodeError(path, "permission denied") from None
     except OSError as e:
-        raise DecodeError(path, f"cannot read file: {e.strerror or e}") from None
+        raise _read_error(path, e) from None
 
 
 def read_image(path):
@@ -203,10 +212,10 @@ def read_image(path):
         or not an image OpenCV can decode. The error names the file.
     """
     path = os.fspath(path)
-    check_file(path)
     try:
+        _checked_stat(path)
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)  # a file that grew since the check stays bounded
-    except OSError as e:  # removed or changed since the check
-        raise DecodeError(path, f"cannot read file: {e.strerror or e}") from None
+    except OSError as e:
+        raise _read_error(path, e) from None
     return decode_bytes(data, path)

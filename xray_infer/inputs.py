@@ -54,7 +54,7 @@ def _expand_uri(uri, recursive):
     except (OSError, ValueError) as e:  # unknown scheme, no credentials, unreachable store
         raise UsageError(f"{uri}: cannot list: {e}") from None
     scheme = uri.split("://", 1)[0]
-    return [f"{scheme}://{p}" if scheme != "file" else f"file://{p}" for p in paths]
+    return [f"{scheme}://{p}" for p in paths]
 
 
 def collect_inputs(sources, recursive=False):
