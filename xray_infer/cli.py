@@ -331,8 +331,6 @@ class _Engine:
     def results(self, files):
         if self.clf is not None:
             return self.clf.iter_classify(files)
-        if not files:  # everything was already in the resumed file
-            return iter(())
         from . import distributed
         a = self.args
         return distributed.iter_results(
