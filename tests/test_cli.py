@@ -192,32 +192,45 @@ def test_an_input_reached_twice_gets_one_row(folder):
 @pytest.mark.slow
 def test_interrupt_exits_130_and_resume_completes(tmp_path):
     """SIGINT mid-run: exit status 130, every written row complete; --resume then scores
-    each remaining input exactly once."""
+    each remaining input exactly once.
+
+    The run is held in progress by a named pipe among its inputs: it cannot be read (nor the
+    rows after it written) until the test opens the pipe, after the signal, so the signal
+    always arrives mid-run, however fast the machine."""
     import os
     import signal
     import time
-    scans = tmp_path / "many"
-    scans.mkdir()
     samples = sorted(SAMPLES.glob("*.jpeg"))
-    for i in range(400):
-        os.symlink(samples[i % len(samples)], scans / f"{i:04d}.jpeg")
+    before, after = tmp_path / "a", tmp_path / "b"
+    for folder, n in ((before, 12), (after, 388)):
+        folder.mkdir()
+        for i in range(n):
+            os.symlink(samples[i % len(samples)], folder / f"{i:04d}.jpeg")
+    gate = tmp_path / "gate.jpeg"
+    os.mkfifo(gate)
     out = tmp_path / "out.csv"
-    proc = subprocess.Popen([sys.executable, "-m", "xray_infer", "classify", str(scans), "-o",
-                             str(out), "--batch-size", "4", "-q"],
+    proc = subprocess.Popen([sys.executable, "-m", "xray_infer", "classify", str(before),
+                             str(gate), str(after), "-o", str(out), "--batch-size", "4", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 6):
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 13):
+        assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
+    assert out.read_text().count("\n") == 13  # header + the 12 inputs before the pipe
     proc.send_signal(signal.SIGINT)
+    with open(gate, "wb") as f:  # release the reader blocked on the pipe, so the run can end
+        f.write(samples[0].read_bytes())
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     rows = list(csv.DictReader(out.open()))
-    assert 5 <= len(rows) < 400 and all(r["label"] for r in rows)
-    p = run("classify", scans, "-o", out, "--resume", "--batch-size", "64")
+    assert 12 <= len(rows) < 401 and all(r["label"] for r in rows)
+    gate.unlink()
+    shutil.copy(samples[0], gate)  # the same input, now a file the resumed run can read
+    p = run("classify", before, gate, after, "-o", out, "--resume", "--batch-size", "64")
     assert p.returncode == 0, p.stderr
     paths = [r["path"] for r in csv.DictReader(out.open())]
-    assert len(paths) == 400 and len(set(paths)) == 400
+    assert len(paths) == 401 and len(set(paths)) == 401
 
 
 def test_explicit_bad_file_is_reported_not_dropped(tmp_path):
