@@ -487,24 +487,99 @@ def _peer(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _port(text):
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return int(text)
+
+
+def _ae_title(text):
+    from .node.policy import check_ae_title
+    try:
+        return check_ae_title(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _caller(text):
+    from .node.policy import Caller
+    try:
+        return Caller.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _whole(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _readable_file(text):
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not a readable file")
+    return text
+
+
 def _dicom_networking():
     try:
         import highdicom  # noqa: F401
+        import prometheus_client  # noqa: F401
         import pynetdicom  # noqa: F401
     except ImportError:
-        raise UsageError("DICOM networking needs pynetdicom and highdicom: "
+        raise UsageError("DICOM networking needs pynetdicom, highdicom and prometheus_client: "
                          "pip install 'xray-infer[dicom]'") from None
+
+
+def _tls(args, prefix, server):
+    """An SSLContext from --{prefix}cert/key/ca (all three or none), or None."""
+    names = [f"{prefix}tls_{k}" for k in ("cert", "key", "ca")]
+    values = [getattr(args, n) for n in names]
+    if not any(values):
+        return None
+    flags = ["--" + n.replace("_", "-") for n in names]
+    if not all(values):
+        raise UsageError(f"TLS needs all of {', '.join(flags)}")
+    import ssl
+    from .node.network import tls_context
+    try:
+        return tls_context(*values, server=server)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"{', '.join(flags)}: {e}") from None
+
+
+def _setup_node_logging(path, verbose):
+    """One log line per event on stderr (and ``path``). pydicom's and highdicom's chatter, and
+    warnings, are off unless ``verbose``: they quote values from the objects (patient data)."""
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if path:
+        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("pynetdicom", "pydicom", "highdicom", "py.warnings"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    logging.captureWarnings(True)
+
+
+def _dicom_files(paths, recursive):
+    """The files ``send`` sends: those collect_inputs finds, and in folders also files without
+    an image extension that carry the DICM marker (archives often name them by UID alone)."""
+    from .inputs import dicom_files
+    files, _ = collect_inputs(paths, recursive)
+    extra = dicom_files(paths, recursive)
+    return files + [f for f in extra if f not in set(files)]
 
 
 def cmd_send(args):
     _dicom_networking()
-    files, _ = collect_inputs(args.paths, args.recursive)
+    files = _dicom_files(args.paths, args.recursive)
     if not files:
-        raise UsageError("no files to send")
+        raise UsageError(f"no files to send: {', '.join(args.paths)} hold(s) no DICOM files")
+    tls = _tls(args, "", server=False)
     from .node import AssociationError, send
+    report = (lambda line: None) if args.quiet else print
     try:
-        outcome = send(files, args.to, ae_title=args.ae_title,
-                       report=(lambda line: None) if args.quiet else print)
+        outcome = send(files, args.to, ae_title=args.ae_title, report=report, tls=tls)
     except AssociationError as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_INPUT_FAILED
@@ -515,26 +590,46 @@ def cmd_send(args):
     return EXIT_INPUT_FAILED if refused else EXIT_OK
 
 
+def _listen_plan(args):
+    """Everything ``listen`` needs, checked before the model loads (UsageError otherwise)."""
+    from .node.policy import Allowlist, Limits
+    from .node.spool import Spool
+    if not args.allow and not args.allow_any:
+        raise UsageError("say who may send: --allow AET@HOST (repeatable), or --allow-any to "
+                         "admit every peer that can reach the port")
+    if args.allow and args.allow_any:
+        raise UsageError("--allow and --allow-any contradict each other")
+    if args.model and not os.path.isfile(args.model):
+        raise UsageError(f"--model {args.model}: no such file")
+    allow = Allowlist(tuple(args.allow or ()), any=args.allow_any)
+    try:
+        allow = allow.resolved()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    limits = Limits(max_associations=args.max_associations, max_per_peer=args.max_per_peer,
+                    max_object_mb=args.max_object_mb, min_free_mb=args.min_free_mb,
+                    max_refusals=args.max_refusals)
+    try:
+        Spool(args.spool, limits.min_free_mb * 2 ** 20).check_writable()
+    except OSError as e:
+        raise UsageError(f"--spool {args.spool}: not usable: {e}") from None
+    return allow, limits, _tls(args, "", server=True), _tls(args, "forward_", server=False)
+
+
 def cmd_listen(args):
     import signal
     import threading
     _dicom_networking()
     _positive("--batch-size", args.batch_size)
-    if args.model and not os.path.isfile(args.model):
-        raise UsageError(f"--model {args.model}: no such file")
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if args.log:
-        handlers.append(logging.FileHandler(args.log, encoding="utf-8"))
-    logging.basicConfig(level=logging.INFO, handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.captureWarnings(True)
+    allow, limits, tls, forward_tls = _listen_plan(args)
+    _setup_node_logging(args.log, args.verbose)
     _quiet_opencv()
     from .errors import XrayInferError
     from .node import Node
     try:
-        node = Node(args.port, args.forward, args.spool, ae_title=args.ae_title, host=args.host,
-                    batch_size=args.batch_size, model=args.model)
+        node = Node(args.port, args.forward, args.spool, allow, ae_title=args.ae_title,
+                    host=args.host, batch_size=args.batch_size, model=args.model, limits=limits,
+                    tls=tls, forward_tls=forward_tls, metrics_port=args.metrics_port)
     except XrayInferError as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -555,6 +650,16 @@ def cmd_listen(args):
         return EXIT_USAGE
     node.wait()
     return EXIT_OK
+
+
+def _tls_options(parser, prefix="", what="this end"):
+    flag = f"--{prefix}tls-"
+    parser.add_argument(flag + "cert", type=_readable_file, metavar="FILE",
+                        help=f"TLS: {what}'s certificate (PEM); with the key and CA, DICOM TLS")
+    parser.add_argument(flag + "key", type=_readable_file, metavar="FILE",
+                        help=f"TLS: {what}'s private key (PEM)")
+    parser.add_argument(flag + "ca", type=_readable_file, metavar="FILE",
+                        help="TLS: the CA a peer's certificate must be signed by (PEM)")
 
 
 def build_parser():
@@ -609,25 +714,58 @@ def build_parser():
                    help="write library warnings and per-input failures here")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     c.set_defaults(fn=cmd_classify)
+    from .node.policy import DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE as NODE_BATCH, DEFAULT_HOST
+    from .node.policy import Limits
     n = sub.add_parser("send", help="send DICOM files to a DICOM node or PACS (C-STORE)")
     n.add_argument("paths", nargs="+", metavar="PATH")
     n.add_argument("--to", required=True, type=_peer, metavar="HOST:PORT[:AET]")
-    n.add_argument("--ae-title", default="XRAYINFER", help="this sender's AE title")
+    n.add_argument("--ae-title", type=_ae_title, default=DEFAULT_AE_TITLE,
+                   help="this sender's AE title")
     n.add_argument("-r", "--recursive", action="store_true")
     n.add_argument("-q", "--quiet", action="store_true")
+    _tls_options(n)
     n.set_defaults(fn=cmd_send)
+    d = Limits()
     li = sub.add_parser("listen", help="a DICOM node: receive radiographs, classify them, "
-                                       "forward SR + Secondary Capture results")
-    li.add_argument("--port", type=int, required=True)
-    li.add_argument("--host", default="0.0.0.0", help="interface to listen on")
-    li.add_argument("--ae-title", default="XRAYINFER")
+                                       "forward SR + Secondary Capture results",
+                        description="Only callers named with --allow may associate. See the "
+                                    "README, 'Deploying the node'.")
+    li.add_argument("--port", type=_port, required=True)
+    li.add_argument("--host", default=DEFAULT_HOST,
+                    help=f"interface to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)")
+    li.add_argument("--ae-title", type=_ae_title, default=DEFAULT_AE_TITLE,
+                    help="this node's AE title; a caller must call it by this name")
+    li.add_argument("--allow", action="append", type=_caller, metavar="AET@HOST",
+                    help="a caller that may associate (repeatable); HOST an address or name")
+    li.add_argument("--allow-any", action="store_true",
+                    help="admit any caller that can reach the port (logged as a warning)")
     li.add_argument("--forward", required=True, type=_peer, metavar="HOST:PORT[:AET]",
                     help="where the results go (a PACS)")
     li.add_argument("--spool", default="xray-infer-spool",
                     help="received instances wait here until their results are delivered")
-    li.add_argument("--batch-size", type=int, default=8)
+    li.add_argument("--batch-size", type=int, default=NODE_BATCH)
     li.add_argument("--model")
+    li.add_argument("--max-associations", type=_whole, default=d.max_associations,
+                    help=f"associations open at once, all callers (default {d.max_associations})")
+    li.add_argument("--max-per-peer", type=_whole, default=d.max_per_peer,
+                    help=f"connections open at once from one address (default {d.max_per_peer})")
+    li.add_argument("--max-object-mb", type=_whole, default=d.max_object_mb,
+                    help=f"largest data set received, and declared image (default "
+                         f"{d.max_object_mb})")
+    li.add_argument("--min-free-mb", type=int, default=d.min_free_mb,
+                    help=f"disk space kept free in the spool; below it instances are refused "
+                         f"as retryable (default {d.min_free_mb})")
+    li.add_argument("--max-refusals", type=_whole, default=d.max_refusals,
+                    help=f"times the destination may refuse an instance's results before it is "
+                         f"quarantined in the spool's failed/ (default {d.max_refusals})")
+    li.add_argument("--metrics-port", type=_port,
+                    help="serve Prometheus /metrics and /healthz on this port (on --host)")
+    _tls_options(li)
+    _tls_options(li, "forward-", "the forward connection")
     li.add_argument("--log", metavar="FILE", help="also write the log here")
+    li.add_argument("-v", "--verbose", action="store_true",
+                    help="also log pydicom's, highdicom's and pynetdicom's messages (they may "
+                         "quote values from the objects)")
     li.set_defaults(fn=cmd_listen)
     i = sub.add_parser("info", help="show the model's metadata and the available providers")
     i.add_argument("--model")

@@ -41,8 +41,46 @@ def model_digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+#: Identifiers a result cannot do without: it must land in the source's patient, study and
+#: series, and reference the source instance.
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: Type 2 patient and study attributes (PS3.3 C.7.1.1, C.7.2.1) the results copy: an absent
+#: one is copied as empty, as the standard allows.
+COPIED_TYPE_2 = ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                 "AccessionNumber", "ReferringPhysicianName", "StudyID")
+
+
+def source_problem(source, is_uid):
+    """Why results cannot be built for ``source`` (a reason that names no value), or None."""
+    for keyword in REQUIRED_UIDS:
+        if keyword not in source:
+            return f"no {keyword}"
+        if not is_uid(str(source[keyword].value)):
+            return f"{keyword} is not a valid UID (PS3.5 9.1)"
+    if not str(source.get("PatientID", "") or "").strip():
+        return "no PatientID: a result could not be filed with its patient"
+    if not str(source.get("Modality", "") or "").strip():
+        return "no Modality"
+    return None
+
+
+def is_own_result(ds, digest):
+    """Whether ``ds`` is a Secondary Capture this model wrote: its instance UID is the one
+    derived from the source it references (see ``result_uids``), not just a name it carries."""
+    try:
+        source = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+    except (AttributeError, IndexError, KeyError):
+        return False
+    return str(ds.get("SOPInstanceUID", "")) == generate_uid(entropy_srcs=[source, digest, "SC"])
+
+
 def results_for(source, result, pixels, maxval, spec, digest):
     """(SR, SC) for one classified source dataset."""
+    missing = [k for k in COPIED_TYPE_2 if k not in source]
+    if missing:
+        source = Dataset(source)  # a new element dict: the caller's dataset is left as it was
+        for k in missing:
+            setattr(source, k, "")
     return (structured_report(source, result, spec, digest),
             secondary_capture(source, result, pixels, maxval, digest))
 

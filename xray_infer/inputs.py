@@ -57,6 +57,26 @@ def _expand_uri(uri, recursive):
     return [f"{scheme}://{p}" for p in paths]
 
 
+def dicom_files(sources, recursive=False):
+    """Files in the folders among ``sources`` that have no image extension but start as DICOM
+    files do (128 bytes, then ``DICM``): archives often name instances by their UID alone."""
+    found = []
+    for source in map(os.fspath, sources):
+        if is_uri(source) or not os.path.isdir(source):
+            continue
+        walker = Path(source).rglob("*") if recursive else Path(source).iterdir()
+        for f in sorted(walker):
+            if _has_image_extension(f.name) or not f.is_file():
+                continue
+            try:
+                with open(f, "rb") as fh:
+                    if fh.read(132)[128:] == b"DICM":
+                        found.append(str(f))
+            except OSError:
+                pass
+    return found
+
+
 def collect_inputs(sources, recursive=False):
     """Expand files, folders and URIs into a list of inputs (folders: sorted, by extension).
 
