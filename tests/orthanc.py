@@ -32,7 +32,7 @@ def wait_port(port, timeout=60, proc=None):
 
 
 class Orthanc:
-    def __init__(self, folder, modalities=None, aet="ORTHANC", dicom_port=None):
+    def __init__(self, folder, modalities=None, aet="ORTHANC", dicom_port=None, extra=None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.aet, self.http_port = aet, free_port()
@@ -42,7 +42,7 @@ class Orthanc:
                   "DicomPort": self.dicom_port, "DicomAet": aet, "DicomCheckCalledAet": True,
                   "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
                   "DicomModalities": modalities or {}, "Plugins": [], "StableAge": 1,
-                  "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True}
+                  "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, **(extra or {})}
         self.config = self.folder / "orthanc.json"
         self.config.write_text(json.dumps(config, indent=1))
         self.proc = None

@@ -1,93 +1,21 @@
 """The DICOM node against a real PACS: Orthanc, started here on loopback ports."""
 import io
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("pynetdicom")
 
-from orthanc import BINARY, Orthanc, free_port, wait_port  # noqa: E402
-from test_dicom import write_dicom  # noqa: E402
+from dicomnet import NODE_AET, NodeProcess, chest_dicoms, send, wait_for  # noqa: E402
+from orthanc import BINARY, Orthanc, free_port  # noqa: E402
 
 from xray_infer import classify  # noqa: E402
-from xray_infer.decode import read_image  # noqa: E402
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason="Orthanc is not installed (Debian: "
                                 "apt-get install orthanc; tests/system-packages.sh does it)")
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = sorted((ROOT / "xray_infer" / "samples").glob("*.jpeg"))
-NODE_AET = "XRAYINFER"
-
-
-def chest_dicoms(folder, n, patient):
-    """``n`` DX instances of the sample scans, one study, unique UIDs, patient ``patient``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study = pydicom.uid.generate_uid()
-    series = pydicom.uid.generate_uid()
-    out = []
-    for i in range(n):
-        scan = SAMPLES[i % len(SAMPLES)]
-        out.append(write_dicom(
-            folder / f"{patient}-{i:03d}.dcm", read_image(scan).pixels, 8, PatientName="Test^Child",
-            PatientID=patient, PatientBirthDate="20200101", PatientSex="O", StudyInstanceUID=study,
-            SeriesInstanceUID=series, StudyDate="20260101", StudyTime="120000",
-            AccessionNumber=patient[:16], ReferringPhysicianName="", StudyID="1", SeriesNumber=1,
-            InstanceNumber=i + 1))
-    return out
-
-
-class NodeProcess:
-    def __init__(self, folder, forward_port, forward_aet="ORTHANC", port=None, extra=(),
-                 allow=("XRAYINFER@127.0.0.1", "ORTHANC@localhost")):
-        self.port = port or free_port()
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        self.spool = Path(folder) / "spool"
-        self.log = Path(folder) / "node.log"
-        self.args = [sys.executable, "-m", "xray_infer", "listen", "--host", "127.0.0.1",
-                     "--port", str(self.port), "--ae-title", NODE_AET, "--forward",
-                     f"127.0.0.1:{forward_port}:{forward_aet}", "--spool", str(self.spool),
-                     "--batch-size", "4", *[f"--allow={a}" for a in allow], *map(str, extra)]
-        self.proc = None
-
-    def start(self):
-        self.out = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=self.out, stderr=subprocess.STDOUT)
-        # Ready when it says so: a probe connection would hold one of this host's connection
-        # slots until the node's ACSE timeout ends it.
-        wait_for(lambda: self.proc.poll() is not None or "listening as" in self.log.read_text(),
-                 timeout=120, what="the node listening")
-        assert self.proc.poll() is None, self.log.read_text()
-        return self
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(60)
-        return self.proc.returncode
-
-    def spooled(self):
-        return sorted((self.spool / "incoming").glob("*.dcm"))
-
-
-def send(paths, port, aet):
-    return subprocess.run([sys.executable, "-m", "xray_infer", "send", *map(str, paths), "--to",
-                           f"127.0.0.1:{port}:{aet}"], capture_output=True, text=True,
-                          timeout=600)
-
-
-def wait_for(predicate, timeout=180, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not met after {timeout} s")
 
 
 def sr_finding(orthanc, instance_id):

@@ -608,7 +608,7 @@ def _listen_plan(args):
         raise UsageError(str(e)) from None
     limits = Limits(max_associations=args.max_associations, max_per_peer=args.max_per_peer,
                     max_object_mb=args.max_object_mb, min_free_mb=args.min_free_mb,
-                    max_refusals=args.max_refusals)
+                    max_refusals=args.max_refusals, network_timeout=args.idle_timeout)
     try:
         Spool(args.spool, limits.min_free_mb * 2 ** 20).check_writable()
     except OSError as e:
@@ -758,6 +758,9 @@ def build_parser():
     li.add_argument("--max-refusals", type=_whole, default=d.max_refusals,
                     help=f"times the destination may refuse an instance's results before it is "
                          f"quarantined in the spool's failed/ (default {d.max_refusals})")
+    li.add_argument("--idle-timeout", type=_whole, default=int(d.network_timeout),
+                    help=f"seconds an association may stay silent before it is closed "
+                         f"(default {d.network_timeout:g})")
     li.add_argument("--metrics-port", type=_port,
                     help="serve Prometheus /metrics and /healthz on this port (on --host)")
     _tls_options(li)

@@ -64,6 +64,17 @@ def source_problem(source, is_uid):
     return None
 
 
+def check_buildable(source, spec, digest):
+    """Raise what building the results for ``source`` would raise (a malformed date, a value
+    highdicom refuses), by building them for a placeholder result on a small image: what the
+    node checks before it acknowledges an instance."""
+    from .classifier import Result
+    names = list(spec.class_names)
+    placeholder = Result("<check>", names[0], {n: 1.0 / len(names) for n in names},
+                         heatmap=np.zeros((64, 64), np.float32))
+    results_for(source, placeholder, np.zeros((64, 64), np.float32), 1.0, spec, digest)
+
+
 def is_own_result(ds, digest):
     """Whether ``ds`` is a Secondary Capture this model wrote: its instance UID is the one
     derived from the source it references (see ``result_uids``), not just a name it carries."""

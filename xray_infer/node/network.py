@@ -7,11 +7,11 @@ the server here does the handshake in the connection's own thread under a timeou
 connections per address, and refuses PDUs longer than it negotiated.
 """
 import logging
-import socket
 import ssl
 import threading
 from collections import Counter
 
+from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from .policy import printable
@@ -71,6 +71,9 @@ def associate(ae, peer, tls=None):
             if rj is not None else "no reason given"
         raise AssociationError(f"{peer} rejected the association: {reason} (this end calls "
                                f"itself {ae.ae_title} and called {peer.ae_title})")
+    if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
+        kinds = sorted({cx.abstract_syntax.name for cx in assoc.rejected_contexts})
+        raise AssociationError(f"{peer} accepts none of what was offered: {', '.join(kinds)}")
     raise AssociationError(f"no association with {peer} (not running, not reachable, or it "
                            f"refused the connection or the TLS handshake)")
 
@@ -100,8 +103,14 @@ class _Handler(RequestHandler):
                 self.refused = True
 
     def handle(self):
-        if not self.refused:
-            super().handle()
+        # As RequestHandler.handle, then wait for the association to end: the connection holds
+        # its slot in the per-address count until then.
+        if self.refused:
+            return
+        assoc = self._create_association()
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        assoc.join()
 
     def _create_association(self):
         assoc = super()._create_association()
@@ -136,18 +145,17 @@ class GuardedServer(ThreadedAssociationServer):
             self._hosts[request] = host
         return True
 
-    def shutdown_request(self, request):
-        with self._lock:  # called twice per connection (pynetdicom, socketserver): count once
-            host = self._hosts.pop(request, None)
-            if host is not None:
-                self._open[host] -= 1
-                if self._open[host] <= 0:
-                    del self._open[host]
+    def process_request_thread(self, request, client_address):
         try:
-            request.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        request.close()
+            super().process_request_thread(request, client_address)
+        finally:  # however the connection ended (pynetdicom does not always close it here)
+            with self._lock:
+                host = self._hosts.pop(request, None)
+                if host is not None:
+                    self._open[host] -= 1
+                    if self._open[host] <= 0:
+                        del self._open[host]
+            self.shutdown_request(request)
 
     def handle_error(self, request, client_address):
         log.warning("connection from %s ended with an error", client_address[0], exc_info=True)

@@ -21,7 +21,8 @@ from pynetdicom.sop_class import (ComprehensiveSRStorage, ComputedRadiographyIma
 
 from ..classifier import Classifier
 from ..decode import decode_bytes
-from ..dicom_results import is_own_result, model_digest, results_for, source_problem
+from ..dicom_results import (check_buildable, is_own_result, model_digest, results_for,
+                             source_problem)
 from ..errors import InputError
 from ..preprocess import check_radiograph
 from .metrics import NodeMetrics
@@ -116,6 +117,7 @@ class Node:
                 self._visits[assoc] = visit
             return
         assoc.acse.send_reject(*rsd)
+        assoc.kill()  # waits until the A-ASSOCIATE-RJ is sent, as pynetdicom's own rejections do
         self.metrics.refused.labels(reason).inc()
         self.metrics.associations.labels("rejected").inc()
         log.warning("association from %s rejected: %s", visit.who, why)
@@ -206,6 +208,11 @@ class Node:
         if problem:
             raise _Refused("identifiers", problem)
         try:
+            check_buildable(ds, self.classifier.spec, self.digest)
+        except Exception as e:  # the type only: messages quote values (patient data)
+            raise _Refused("identifiers", f"results cannot be built from its header "
+                                          f"({type(e).__name__})") from None
+        try:
             rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
             depth = int(ds.get("SamplesPerPixel", 1)) * -(-int(ds.get("BitsAllocated", 16)) // 8)
         except (TypeError, ValueError):
@@ -271,7 +278,7 @@ class Node:
                 sr, sc = results_for(source, r, scan.pixels, scan.maxval, self.classifier.spec,
                                      self.digest)
             except Exception as e:  # checked before the acknowledgement; kept as a backstop
-                self._quarantine(path, f"results not built: {type(e).__name__}: {e}")
+                self._quarantine(path, f"results not built: {type(e).__name__}")
                 continue
             ready.append((path, uid, r.label, sr, sc))
         return ready
@@ -358,9 +365,9 @@ class Node:
     # -- running -------------------------------------------------------------------------------
     def start(self):
         """Process what the spool already holds, then accept associations."""
-        if self.spool.swept:
-            log.info("removed %d partial file(s) an earlier run left in the spool",
-                     self.spool.swept)
+        swept = self.spool.sweep()
+        if swept:
+            log.info("removed %d partial file(s) an earlier run left in the spool", swept)
         ae = self._ae = AE(ae_title=self.ae_title)
         for sop_class in RADIOGRAPH_CLASSES:
             ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)

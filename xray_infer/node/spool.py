@@ -41,10 +41,9 @@ class Spool:
         for d in (self.root, self.incoming, self.failed):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(d, 0o700)
-        self.swept = self._sweep()
 
-    def _sweep(self):
-        """Remove temporary files a crash left behind; returns how many."""
+    def sweep(self):
+        """Remove temporary files a crash left behind (call before receiving); how many."""
         n = 0
         for d in (self.incoming, self.failed):
             for tmp in d.glob(f".*{TMP_SUFFIX}"):

@@ -1,0 +1,134 @@
+"""Helpers for the DICOM node tests: instances to send, the node as a process, the sender, and
+a pynetdicom Storage SCP as a destination whose answers a test chooses."""
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+from test_dicom import write_dicom
+
+from orthanc import free_port
+from xray_infer.decode import read_image
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = sorted((ROOT / "xray_infer" / "samples").glob("*.jpeg"))
+NODE_AET = "XRAYINFER"
+
+
+def chest_dicoms(folder, n, patient):
+    """``n`` DX instances of the sample scans, one study, unique UIDs, patient ``patient``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = pydicom.uid.generate_uid()
+    series = pydicom.uid.generate_uid()
+    out = []
+    for i in range(n):
+        scan = SAMPLES[i % len(SAMPLES)]
+        out.append(write_dicom(
+            folder / f"{patient}-{i:03d}.dcm", read_image(scan).pixels, 8, PatientName="Test^Child",
+            PatientID=patient, PatientBirthDate="20200101", PatientSex="O", StudyInstanceUID=study,
+            SeriesInstanceUID=series, StudyDate="20260101", StudyTime="120000",
+            AccessionNumber=patient[:16], ReferringPhysicianName="", StudyID="1", SeriesNumber=1,
+            InstanceNumber=i + 1))
+    return out
+
+
+class NodeProcess:
+    def __init__(self, folder, forward_port, forward_aet="ORTHANC", port=None, extra=(),
+                 allow=("XRAYINFER@127.0.0.1", "ORTHANC@localhost")):
+        self.port = port or free_port()
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        self.spool = Path(folder) / "spool"
+        self.log = Path(folder) / "node.log"
+        self.args = [sys.executable, "-m", "xray_infer", "listen", "--host", "127.0.0.1",
+                     "--port", str(self.port), "--ae-title", NODE_AET, "--forward",
+                     f"127.0.0.1:{forward_port}:{forward_aet}", "--spool", str(self.spool),
+                     "--batch-size", "4", *[f"--allow={a}" for a in allow], *map(str, extra)]
+        self.proc = None
+
+    def start(self):
+        self.out = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=self.out, stderr=subprocess.STDOUT)
+        # Ready when it says so: a probe connection would hold one of this host's connection
+        # slots until the node's ACSE timeout ends it.
+        wait_for(lambda: self.proc.poll() is not None or "listening as" in self.log.read_text(),
+                 timeout=120, what="the node listening")
+        assert self.proc.poll() is None, self.log.read_text()
+        return self
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(60)
+        return self.proc.returncode
+
+    def spooled(self):
+        return sorted((self.spool / "incoming").glob("*.dcm"))
+
+
+def send(paths, port, aet, *options):
+    """``xray-infer send`` as a process; ``options`` such as ``--ae-title EVIL``."""
+    return subprocess.run([sys.executable, "-m", "xray_infer", "send", *map(str, paths), "--to",
+                           f"127.0.0.1:{port}:{aet}", *map(str, options)], capture_output=True,
+                          text=True, timeout=600)
+
+
+def wait_for(predicate, timeout=180, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not met after {timeout} s")
+
+
+class Destination:
+    """A Storage SCP in this process (pynetdicom): keeps what it stores, and answers a C-STORE
+    with ``answer(dataset)``'s status (0x0000 when None). ``abort_after``: abort the
+    association once that many instances arrived on it."""
+
+    def __init__(self, aet="DEST", answer=None, abort_after=None, port=None):
+        self.aet, self.port, self.answer = aet, port or free_port(), answer
+        self.abort_after = abort_after
+        self.stored, self.calls, self._lock = [], [], threading.Lock()
+        self._per_assoc = {}
+        ae = AE(ae_title=aet)
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event):
+        ds = event.dataset
+        with self._lock:
+            self.calls.append(ds)
+            n = self._per_assoc[event.assoc] = self._per_assoc.get(event.assoc, 0) + 1
+        if self.abort_after is not None and n > self.abort_after:
+            event.assoc.abort()
+            return 0xA700
+        status = self.answer(ds) if self.answer else None
+        if status is None:
+            with self._lock:
+                self.stored.append(ds)
+            return 0x0000
+        return status
+
+    def patients(self, modality):
+        with self._lock:
+            return [str(d.PatientID) for d in self.stored if d.Modality == modality]
+
+    def close(self):
+        self.server.shutdown()
+
+
+def status(code, comment=""):
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment
+    return ds

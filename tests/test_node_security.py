@@ -1,0 +1,493 @@
+"""The node as a hostile peer finds it: each test is one way in that used to work (path
+traversal, relaying for unknown callers, memory and connection exhaustion, poisoned retries,
+log forgery...). The peers are real: pynetdicom clients and servers, dcmtk's tools, and the node
+itself as a process on loopback. No Orthanc needed (test_node_tls.py covers it)."""
+import json
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("pynetdicom")
+
+from dicomnet import (NODE_AET, Destination, NodeProcess, chest_dicoms, send,  # noqa: E402
+                      status, wait_for)
+from orthanc import free_port  # noqa: E402
+from pydicom.uid import RLELossless, generate_uid  # noqa: E402
+from pynetdicom import AE  # noqa: E402
+from pynetdicom.sop_class import (DigitalXRayImageStorageForPresentation,  # noqa: E402
+                                  Verification)
+
+DX = DigitalXRayImageStorageForPresentation
+GOOD_PEER = "XRAYINFER@127.0.0.1"
+OTHER_PEER = "OTHER@127.0.0.2"  # another loopback address: another host, as the node sees it
+NODE_OPTIONS = ("--max-object-mb", 16, "--max-refusals", 2, "--idle-timeout", 3)
+
+
+def refuse_poison(ds):
+    """The destination refuses results for the patient POISON (a PACS that does not know it)."""
+    if str(ds.get("PatientID", "")) == "POISON":
+        return status(0xC001, "unknown patient")
+    return None
+
+
+@pytest.fixture(scope="module")
+def dest():
+    d = Destination(answer=refuse_poison)
+    yield d
+    d.close()
+
+
+@pytest.fixture(scope="module")
+def node(dest, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("node")
+    metrics = free_port()
+    n = NodeProcess(folder, dest.port, forward_aet=dest.aet, allow=(GOOD_PEER, OTHER_PEER),
+                    extra=(*NODE_OPTIONS, "--metrics-port", metrics))
+    n.metrics_port = metrics
+    n.start()
+    yield n
+    n.stop()
+
+
+def dataset(tmp_path, patient="SEC", **changes):
+    """A valid DX instance of a sample scan; ``changes`` set attributes (None deletes one)."""
+    ds = pydicom.dcmread(chest_dicoms(tmp_path / generate_uid()[-12:], 1, patient)[0])
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def ae(title="XRAYINFER"):
+    a = AE(ae_title=title)
+    a.add_requested_context(DX, pydicom.uid.ExplicitVRLittleEndian)
+    a.add_requested_context(DX, RLELossless)
+    a.add_requested_context(Verification)
+    a.acse_timeout = a.dimse_timeout = a.network_timeout = 30
+    return a
+
+
+def store(datasets, port, calling="XRAYINFER", called=NODE_AET, bind=None):
+    """Send ``datasets`` on one association; their (status, comment) pairs, or "rejected" /
+    "no association"."""
+    kwargs = {"bind_address": (bind, 0)} if bind else {}
+    assoc = ae(calling).associate("127.0.0.1", port, ae_title=called, **kwargs)
+    if not assoc.is_established:
+        return "rejected" if assoc.is_rejected else "no association"
+    out = []
+    try:
+        for ds in datasets:
+            rsp = assoc.send_c_store(ds)
+            out.append((int(rsp.Status), str(rsp.get("ErrorComment", ""))) if rsp and "Status"
+                       in rsp else (None, ""))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out
+
+
+def log_since(node, mark):
+    return node.log.read_text()[mark:]
+
+
+# -- 1: the spool file is named after a hash, never the UID's text ------------------------------
+def test_a_uid_that_is_a_path_is_refused_and_nothing_is_written_outside_the_spool(node, tmp_path):
+    target = node.spool.parent / "x"  # beside the spool: incoming/../../x
+    target.mkdir()
+    uid = "./../../x/PWNED"  # the old node wrote incoming/{uid}.dcm, that is x/PWNED.dcm
+    ds = dataset(tmp_path, SOPInstanceUID=uid)
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    [(code, comment)] = store([ds], node.port)
+    assert code == 0xC000 and "not a valid UID" in comment
+    assert list(target.iterdir()) == []
+    good = dataset(tmp_path)
+    assert store([good], node.port) == [(0, "")]
+    names = [p.name for p in (node.spool / "incoming").iterdir()] + \
+        [p.name for p in (node.spool / "failed").iterdir()]
+    assert all(str(good.SOPInstanceUID) not in n for n in names)  # hashed names only
+
+
+# -- 2: only listed callers; the called AE title must be the node's -----------------------------
+def test_unknown_callers_are_rejected_at_association_and_nothing_is_relayed(node, dest, tmp_path):
+    mark = len(node.log.read_text())
+    ds = dataset(tmp_path, "RELAY")
+    assert store([ds], node.port, calling="EVIL") == "rejected"
+    assert store([ds], node.port, bind="127.0.0.3") == "rejected"   # listed AE, other host
+    assert store([ds], node.port, calling="OTHER") == "rejected"    # OTHER is listed on .2 only
+    assert store([ds], node.port, called="ANY-SCP") == "rejected"
+    p = send([chest_dicoms(tmp_path / "f", 1, "RELAY")[0]], node.port, NODE_AET,
+             "--ae-title", "EVIL")
+    assert p.returncode == 1 and "calling AE title not recognised" in p.stderr
+    time.sleep(1)
+    assert not any(d.PatientID == "RELAY" for d in dest.calls)
+    log = log_since(node, mark)
+    assert "association from EVIL@127.0.0.1 rejected: not on the allowlist" in log
+    assert "association from XRAYINFER@127.0.0.3 rejected: not on the allowlist" in log
+    assert "called AE title ANY-SCP is not XRAYINFER" in log
+    assert store([ds], node.port, calling="OTHER", bind="127.0.0.2") == [(0, "")]
+
+
+def test_listen_needs_an_allowlist_and_listens_on_loopback_by_default(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "xray_infer", "listen", "--port", "4242",
+                        "--forward", "127.0.0.1:4243:PACS", "--spool", str(tmp_path / "s")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--allow AET@HOST" in p.stderr
+    assert not (tmp_path / "s").exists()  # nothing touched before the arguments are checked
+    from xray_infer.cli import build_parser
+    args = build_parser().parse_args(["listen", "--port", "1", "--forward", "h:2"])
+    assert args.host == "127.0.0.1"
+
+
+# -- 3: memory a peer chooses ---------------------------------------------------------------------
+def rle_bomb(tmp_path, rows, cols):
+    """A DX whose RLE pixel data (about 2 MB) decodes to rows x cols 16-bit zeros."""
+    run = b""
+    left = cols
+    while left:
+        k = min(left, 128)
+        run += bytes([257 - k, 0]) if k > 1 else b"\x00\x00"
+        left -= k
+    segment = run * rows
+    segment += b"\x00" * (len(segment) % 2)
+    header = struct.pack("<16L", 2, 64, 64 + len(segment), *[0] * 13)
+    ds = dataset(tmp_path, "BOMB")
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = rows, cols, 16, 16, 15
+    ds.PixelData = pydicom.encaps.encapsulate([header + segment * 2])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    return ds
+
+
+def peak_rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+
+def test_pixel_and_size_bombs_are_refused_before_memory_is_spent(node, tmp_path):
+    bomb = rle_bomb(tmp_path, 8000, 8000)  # 128 MB of pixels declared, 2 MB sent
+    big = dataset(tmp_path, "BIG")  # 24 MB of pixels sent, over the node's 16 MB limit
+    big.Rows, big.Columns, big.BitsAllocated, big.BitsStored, big.HighBit = 3000, 4000, 16, 12, 11
+    big.PixelData = np.zeros((3000, 4000), np.uint16).tobytes()
+    results = [None] * 4
+
+    def one(k):  # four at once: as many as one host may open
+        results[k] = store([bomb if k < 2 else big], node.port)
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(4)]
+    mark = len(node.log.read_text())
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results[:2] == [[(0xC000, "declared image over 16 MB")]] * 2, results
+    assert results[2:] == [[(None, "")]] * 2, results  # aborted while being received
+    assert log_since(node, mark).count("aborted: a data set over 16 MB") == 2
+    assert peak_rss_mb(node.proc.pid) < 1500
+    wait_for(lambda: store([], node.port) == [], timeout=60, what="the node taking calls again")
+    assert store([bomb], node.port) == [(0xC000, "declared image over 16 MB")]
+
+
+def test_other_sop_classes_are_refused_in_negotiation(node, tmp_path):
+    from pydicom.data import get_testdata_file
+    ct, sr = get_testdata_file("CT_small.dcm"), get_testdata_file("test-SR.dcm")
+    [dx] = chest_dicoms(tmp_path, 1, "NEGOTIATED")
+    p = send([ct, sr, dx], node.port, NODE_AET)
+    assert p.returncode == 1
+    assert p.stdout.count("not sent: No presentation context") == 2, p.stdout
+    assert f"{dx}: stored (0x0000)" in p.stdout
+    p = send([ct], node.port, NODE_AET)
+    assert p.returncode == 1 and "accepts none of what was offered: CT Image Storage" in p.stderr
+
+
+# -- 4: one host cannot lock everyone out ---------------------------------------------------------
+def test_idle_and_silent_connections_from_one_host_do_not_lock_out_others(node):
+    held = [ae().associate("127.0.0.1", node.port, ae_title=NODE_AET) for _ in range(6)]
+    try:
+        assert sum(a.is_established for a in held) == 4  # --max-per-peer default
+        silent = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(10)]
+        for s in silent:  # refused at once: the host's four connections are taken
+            s.settimeout(10)
+            assert s.recv(1) == b""
+            s.close()
+        other = ae("OTHER").associate("127.0.0.1", node.port, ae_title=NODE_AET,
+                                      bind_address=("127.0.0.2", 0))
+        assert other.is_established
+        assert other.send_c_echo().Status == 0
+        other.release()
+        # Idle associations are closed after --idle-timeout (3 s here).
+        wait_for(lambda: not any(a.is_established for a in held), timeout=60,
+                 what="idle associations closed")
+    finally:
+        for a in held:
+            if a.is_established:
+                a.release()
+
+
+def test_c_echo_answers_listed_callers_and_dcmtk_is_refused_under_another_title(node):
+    echoscu = shutil.which("echoscu")
+    if echoscu is None:
+        pytest.skip("dcmtk is not installed (Debian: apt-get install dcmtk)")
+    ok = subprocess.run([echoscu, "-aet", "XRAYINFER", "-aec", NODE_AET, "127.0.0.1",
+                         str(node.port)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run([echoscu, "-aet", "EVIL", "-aec", NODE_AET, "127.0.0.1",
+                          str(node.port)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "calling ae title not recognised" in bad.stderr.lower()
+
+
+def test_dcmtk_storescu_is_accepted_from_a_listed_caller(node, dest, tmp_path):
+    storescu = shutil.which("storescu")
+    if storescu is None:
+        pytest.skip("dcmtk is not installed (Debian: apt-get install dcmtk)")
+    [f] = chest_dicoms(tmp_path, 1, "DCMTK")
+    bad = subprocess.run([storescu, "-aet", "EVIL", "-aec", NODE_AET, "127.0.0.1",
+                          str(node.port), str(f)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0
+    ok = subprocess.run([storescu, "-aet", "XRAYINFER", "-aec", NODE_AET, "127.0.0.1",
+                         str(node.port), str(f)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    wait_for(lambda: "DCMTK" in dest.patients("SR"), timeout=120, what="the SR of DCMTK")
+
+
+# -- 5: a refused result is retried with backoff, then quarantined; the rest go on --------------
+def test_a_result_the_destination_refuses_does_not_hold_back_the_others(node, dest, tmp_path):
+    poison = dataset(tmp_path, "POISON")
+    good = [dataset(tmp_path, f"GOOD-{i}") for i in range(5)]
+    assert store([poison, *good], node.port) == [(0, "")] * 6
+    wait_for(lambda: all(f"GOOD-{i}" in dest.patients("SR") and f"GOOD-{i}" in
+                         dest.patients("OT") for i in range(5)), timeout=120, what="5 results")
+    failed = node.spool / "failed"
+    wait_for(lambda: any(failed.glob("*.json")), timeout=60, what="the poison quarantined")
+    note = json.loads(next(failed.glob("*.json")).read_text())
+    assert "0xC001 unknown patient" in note["reason"] and "2 times" in note["reason"]
+    assert len(list(failed.glob("*.dcm"))) == 1
+    time.sleep(3)
+    attempts = [d for d in dest.calls if d.PatientID == "POISON"]
+    assert len(attempts) == 2  # --max-refusals 2: tried twice, not every 2 s forever
+
+
+# -- 6: acknowledged means deliverable ------------------------------------------------------------
+@pytest.mark.parametrize("missing, reason", [("StudyInstanceUID", "no StudyInstanceUID"),
+                                             ("SeriesInstanceUID", "no SeriesInstanceUID"),
+                                             ("PatientID", "no PatientID")])
+def test_an_instance_its_results_could_not_be_filed_for_is_refused(node, tmp_path, missing,
+                                                                    reason):
+    before = set((node.spool / "incoming").iterdir())
+    [(code, comment)] = store([dataset(tmp_path, **{missing: None})], node.port)
+    assert code == 0xC000 and comment.startswith(reason)
+    assert set((node.spool / "incoming").iterdir()) <= before
+
+
+def test_a_result_without_type_2_attributes_is_still_delivered(node, dest, tmp_path):
+    ds = dataset(tmp_path, "NO-ACCESSION", AccessionNumber=None, ReferringPhysicianName=None)
+    assert store([ds], node.port) == [(0, "")]
+    wait_for(lambda: "NO-ACCESSION" in dest.patients("SR"), timeout=120, what="its SR")
+
+
+# -- 7: log lines a peer cannot write, without patient data -------------------------------------
+def test_log_lines_cannot_be_forged_and_carry_no_patient_data(node, tmp_path):
+    mark = len(node.log.read_text())
+    forged = dataset(tmp_path, SOPInstanceUID="1.2.3\n2026-01-01 00:00:00 INFO forged line")
+    assert store([forged], node.port)[0][0] == 0xC000
+    malformed = dataset(tmp_path, "MALFORMED", PatientBirthDate="2020XX01")
+    assert store([malformed], node.port) == [
+        (0xC000, "results cannot be built from its header (ValueError)")]
+    private = dataset(tmp_path, "PRIVATE-ID", PatientName="Secret^Name")
+    assert store([private], node.port) == [(0, "")]
+    wait_for(lambda: f"instance {private.SOPInstanceUID}: " in node.log.read_text(),
+             timeout=120, what="the instance forwarded")
+    log = log_since(node, mark)
+    assert "\\n2026-01-01 00:00:00 INFO forged line" in log
+    assert not any(line.startswith("2026-01-01 00:00:00 INFO forged") for line in
+                   log.splitlines())
+    for value in ("Secret", "2020XX01", "XX", "PRIVATE-ID", "MALFORMED"):
+        assert value not in log
+    assert "highdicom" not in log and "pydicom" not in log
+
+
+# -- 8 and 9: the spool -----------------------------------------------------------------------------
+def test_spool_files_are_private_and_partial_files_are_swept_at_start(dest, tmp_path):
+    folder = tmp_path / "n"
+    stale = folder / "spool" / "incoming" / ".abc.dcm.1.2.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half an instance")
+    n = NodeProcess(folder, free_port(), allow=(GOOD_PEER,)).start()  # destination down
+    try:
+        assert not stale.exists()
+        assert store([dataset(tmp_path)], n.port) == [(0, "")]
+        for d in (n.spool, n.spool / "incoming", n.spool / "failed"):
+            assert stat.S_IMODE(d.stat().st_mode) == 0o700
+        [f] = n.spooled()
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    finally:
+        n.stop()
+    assert "removed 1 partial file(s)" in n.log.read_text()
+
+
+def test_below_the_free_space_reserve_instances_are_refused_as_retryable(tmp_path):
+    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER,),
+                    extra=("--min-free-mb", 10 ** 9)).start()
+    try:
+        [(code, comment)] = store([dataset(tmp_path)], n.port)
+        assert code == 0xA700 and comment == "out of storage; retry later"
+        assert list((n.spool / "incoming").iterdir()) == []
+    finally:
+        n.stop()
+
+
+def test_a_spool_that_turns_read_only_sends_each_result_once_and_leaks_no_path(tmp_path):
+    if shutil.which("chattr") is None:
+        pytest.skip("chattr is not installed")
+    port = free_port()
+    n = NodeProcess(tmp_path / "n", port, forward_aet="DEST", allow=(GOOD_PEER,)).start()
+    incoming = n.spool / "incoming"
+    dest = None
+    try:
+        assert store([dataset(tmp_path, "RO")], n.port) == [(0, "")]
+        # Immutable: root cannot write or remove there either (file modes do not bind root).
+        if subprocess.run(["chattr", "+i", str(incoming)]).returncode != 0:
+            pytest.skip("this file system does not support the immutable attribute")
+        dest = Destination(port=port)
+        wait_for(lambda: len(dest.stored) == 2, timeout=120, what="SR and SC delivered")
+        [(code, comment)] = store([dataset(tmp_path, "RO-2")], n.port)
+        assert code == 0xA700 and "/" not in comment and str(n.spool) not in comment
+        time.sleep(5)
+        assert len(dest.calls) == 2  # delivered once, not every 2 s
+    finally:
+        subprocess.run(["chattr", "-i", str(incoming)])
+        n.stop()
+        if dest:
+            dest.close()
+    assert "cannot be removed from the spool" in n.log.read_text()
+
+
+# -- 12: send ---------------------------------------------------------------------------------------
+def test_send_to_a_peer_that_aborts_reports_every_file(tmp_path):
+    d = Destination(abort_after=2)
+    try:
+        files = chest_dicoms(tmp_path / "in", 4, "ABORT")
+        p = send(files, d.port, d.aet)
+        assert p.returncode == 1
+        assert p.stdout.count("stored (0x0000)") == 2, p.stdout
+        assert sum(str(f) in p.stdout for f in files) == 4  # each file reported
+        assert "2 stored, 2 not stored" in p.stderr and "Traceback" not in p.stderr
+    finally:
+        d.close()
+
+
+def test_send_finds_extensionless_dicom_files_and_holds_one_file_at_a_time(tmp_path):
+    d = Destination()
+    try:
+        folder = tmp_path / "archive"
+        folder.mkdir()
+        for i, f in enumerate(chest_dicoms(tmp_path / "in", 3, "NOEXT")):
+            shutil.move(f, folder / f"instance{i}")  # named by number alone, as archives do
+        (folder / "README").write_text("not DICOM")
+        p = send([folder], d.port, d.aet)
+        assert p.returncode == 0 and p.stdout.count("stored (0x0000)") == 3, p.stderr
+        # 30 files of 8 MB: memory stays near one file's, not 240 MB.
+        big = tmp_path / "big"
+        ds = dataset(tmp_path, "BIG-SEND")
+        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 2000, 2000, 16, 12, 11
+        ds.PixelData = np.zeros((2000, 2000), np.uint16).tobytes()
+        big.mkdir()
+        for i in range(30):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.save_as(big / f"{i}.dcm", enforce_file_format=True)
+        code = ("import resource, sys; from xray_infer.cli import main; rc = main(sys.argv[1:]); "
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+                "sys.exit(rc)")
+
+        def peak_mb(*paths):
+            p = subprocess.run([sys.executable, "-c", code, "send", *map(str, paths), "--to",
+                                f"127.0.0.1:{d.port}:{d.aet}", "-q"], capture_output=True,
+                               text=True, timeout=300)
+            assert p.returncode == 0, p.stderr
+            return int(p.stderr.split()[-1]) / 1024
+        one, thirty = peak_mb(big / "0.dcm"), peak_mb(big)
+        assert thirty - one < 60, (one, thirty)  # the 29 more files add up to 232 MB
+    finally:
+        d.close()
+
+
+# -- 13 and 14: operations --------------------------------------------------------------------------
+@pytest.mark.parametrize("option, message", [
+    (("--port", "70000"), "is not a port"),
+    (("--ae-title", "A" * 25), "is not an AE title"),
+    (("--spool", "/proc/none/spool"), "--spool /proc/none/spool: not usable"),
+    (("--allow", "nobody"), "is not AET@HOST"),
+    (("--tls-cert", "/etc/hostname"), "TLS needs all of"),
+])
+def test_listen_argument_errors_are_usage_errors_before_the_model_loads(option, message):
+    args = {"--port": "4242", "--forward": "127.0.0.1:4243:PACS", "--allow-any": None}
+    args.update(dict([option]))
+    argv = [a for k, v in args.items() for a in ((k,) if v is None else (k, v))]
+    p = subprocess.run([sys.executable, "-m", "xray_infer", "listen", *argv],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_sigterm_with_idle_associations_open_exits_promptly(tmp_path):
+    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER,)).start()
+    held = [ae().associate("127.0.0.1", n.port, ae_title=NODE_AET) for _ in range(2)]
+    assert all(a.is_established for a in held)
+    start = time.monotonic()
+    n.proc.send_signal(signal.SIGTERM)
+    n.proc.wait(30)
+    assert time.monotonic() - start < 10  # it waited out the 60 s network timeout before
+    assert n.proc.returncode == 0 and "stopped" in n.log.read_text()
+    wait_for(lambda: not any(a.is_established for a in held), timeout=10, what="aborted")
+
+
+def test_metrics_and_health(node):
+    base = f"http://127.0.0.1:{node.metrics_port}"
+    with urllib.request.urlopen(base + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    assert "xray_infer_node_received_total" in text
+    assert 'xray_infer_node_refused_total{reason="unknown_peer"}' in text
+    with urllib.request.urlopen(base + "/healthz", timeout=30) as r:
+        health = json.loads(r.read())
+    assert health["spool_writable"] is True
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(base + "/other", timeout=30)
+
+
+# -- 15: own results are known by their derived UIDs, not a name --------------------------------
+def test_own_results_are_recognised_by_uid_and_a_manufacturer_name_proves_nothing(node, dest,
+                                                                                   tmp_path):
+    ds = dataset(tmp_path, "NAMED", Manufacturer="xray-infer")
+    assert store([ds], node.port) == [(0, "")]
+    wait_for(lambda: "NAMED" in dest.patients("OT"), timeout=120, what="its results")
+    [sc] = [d for d in dest.stored if d.PatientID == "NAMED" and d.Modality == "OT"]
+    sc.file_meta = pydicom.dataset.FileMetaDataset()
+    sc.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    a = AE(ae_title="XRAYINFER")
+    a.add_requested_context(sc.SOPClassUID, pydicom.uid.ExplicitVRLittleEndian)
+    assoc = a.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    assert assoc.is_established
+    assert assoc.send_c_store(sc).Status == 0
+    assoc.release()
+    time.sleep(3)
+    assert dest.patients("OT").count("NAMED") == 1  # the SC sent back was not classified
+    assert f"instance {sc.SOPInstanceUID} is a result of this model" in node.log.read_text()
+
+
+def test_instance_files_never_carry_the_uid_text(node):
+    for f in (node.spool / "failed").glob("*"):
+        assert len(f.stem) == 40 and all(c in "0123456789abcdef" for c in f.stem)
+
