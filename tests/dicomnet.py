@@ -78,6 +78,18 @@ def send(paths, port, aet, *options):
                           text=True, timeout=600)
 
 
+def dcmtk(tool):
+    """The path of dcmtk's ``tool`` (pynetdicom installs apps of the same names), or None."""
+    import shutil
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        path = shutil.which(tool, path=folder)
+        if path:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+            if "dcmtk" in out.stdout.lower():
+                return path
+    return None
+
+
 def wait_for(predicate, timeout=180, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

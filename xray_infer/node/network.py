@@ -61,7 +61,7 @@ _REJECT_REASONS = {(1, 3): "calling AE title not recognised", (1, 7): "called AE
 
 def associate(ae, peer, tls=None):
     """An established association with ``peer`` (a Peer), or AssociationError saying why."""
-    kwargs = {"tls_args": (tls, "")} if tls is not None else {}
+    kwargs = {"tls_args": (tls, peer.host)} if tls is not None else {}
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
     if assoc.is_established:
         return assoc
