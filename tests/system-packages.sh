@@ -1,12 +1,15 @@
 #!/bin/bash
 # System packages some tests use, on Debian as root (CI): dicom3tools (dciodvfy, the DICOM
-# validator) and Orthanc (a real PACS for the DICOM node tests; the tests start their own on
-# loopback ports, so the package's service is kept from starting). Elsewhere it only says what
+# validator), Orthanc (a real PACS for the DICOM node tests; the tests start their own on
+# loopback ports, so the package's service is kept from starting), dcmtk (storescu, echoscu:
+# a second DICOM client) and openssl (test certificates for DICOM TLS). Elsewhere it only says what
 # is missing; those tests then skip with the reason.
 set -euo pipefail
 need=()
 command -v dciodvfy > /dev/null || need+=(dicom3tools)
 command -v Orthanc > /dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ -x /usr/bin/storescu ] && [ -x /usr/bin/echoscu ] || need+=(dcmtk)
+command -v openssl > /dev/null || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
   # Keep package scripts from starting services (Orthanc's, on its default ports) meanwhile.
