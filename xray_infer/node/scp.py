@@ -50,9 +50,11 @@ def _refusal(text, code=CANNOT_UNDERSTAND):
 
 
 class _Refused(Exception):
+    """An instance refused: ``reason`` (a metrics label), ``text`` (the Error Comment)."""
+
     def __init__(self, reason, text, code=CANNOT_UNDERSTAND):
         super().__init__(text)
-        self.reason, self.text, self.code = reason, text, code
+        self.reason, self.text, self.code, self.uid = reason, text, code, "?"
 
 
 class _Visit:
@@ -169,7 +171,7 @@ class Node:
             visit.refused += 1
             self.metrics.refused.labels(e.reason).inc()
             log.warning("from %s: instance %s refused (0x%04X): %s", visit.who,
-                        printable(getattr(e, "uid", "?"), 64), e.code, e.text)
+                        printable(e.uid, 64), e.code, e.text)
             return _refusal(e.text, e.code)
         visit.stored += 1
         if uid is None:
@@ -187,14 +189,12 @@ class Node:
             uid = str(ds.get("SOPInstanceUID", ""))
         except Exception:  # a data set pydicom cannot parse
             raise _Refused("undecodable", "unreadable data set") from None
-        if not is_uid(uid):
-            e = _Refused("identifiers", "SOP Instance UID missing or not a valid UID")
-            e.uid = uid
-            raise e
         try:
+            if not is_uid(uid):
+                raise _Refused("identifiers", "SOP Instance UID missing or not a valid UID")
             return self._check_and_spool(ds, event, uid)
         except _Refused as e:
-            e.uid = uid
+            e.uid = uid  # logged escaped: it may be anything the peer sent
             raise
 
     def _check_and_spool(self, ds, event, uid):
