@@ -6,6 +6,7 @@
     python -m benchmarks e2e          # folder scoring vs a naive per-image loop, decode bound
     python -m benchmarks parity       # torch vs ORT, kernel vs reference, full-res vs 224 copies
     python -m benchmarks ray --cycle 10  # Ray engine vs in-process over 2,400 inputs (ray extra)
+    python -m benchmarks scope        # the scope gate: kept, refused per collection, its cost
     python -m benchmarks all --json-dir docs/bench --baseline-model benchmarks/models/v1.0.0.onnx
     python -m benchmarks report      # docs/benchmarks.md from docs/bench/*.json
 """
@@ -28,7 +29,7 @@ COMMANDS = {"preprocess": speed.preprocess, "decode": speed.decode, "inference":
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=[*COMMANDS, "ray", "all", "report"])
+    p.add_argument("which", choices=[*COMMANDS, "ray", "scope", "all", "report"])
     p.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/, fullres/)")
     p.add_argument("--limit", type=int, default=0, help="use only N inputs (smoke runs)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
@@ -60,6 +61,10 @@ def main(argv=None):
     common.set_data_root(a.data)
     if a.which == "ray":  # not in "all": it needs the ray extra
         scaling.ray_engine(a)
+        return
+    if a.which == "scope":  # not in "all": an evaluation more than a speed benchmark
+        from .scope import scope
+        scope(a)
         return
     names = list(COMMANDS) if a.which == "all" else [a.which]
     json_path = a.json

@@ -16,7 +16,8 @@ def parity(args):
     from trainer.dataset import scan_split
     from trainer.export import load_checkpoint, ort_logits
     import torch
-    clf = Classifier(args.model, providers=["CPUExecutionProvider"])
+    # Scope off: parity is of the classifications themselves (docs/bench/scope.json has the gate).
+    clf = Classifier(args.model, providers=["CPUExecutionProvider"], scope=False)
     model, _ = load_checkpoint(args.checkpoint)
     s = clf.spec
     records = scan_split(common.DATA / "chest_xray" / "test")

@@ -211,7 +211,7 @@ def e2e(args):
     base = None
     if args.baseline_model:
         base = Classifier(args.baseline_model, providers=args.providers,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, scope=False)  # v1 has no scope gate
         base.classify(paths[:8])
     # Interleaved, so that drift in the machine's speed hits every path alike.
     t_ours, t_base, t_dec = [], [], []

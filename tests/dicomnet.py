@@ -32,7 +32,7 @@ def chest_dicoms(folder, n, patient):
         out.append(write_dicom(
             folder / f"{patient}-{i:03d}.dcm", read_image(scan).pixels, 8, PatientName="Test^Child",
             PatientID=patient, PatientBirthDate="20200101", PatientSex="O", StudyInstanceUID=study,
-            SeriesInstanceUID=series, StudyDate="20260101", StudyTime="120000",
+            SeriesInstanceUID=series, StudyDate="20230101", StudyTime="120000",
             AccessionNumber=patient[:16], ReferringPhysicianName="", StudyID="1", SeriesNumber=1,
             InstanceNumber=i + 1))
     return out

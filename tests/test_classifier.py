@@ -233,9 +233,9 @@ def test_encoded_bytes_are_an_input(clf, samples):
     (np.zeros((4, 3000), np.uint8), 255.0, "too small for a radiograph"),
     (np.zeros((100, 400), np.uint8), 255.0, "not the shape of a chest film"),
 ])
-def test_out_of_range_and_implausible_inputs_are_errors(clf, pixels, maxval, reason):
+def test_out_of_range_and_implausible_inputs_are_errors(clf, samples, pixels, maxval, reason):
     item = Decoded(pixels, maxval) if maxval is not None else pixels
-    results = clf.classify([item, np.full((300, 300), 0.5, np.float32)])
+    results = clf.classify([item, read_image(samples / "IM-0001-0001.jpeg").pixels])
     assert [r.ok for r in results] == [False, True]
     assert results[0].label is None and results[0].probabilities is None
     assert re.search(reason, results[0].error), results[0].error

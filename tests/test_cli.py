@@ -36,7 +36,8 @@ def test_csv_to_stdout(folder):
     assert p.returncode == 0, p.stderr
     rows = list(csv.DictReader(p.stdout.splitlines()))
     assert len(rows) == 4  # not recursive: sub/ is ignored, notes.txt is not an image
-    assert list(rows[0]) == ["path", "label", "p_normal", "p_bacterial", "p_viral", "error"]
+    assert list(rows[0]) == ["path", "label", "p_normal", "p_bacterial", "p_viral", "error",
+                             "status", "scope"]
     for r in rows:
         assert r["label"] in ("normal", "bacterial", "viral") and r["error"] == ""
         assert abs(sum(float(r[k]) for k in ("p_normal", "p_bacterial", "p_viral")) - 1) < 1e-4

@@ -101,7 +101,7 @@ def log_mean_model(size=64, input_name="image", output_name="logits"):
 
 def test_non_finite_logits_are_an_error_row_not_a_label(tmp_path):
     path = save_model(tmp_path / "m.onnx", log_mean_model(), meta())
-    clf = Classifier(path, providers=["CPUExecutionProvider"])
+    clf = Classifier(path, providers=["CPUExecutionProvider"], scope=False)  # no gate in it
     dark, bright = np.full((100, 100), 10, np.uint8), np.full((100, 100), 250, np.uint8)
     results = clf.classify([dark, bright, dark])
     assert [r.ok for r in results] == [False, True, False]
@@ -118,7 +118,7 @@ def test_non_finite_logits_are_an_error_row_not_a_label(tmp_path):
 def test_signature_must_match_the_spec(tmp_path, graph, spec_meta, reason):
     path = save_model(tmp_path / "m.onnx", graph, spec_meta)
     with pytest.raises(ModelError, match=reason):
-        Classifier(path)
+        Classifier(path, scope=False)
 
 
 @pytest.fixture()
@@ -149,10 +149,10 @@ def test_malformed_sha_file_is_a_model_error(bundled_copy, content):
 
 def test_other_models_are_checked_where_a_sha_file_exists(tmp_path):
     path = save_model(tmp_path / "m.onnx", log_mean_model(), meta())
-    Classifier(path)  # no sidecar: loads
+    Classifier(path, scope=False)  # no sidecar: loads
     (tmp_path / "m.onnx.sha256").write_text("0" * 64 + "  m.onnx\n")
     with pytest.raises(ModelError, match="does not match"):
-        Classifier(path)
+        Classifier(path, scope=False)
 
 
 def test_provider_errors_and_warnings():

@@ -53,9 +53,11 @@ def test_spatial_mean_of_the_maps_gives_the_probabilities(clf):
 def test_model_without_maps_loads_but_refuses_heatmaps():
     session, spec = load_model(V1, providers=["CPUExecutionProvider"])
     assert spec.heatmap_output == ""
-    assert Classifier(V1).classify([str(SAMPLES[0])])[0].ok
+    assert Classifier(V1, scope=False).classify([str(SAMPLES[0])])[0].ok
+    with pytest.raises(ModelError, match="no scope gate"):
+        Classifier(V1)
     with pytest.raises(ModelError, match="no class activation map output"):
-        Classifier(V1, heatmaps=True)
+        Classifier(V1, heatmaps=True, scope=False)
 
 
 def test_maps_of_the_trained_model_differ_from_randomised_weights():
@@ -122,7 +124,7 @@ def _dicom_sources(tmp_path):
             tmp_path / f"{p.stem}.dcm", read_image(p).pixels, 8, PatientName="Test^Child",
             PatientID="XRI-1", PatientBirthDate="20200101", PatientSex="O",
             StudyInstanceUID=study, SeriesInstanceUID=pydicom.uid.generate_uid(),
-            StudyDate="20260101", StudyTime="120000", AccessionNumber="ACC1",
+            StudyDate="20230101", StudyTime="120000", AccessionNumber="ACC1",
             ReferringPhysicianName="", StudyID="1", SeriesNumber=1, InstanceNumber=i + 1))
     return out
 

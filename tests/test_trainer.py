@@ -65,8 +65,9 @@ def test_train_one_epoch_and_export(tmp_path, data):
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     onnx.checker.check_model(onnx.load(str(model)))
-    clf = Classifier(model, providers=["CPUExecutionProvider"])
+    clf = Classifier(model, providers=["CPUExecutionProvider"], scope=False)
     assert clf.spec.input_size == 64 and clf.spec.metrics["test"]["n"] == 18
+    assert clf.spec.scope_output == "scope_distance" and clf.spec.scope["threshold"] > 0
     assert (RunConfig.from_dict(clf.spec.provenance["run_configs"][0])
             == RunConfig.from_dict(result["config"]))
     r = clf.classify(np.zeros((100, 80), np.uint8))
@@ -87,7 +88,8 @@ def test_class_maps_average_to_the_calibrated_logits(tmp_path, net):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 1, net.input_size, net.input_size)).astype(np.float32)
     y = np.arange(40) % 3
-    export([(cfg, member.state_dict())], tmp_path / "m.onnx", {"val": (x, y), "test": (x, y)},
+    export([(cfg, member.state_dict())], tmp_path / "m.onnx",
+           {"train": (x, y), "val": (x, y), "test": (x, y)},
            model_version="0", provenance={})
     sess, spec = load_model(tmp_path / "m.onnx", providers=["CPUExecutionProvider"])
     assert spec.heatmap_output == "class_maps"

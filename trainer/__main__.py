@@ -73,8 +73,7 @@ def cmd_export(a):
                for p, r in zip(paths, results)]
     cfg = members[0][0]
     splits = load_splits(a.data, scheme=cfg.val_split)
-    data = load_arrays({k: splits[k] for k in ("val", "test")}, cfg.net.input_size, cfg.mean,
-                       cfg.std, a.limit)
+    data = load_arrays(splits, cfg.net.input_size, cfg.mean, cfg.std, a.limit)  # train: the gate
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 check=False).stdout.strip()
@@ -103,6 +102,19 @@ def cmd_export(a):
         s = m[split]
         print(f"  {split}: accuracy {s['accuracy']:.4f} macro-F1 {s['macro_f1']:.4f} "
               f"normal-vs-pneumonia accuracy {s['binary_accuracy']:.4f} AUC {s['binary_auc']:.4f}")
+
+
+def cmd_scope(a):
+    from xray_infer.model import load_model
+
+    from .export import add_scope_gate
+    spec = load_model(a.model, providers=["CPUExecutionProvider"], precision="float32")[1]
+    splits = load_splits(a.data, scheme=spec.validation_split)
+    data = load_arrays(splits, spec.input_size, spec.mean, spec.std, a.limit)
+    spec = add_scope_gate(a.model, data)
+    s = spec.scope
+    print(f"wrote {a.model}: scope threshold {s['threshold']:.1f} ({s['threshold_rule']}; "
+          f"{s['fitted_on']}), graph parity {s['parity_max_rel_diff']:.1e}")
 
 
 def cmd_report(a):
@@ -175,6 +187,12 @@ def main(argv=None):
     x.add_argument("--save-checkpoint", metavar="PT",
                    help="also save the torch weights + config (for parity benchmarks)")
     x.set_defaults(fn=cmd_export)
+
+    sc = sub.add_parser("scope", parents=[common],
+                        help="fit the scope gate of an exported model that has none, in place "
+                             "(export fits it for new models)")
+    sc.add_argument("--model", required=True)
+    sc.set_defaults(fn=cmd_scope)
 
     r = sub.add_parser("report", help="docs/experiments.md and plots from an experiments folder")
     r.add_argument("--grid", nargs="*", default=[], help="experiment folders")

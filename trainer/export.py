@@ -7,6 +7,7 @@ Export fails when ONNX Runtime and torch disagree by more than ``PARITY_TOL`` on
 """
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from torch import nn
 from xray_infer.model import load_model
 from xray_infer.spec import CLASS_NAMES, ModelSpec
 
+from . import scope
 from .dataset import VAL_SPLITS
 from .metrics import softmax, summarize
 from .model import build
@@ -74,6 +76,41 @@ def fit_temperature(logits, labels):
     nll = [-np.log(softmax(logits / t)[np.arange(len(labels)), labels] + 1e-12).mean()
            for t in grid]
     return float(grid[int(np.argmin(nll))])
+
+
+def write_model(proto, spec, out_path):
+    """Save ``proto`` with ``spec`` as its metadata to ``out_path`` atomically, with the
+    ``.sha256`` sidecar the library checks."""
+    out_path = Path(out_path)
+    del proto.metadata_props[:]
+    for k, v in spec.to_metadata().items():
+        proto.metadata_props.add(key=k, value=v)
+    proto.producer_name = "xray_infer.trainer"
+    proto.doc_string = ("Pediatric chest X-ray classifier (normal/bacterial/viral). "
+                        "Not a diagnostic device.")
+    onnx.checker.check_model(proto)
+    tmp = out_path.with_suffix(".tmp.onnx")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, out_path)
+    digest = hashlib.sha256(out_path.read_bytes()).hexdigest()
+    out_path.with_name(out_path.name + ".sha256").write_text(f"{digest}  {out_path.name}\n")
+
+
+def add_scope_gate(model_path, data):
+    """Fit the scope gate of an exported model that has none and rewrite it in place (and its
+    float16 variant, when there is one). ``data``: {train, val, test} arrays at its input size.
+    Returns the new spec."""
+    from xray_infer.model import fp16_path
+    sess, spec = load_model(model_path, providers=["CPUExecutionProvider"], precision="float32")
+    if spec.scope_output:
+        raise ValueError(f"{model_path} already has a scope gate")
+    proto, record = scope.fit(onnx.load(str(model_path)), data["train"], data["val"])
+    spec = replace(spec, scope_output=scope.SCOPE_OUTPUT, scope=record,
+                   population=scope.POPULATION)
+    write_model(proto, spec, model_path)
+    if fp16_path(Path(model_path)).exists():
+        export_fp16(model_path, data)
+    return spec
 
 
 def graph_session(path):
@@ -138,25 +175,19 @@ def export(members, out_path, data, *, model_version, provenance):
         tmp.unlink()
         raise RuntimeError(f"ONNX Runtime and torch disagree: max abs output diff {diff:.2e} "
                            f"> {PARITY_TOL:.0e}")
+    proto = onnx.load(str(tmp))
+    tmp.unlink()
+    proto, scope_record = scope.fit(proto, data["train"], data["val"])
+    spec = replace(spec, scope_output=scope.SCOPE_OUTPUT, scope=scope_record,
+                   population=scope.POPULATION)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     metrics = {"temperatures": temperatures, "export_parity_max_abs_diff": diff}
     for split in ("val", "test"):
         x, y = data[split]
         metrics[split] = summarize(y, softmax(ort_logits(sess, x)))
-    spec = ModelSpec(**{**spec.__dict__, "metrics": metrics,
-                        "provenance": dict(provenance, run_configs=[c.to_dict() for c in cfgs])})
-    proto = onnx.load(str(tmp))
-    tmp.unlink()
-    del proto.metadata_props[:]
-    for k, v in spec.to_metadata().items():
-        proto.metadata_props.add(key=k, value=v)
-    proto.producer_name = "xray_infer.trainer"
-    proto.doc_string = ("Pediatric chest X-ray classifier (normal/bacterial/viral). "
-                        "Not a diagnostic device.")
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out_path)
-    digest = hashlib.sha256(out_path.read_bytes()).hexdigest()
-    out_path.with_name(out_path.name + ".sha256").write_text(f"{digest}  {out_path.name}\n")
+    spec = replace(spec, metrics=metrics,
+                   provenance=dict(provenance, run_configs=[c.to_dict() for c in cfgs]))
+    write_model(proto, spec, out_path)
     # Re-open what was written the way the library will, and check it still computes the same.
     sess, written = load_model(out_path, providers=["CPUExecutionProvider"])
     diff = float(np.abs(ort_logits(sess, check) - ref).max())
@@ -182,7 +213,6 @@ def export_fp16(fp32_path, data):
     ``FP16_MAX_ACCURACY_DROP``. Returns the parity record.
     """
     import warnings
-    from dataclasses import replace
 
     from onnxconverter_common import float16
 
@@ -192,7 +222,9 @@ def export_fp16(fp32_path, data):
                               precision="float32")
     with warnings.catch_warnings():  # it reports every weight below float16's range
         warnings.simplefilter("ignore")
-        proto = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+        source = onnx.load(str(fp32_path))
+        proto = float16.convert_float_to_float16(source, keep_io_types=True,
+                                                 node_block_list=scope.scope_nodes(source))
     out = fp16_path(fp32_path)
     tmp = out.with_suffix(".tmp.onnx")
     onnx.save(proto, str(tmp))

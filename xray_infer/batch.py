@@ -50,29 +50,34 @@ def decode_input(item, source):
                              f"bytes, Encoded, a 2-D array or Decoded)")
 
 
-def prepare_input(item, out, spec, source):
+def prepare_input(item, out, spec, source, gate=None):
     """Decode, check and preprocess one input into ``out``.
 
-    Returns ``(error, shape)``: ``(None, (height, width))`` of the scan, or ``(reason, None)``.
+    Returns ``(error, shape)``: ``(None, (height, width))`` of the scan, or ``(InputError,
+    None)``, an ``OutOfScope`` where ``gate`` (a ``scope.Gate``) refused its DICOM metadata.
     Never raises for a bad input: one bad scan must not sink a batch.
     """
     try:
         decoded = decode_input(item, source)
+        if gate is not None:  # the header first: cheapest, and it names what is wrong
+            gate.check_metadata(decoded.attributes, source)
         check_radiograph(decoded.pixels, source)
         preprocess_into(decoded.pixels, out, mean=spec.mean, std=spec.std,
-                        maxval=decoded.maxval, source=source)
+                        maxval=decoded.maxval, source=source)  # also checks shape and values
+        if gate is not None:
+            gate.check_image(decoded.pixels, source)
         return None, decoded.pixels.shape
     except InputError as e:
-        return e.reason, None
+        return e, None
     except Exception as e:  # anything else a decoder throws is still this input's failure
-        return f"{type(e).__name__}: {e}", None
+        return InputError(source, f"{type(e).__name__}: {e}"), None
 
 
-def preprocess_batch(items, spec, *, executor=None, start=0):
+def preprocess_batch(items, spec, *, executor=None, start=0, gate=None):
     """Preprocess ``items`` into a new float32 ``(N, 1, S, S)`` batch for ``spec``.
 
-    Returns ``(batch, errors, shapes)``: ``errors[i]`` is None, or the reason item ``i``
-    failed (its slot in ``batch`` is then undefined); ``shapes[i]`` is the scan's
+    Returns ``(batch, errors, shapes)``: ``errors[i]`` is None, or the InputError for item ``i``
+    (its slot in ``batch`` is then undefined; an OutOfScope where ``gate`` refused it); ``shapes[i]`` is the scan's
     ``(height, width)`` before resizing (None for a failed item). ``executor`` spreads the
     items over its threads (the kernel releases the GIL); ``start`` is the index of
     ``items[0]`` in a longer input, for the ``<array i>`` names.
@@ -81,7 +86,8 @@ def preprocess_batch(items, spec, *, executor=None, start=0):
     batch = np.empty((len(items), 1, size, size), np.float32)
 
     def one(i):
-        return prepare_input(items[i], batch[i, 0], spec, source_name(items[i], start + i))
+        return prepare_input(items[i], batch[i, 0], spec, source_name(items[i], start + i),
+                             gate)
 
     run = executor.map if executor is not None else map
     done = list(run(one, range(len(items))))

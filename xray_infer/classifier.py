@@ -10,9 +10,10 @@ import numpy as np
 import onnxruntime as ort
 
 from .batch import SINGLE_INPUT, preprocess_batch, source_name
-from .errors import ModelError
+from .errors import ModelError, OutOfScope
 from .heatmap import upsample
 from .model import DEFAULT_MODEL, load_model
+from .scope import Gate, Scope
 from .spec import DEFAULT_BATCH_SIZE, softmax
 
 
@@ -21,23 +22,40 @@ class Result:
     """The outcome for one input: a prediction, or the reason there is none.
 
     ``source`` is the path as given (or ``<array i>`` / ``<bytes i>`` for in-memory input i).
-    Exactly one of ``label`` and ``error`` is set; ``probabilities`` maps every class name to
-    its probability. ``heatmap`` (only when asked for) is the predicted class's activation map,
-    float32 in [0, 1], at the scan's own size.
+    ``status`` is ``"classified"`` (``label`` and ``probabilities`` set: every class name to its
+    probability), ``"out_of_scope"`` (the model was not made for this input: ``refusal`` says
+    why, ``refused_by`` names the gate, a DICOM attribute or ``"image"``) or ``"failed"``
+    (``error`` says why). ``heatmap`` (only when asked for) is the predicted class's activation
+    map, float32 in [0, 1], at the scan's own size. ``scope`` records the gate's setting
+    (``"on"``, ``"off"``, or the widened ages) under which the input was scored.
     """
     source: str
     label: str = None
     probabilities: dict = None
     error: str = None
     heatmap: np.ndarray = field(default=None, repr=False, compare=False)
+    refusal: str = None
+    refused_by: str = None
+    scope: str = "on"
 
     @property
     def ok(self):
-        return self.error is None
+        """Classified: a label with probabilities."""
+        return self.error is None and self.refusal is None
+
+    @property
+    def status(self):
+        return "failed" if self.error is not None else \
+            "out_of_scope" if self.refusal is not None else "classified"
+
+    @property
+    def reason(self):
+        """Why there is no label (the error or the refusal); None when classified."""
+        return self.error if self.error is not None else self.refusal
 
     def to_dict(self):
         return {"path": self.source, "label": self.label, "probabilities": self.probabilities,
-                "error": self.error}
+                "status": self.status, "error": self.reason, "scope": self.scope}
 
 
 def _check_count(name, value, optional=False):
@@ -76,10 +94,19 @@ class Classifier:
     precision : str
         ``"auto"`` (the model's float16 variant on CUDA where it exists), ``"float32"`` or
         ``"float16"``; see ``xray_infer.load_model``.
+    scope : bool or str
+        On (the default): inputs the model was not made for get no label (``status``
+        ``"out_of_scope"``): DICOM whose Modality, BodyPartExamined, ViewPosition or patient age
+        lie outside the population the model declares, and any image unlike its training
+        radiographs. Off (``False`` / ``"off"``): every decodable radiograph gets a label, for
+        research on other populations; each Result records which.
+    ages : (int, int), optional
+        With scope on: the accepted patient ages in whole years, inclusive, instead of the
+        model's ``population["accepted_ages"]``.
     """
 
     def __init__(self, model=None, *, providers=None, batch_size=DEFAULT_BATCH_SIZE, threads=None,
-                 workers=None, heatmaps=False, precision="auto"):
+                 workers=None, heatmaps=False, precision="auto", scope=True, ages=None):
         _check_count("batch_size", batch_size)
         _check_count("threads", threads, optional=True)
         _check_count("workers", workers, optional=True)
@@ -102,6 +129,12 @@ class Classifier:
                              f"so heatmaps are not available (export it again with "
                              f"`python -m trainer export`)")
         self.heatmaps = bool(heatmaps)
+        self.scope = Scope.of(scope, ages)
+        if self.scope.enabled and not self.spec.scope_output:
+            raise ModelError(f"{self.model_path}: this model has no scope gate, so it cannot "
+                             f"refuse inputs it was not made for; export it again (`python -m "
+                             f"trainer scope`), or classify with scope off")
+        self.gate = Gate(self.spec, self.scope) if self.scope.enabled else None
 
     @property
     def class_names(self):
@@ -117,13 +150,15 @@ class Classifier:
         return self._run(batch)[0]
 
     def _run(self, batch, rows=None):
-        """(probabilities, class maps or None) for a batch; maps only with ``heatmaps``.
-        ``rows``: with padding on, the batch goes to the session padded to this many rows."""
+        """(probabilities, class maps or None, scope distances or None) for a batch; maps only
+        with ``heatmaps``, distances only with the scope gate on. ``rows``: with padding on,
+        the batch goes to the session padded to this many rows."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         n = len(batch)
         if self._pad and rows and n < rows:
             batch = np.concatenate([batch, np.zeros((rows - n, *batch.shape[1:]), np.float32)])
-        names = [self.spec.output_name] + ([self.spec.heatmap_output] if self.heatmaps else [])
+        names = [self.spec.output_name] + ([self.spec.heatmap_output] if self.heatmaps else []) \
+            + ([self.spec.scope_output] if self.gate else [])
         if self._device:
             outputs = self._run_on_device(batch, names)
         else:
@@ -132,7 +167,8 @@ class Classifier:
         finite = np.isfinite(logits).all(axis=1)
         probs = np.full(logits.shape, np.nan)
         probs[finite] = softmax(logits[finite])
-        return probs, (outputs[1][:n] if self.heatmaps else None)
+        maps = outputs[1][:n] if self.heatmaps else None
+        return probs, maps, (outputs[-1][:n].astype(np.float64) if self.gate else None)
 
     def _run_on_device(self, batch, names):
         binding = self.session.io_binding()
@@ -147,23 +183,33 @@ class Classifier:
         batch, errors, shapes = prepared.result()
         good = [i for i, e in enumerate(errors) if e is None]
         if len(good) == len(chunk):
-            probs, maps = self._run(batch, rows)  # the common case: no copy
+            probs, maps, dist = self._run(batch, rows)  # the common case: no copy
         else:
-            probs, maps = self._run(batch[good], rows) if good else (None, None)
+            probs, maps, dist = self._run(batch[good], rows) if good else (None, None, None)
         row = dict(zip(good, range(len(good))))
-        names = self.spec.class_names
+        names, scope = self.spec.class_names, self.scope.label()
         for i, item in enumerate(chunk):
             source = source_name(item, start + i)
-            if errors[i] is not None:
-                yield Result(source, error=errors[i])
+            error = errors[i]
+            if error is None and dist is not None:
+                try:
+                    self.gate.check_distance(dist[row[i]], source)
+                except OutOfScope as e:
+                    error = e
+            if isinstance(error, OutOfScope):
+                yield Result(source, refusal=error.reason, refused_by=error.gate, scope=scope)
+                continue
+            if error is not None:
+                yield Result(source, error=error.reason, scope=scope)
                 continue
             p = probs[row[i]]
             if not np.isfinite(p).all():
-                yield Result(source, error="the model returned non-finite scores for this input")
+                yield Result(source, error="the model returned non-finite scores for this input",
+                             scope=scope)
                 continue
             k = self.spec.decide(p)
             heatmap = upsample(maps[row[i], k], shapes[i]) if maps is not None else None
-            yield Result(source, label=names[k], heatmap=heatmap,
+            yield Result(source, label=names[k], heatmap=heatmap, scope=scope,
                          probabilities={n: float(v) for n, v in zip(names, p)})
 
     def iter_classify(self, inputs, batch_size=None):
@@ -187,7 +233,8 @@ class Classifier:
             start = 0
             for chunk in _chunks(inputs, n):
                 pending.append((start, chunk, batches.submit(preprocess_batch, chunk, self.spec,
-                                                             executor=items, start=start)))
+                                                             executor=items, start=start,
+                                                             gate=self.gate)))
                 start += len(chunk)
                 if len(pending) > 2:
                     yield from self._finish(*pending.popleft(), n)
@@ -202,12 +249,13 @@ class Classifier:
 
 
 def classify(paths, *, model=None, batch_size=DEFAULT_BATCH_SIZE, providers=None, threads=None,
-             workers=None, heatmaps=False, precision="auto"):
+             workers=None, heatmaps=False, precision="auto", scope=True, ages=None):
     """Classify images in one call; see ``Classifier`` for the parameters.
 
     Returns a list of ``Result`` in input order: a bad input gets ``error`` set and the rest are
     still classified. For repeated calls create a ``Classifier`` once instead.
     """
     clf = Classifier(model, providers=providers, batch_size=batch_size, threads=threads,
-                     workers=workers, heatmaps=heatmaps, precision=precision)
+                     workers=workers, heatmaps=heatmaps, precision=precision, scope=scope,
+                     ages=ages)
     return clf.classify(paths)

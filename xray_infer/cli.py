@@ -1,9 +1,9 @@
 """Command line: ``xray-infer classify PATH...`` and ``xray-infer info``.
 
-Exit status: 0 when every input was classified, 1 when any input failed (each failure is a row
-in the output and is summarised on stderr), 2 for usage errors (reported before the model loads
-and before any output file is touched), 3 when a Ray job failed as a whole (rows written until
-then are complete), 130 when interrupted.
+Exit status: 0 when every input was classified or refused as out of scope, 1 when any input
+failed (each failure is a row in the output and is summarised on stderr), 2 for usage errors
+(reported before the model loads and before any output file is touched), 3 when a Ray job
+failed as a whole (rows written until then are complete), 130 when interrupted.
 
 Nothing heavy is imported until the arguments have been checked.
 """
@@ -52,7 +52,7 @@ class Existing:
             for n, line in enumerate(lines, 1):
                 try:
                     row = json.loads(line)
-                    self.rows[input_key(row["path"])] = bool(row["error"])
+                    self.rows[input_key(row["path"])] = row["status"] == "failed"
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise UsageError(f"{path}, line {n}: not a row this program wrote; "
                                      f"refusing to append to it") from None
@@ -60,14 +60,18 @@ class Existing:
             self.fmt = "csv"
             reader = csv.reader(io.StringIO(self.complete))
             self.columns = next(reader)
-            if self.columns[:2] != ["path", "label"] or self.columns[-1] != "error":
+            if self.columns[:2] != ["path", "label"] or "error" not in self.columns:
                 raise UsageError(f"{path}: first line is neither a CSV header of this program "
                                  f"nor a JSON row; refusing to append to it")
+            # Files of earlier versions have no status column (they are refused below, by
+            # their columns): read them far enough to say so.
+            status = self.columns.index("status" if "status" in self.columns else "error")
             for n, row in enumerate(reader, 2):
                 if len(row) != len(self.columns):
                     raise UsageError(f"{path}, line {n}: {len(row)} fields where the header has "
                                      f"{len(self.columns)}; refusing to append to it")
-                self.rows[input_key(row[0])] = bool(row[-1])
+                self.rows[input_key(row[0])] = row[status] not in ("classified",
+                                                                   "out_of_scope", "")
 
     def without(self, keys):
         """The complete text with the rows of ``keys`` left out."""
@@ -209,6 +213,8 @@ def check_arguments(args):
     _positive("--batch-size", args.batch_size)
     _positive("--threads", args.threads)
     _positive("--workers", args.workers)
+    if args.ages is not None and args.scope == "off":
+        raise UsageError("--ages widens the scope gate; with --scope off nothing is gated")
     if args.engine != "ray":
         for option, value in (("--address", args.address),
                               ("--gpus-per-worker", args.gpus_per_worker),
@@ -317,6 +323,10 @@ class _Engine:
             from . import distributed
             from .model import load_model
             self.clf, self.spec = None, load_model(args.model, providers=["CPUExecutionProvider"])[1]
+            if args.scope == "on" and not self.spec.scope_output:
+                from .errors import ModelError
+                raise ModelError(f"{args.model}: this model has no scope gate; classify with "
+                                 f"--scope off, or export it again (`python -m trainer scope`)")
             # Ray Data's notices (plan, progress bars off) would land between our progress lines
             logging.getLogger("ray.data").setLevel(logging.ERROR)
             distributed.connect(args.address)
@@ -325,7 +335,8 @@ class _Engine:
             from .classifier import Classifier
             self.clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
                                   threads=args.threads, workers=args.workers,
-                                  heatmaps=bool(args.heatmaps or args.dicom_out))
+                                  heatmaps=bool(args.heatmaps or args.dicom_out),
+                                  scope=args.scope, ages=args.ages)
             self.spec = self.clf.spec
 
     def results(self, files):
@@ -336,7 +347,7 @@ class _Engine:
         return distributed.iter_results(
             files, address=a.address, model=a.model, workers=a.workers,
             gpus_per_worker=a.gpus_per_worker or 0.0, cpus_per_worker=a.cpus_per_worker,
-            batch_size=a.batch_size, providers=self.providers)
+            batch_size=a.batch_size, providers=self.providers, scope=a.scope, ages=a.ages)
 
 
 def cmd_classify(args):
@@ -381,17 +392,20 @@ def cmd_classify(args):
     stream = open_output(args.output, fmt, append=appending) if args.output else sys.stdout
     progress = _Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
     writer = ResultWriter(stream, fmt, class_names, write_header=not appending)
-    failures = []
+    failures, out_of_scope = [], 0
     overlays = _Overlays(args.heatmaps) if args.heatmaps else None
     dicom_out = _DicomResults(args.dicom_out, engine.clf) if args.dicom_out else None
     extras = [w for w in (overlays, dicom_out) if w]
     try:
         for r in engine.results(files):
             writer.write(r)
-            progress.update(r.ok)
-            if not r.ok:
+            progress.update(r.status != "failed")
+            if r.status == "failed":
                 failures.append(r)
                 log.info("%s: %s", r.source, r.error)
+            elif r.status == "out_of_scope":
+                out_of_scope += 1
+                log.info("%s: %s", r.source, r.refusal)
             elif extras:
                 _write_extras(extras, r)
     except KeyboardInterrupt:
@@ -412,7 +426,10 @@ def cmd_classify(args):
             stream.close()
     progress.close()
     if not args.quiet:
-        msg = f"xray-infer: {len(files) - len(failures)} classified, {len(failures)} failed"
+        msg = (f"xray-infer: {len(files) - len(failures) - out_of_scope} classified, "
+               f"{out_of_scope} out of scope, {len(failures)} failed")
+        if args.scope == "off":
+            msg += " (scope gate off)"
         if skipped:
             msg += f", {skipped} skipped (already in {args.output}"
             msg += (f"; {skipped_failed} of them with an error (--retry-failed scores them "
@@ -483,6 +500,14 @@ def _peer(text):
     from .peer import Peer
     try:
         return Peer.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _ages(text):
+    from .scope import parse_ages
+    try:
+        return parse_ages(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -601,6 +626,8 @@ def _listen_plan(args):
         raise UsageError("--allow and --allow-any contradict each other")
     if args.model and not os.path.isfile(args.model):
         raise UsageError(f"--model {args.model}: no such file")
+    if args.ages is not None and args.scope == "off":
+        raise UsageError("--ages widens the scope gate; with --scope off nothing is gated")
     allow = Allowlist(tuple(args.allow or ()), any=args.allow_any)
     try:
         allow = allow.resolved()
@@ -629,7 +656,8 @@ def cmd_listen(args):
     try:
         node = Node(args.port, args.forward, args.spool, allow, ae_title=args.ae_title,
                     host=args.host, batch_size=args.batch_size, model=args.model, limits=limits,
-                    tls=tls, forward_tls=forward_tls, metrics_port=args.metrics_port)
+                    tls=tls, forward_tls=forward_tls, metrics_port=args.metrics_port,
+                    scope=args.scope, ages=args.ages)
     except XrayInferError as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -710,6 +738,14 @@ def build_parser():
     c.add_argument("--dicom-out", metavar="DIR",
                    help="for every classified DICOM input, write a Structured Report (TID 1500) "
                         "and a Secondary Capture of its heatmap here (needs the dicom extra)")
+    c.add_argument("--scope", choices=("on", "off"), default="on",
+                   help="on: no label for inputs the model was not made for (other body parts, "
+                        "views, modalities, ages; images unlike its training radiographs), "
+                        "status out_of_scope; off: label every decodable radiograph (research "
+                        "on other populations; recorded in each row)")
+    c.add_argument("--ages", type=_ages, metavar="LOW-HIGH",
+                   help="with --scope on: accept DICOM patients of these ages in years "
+                        "(default: the model's accepted range, its training range)")
     c.add_argument("--log", metavar="FILE",
                    help="write library warnings and per-input failures here")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
@@ -765,6 +801,12 @@ def build_parser():
                     help="serve Prometheus /metrics and /healthz on this port (on --host)")
     _tls_options(li)
     _tls_options(li, "forward-", "the forward connection")
+    li.add_argument("--scope", choices=("on", "off"), default="on",
+                    help="on: instances the model was not made for are acknowledged and nothing "
+                         "is forwarded for them (logged, counted); off: every radiograph is "
+                         "classified")
+    li.add_argument("--ages", type=_ages, metavar="LOW-HIGH",
+                    help="with --scope on: accepted patient ages in years")
     li.add_argument("--log", metavar="FILE", help="also write the log here")
     li.add_argument("-v", "--verbose", action="store_true",
                     help="also log pydicom's, highdicom's and pynetdicom's messages (they may "

@@ -29,9 +29,11 @@ _FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 
 class Decoded(NamedTuple):
-    """A decoded scan: 2-D ``pixels`` (uint8, uint16 or float32) and the declared maximum."""
+    """A decoded scan: 2-D ``pixels`` (uint8, uint16 or float32) and the declared maximum;
+    for DICOM, ``attributes`` holds the header values the scope gate reads."""
     pixels: np.ndarray
     maxval: float
+    attributes: dict = None
 
 
 def sniff_format(data):
@@ -133,7 +135,7 @@ def decode_bytes(data, source="<bytes>"):
     if len(data) > MAX_FILE_BYTES:
         raise _too_large(source, len(data))
     if dicom.is_dicom(data, source):
-        return Decoded(dicom.decode_dicom(data, source, MAX_PIXELS), 1.0)
+        return Decoded(*dicom.decode_dicom(data, source, MAX_PIXELS))
     if sniff_format(data) is None:
         raise DecodeError(source, "not a decodable image (unrecognised format; JPEG, PNG, "
                                   "TIFF, BMP and DICOM are read)")

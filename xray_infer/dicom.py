@@ -24,6 +24,7 @@ def is_dicom(data, path=""):
 
 
 def decode_dicom(data, source, max_pixels):
+    """(pixels float32 in [0, 1], maxval 1.0, the scope gate's attributes)."""
     try:
         import pydicom
     except ImportError:
@@ -34,13 +35,26 @@ def decode_dicom(data, source, max_pixels):
     except Exception as e:  # pydicom raises several types for malformed files
         raise DecodeError(source, f"unreadable DICOM: {e}") from None
     try:
-        return _pixels(ds, source, max_pixels)
+        return _pixels(ds, source, max_pixels), 1.0, _attributes(ds)
     except DecodeError:
         raise
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
         # pydicom converts values lazily: a malformed IS/DS (e.g. '1A') surfaces here.
         raise DecodeError(source, f"malformed DICOM header value ({type(e).__name__}: "
                                   f"{e})") from None
+
+
+def _attributes(ds):
+    """The header values the scope gate reads, as stripped strings ('' when absent)."""
+    from .scope import ATTRIBUTES
+    out = {}
+    for keyword in ATTRIBUTES:
+        try:
+            value = ds.get(keyword, "")
+            out[keyword] = str(value if value is not None else "").strip()
+        except Exception:  # a malformed value: as if absent
+            out[keyword] = ""
+    return out
 
 
 def _pixels(ds, source, max_pixels):

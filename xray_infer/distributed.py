@@ -18,7 +18,7 @@ from .decode import check_file
 from .errors import DecodeError, UsageError
 from .inputs import collect_inputs, is_uri
 from .model import load_model
-from .output import ResultWriter, format_for, open_output
+from .output import ResultWriter, arrow_schema, columns, format_for, open_output, result_from_row
 from .spec import DEFAULT_BATCH_SIZE
 
 try:
@@ -120,29 +120,23 @@ class ClassifyBatch:
     """
 
     def __init__(self, model=None, *, providers=None, batch_size=DEFAULT_BATCH_SIZE,
-                 threads=None, precision="auto", scheme=None):
+                 threads=None, precision="auto", scheme=None, scope=True, ages=None):
         self.clf = Classifier(model, providers=providers, batch_size=batch_size,
-                              threads=threads, workers=threads, precision=precision)
+                              threads=threads, workers=threads, precision=precision,
+                              scope=scope, ages=ages)
         self.prefix = f"{scheme}://" if scheme else ""
-        names = self.clf.class_names
-        self.schema = pa.schema([("path", pa.string()), ("label", pa.string())] +
-                                [(f"p_{n}", pa.float64()) for n in names] +
-                                [("error", pa.string())])
+        self.schema = arrow_schema(self.clf.class_names)
 
     def __call__(self, batch):
         items = [Encoded(data, self.prefix + path)
                  for data, path in zip(batch["bytes"], batch["path"])]
         results = self.clf.classify(items)
-        columns = {"path": [r.source for r in results], "label": [r.label for r in results]}
-        for n in self.clf.class_names:
-            columns[f"p_{n}"] = [r.probabilities[n] if r.ok else None for r in results]
-        columns["error"] = [r.error for r in results]
-        return pa.table(columns, schema=self.schema)
+        return pa.table(columns(results, self.clf.class_names), schema=self.schema)
 
 
 def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
                   cpus_per_worker=None, batch_size=DEFAULT_BATCH_SIZE, precision="auto",
-                  providers=None):
+                  providers=None, scope=True, ages=None):
     """The Ray Dataset of result rows for ``inputs`` (files or URIs of one filesystem, already
     expanded), in input order. For pipelines of your own, e.g. ``.write_parquet("s3://...")``
     spread over the workers. Needs a connected Ray (``connect``)."""
@@ -164,7 +158,7 @@ def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
         num_gpus=gpus_per_worker or None,
         fn_constructor_kwargs=dict(model=model, providers=providers, batch_size=batch_size,
                                    threads=max(1, round(cpus)), precision=precision,
-                                   scheme=scheme))
+                                   scheme=scheme, scope=scope, ages=ages))
 
 
 def _screen(inputs):
@@ -188,7 +182,9 @@ def iter_results(inputs, *, address=None, **options):
     """Yield one Result per input, in input order, scored on Ray (options as
     ``build_dataset``). Raises RuntimeError if Ray's output loses, repeats or reorders an
     input, rather than passing such a result set on."""
+    from .scope import Scope
     connect(address)
+    scope = Scope.of(options.get("scope", True), options.get("ages")).label()
     screened = _screen(inputs)
     readable = [item for item, error in screened if error is None]
     rows = iter(())
@@ -196,23 +192,16 @@ def iter_results(inputs, *, address=None, **options):
         rows = iter(build_dataset(readable, **options).iter_rows())
     for item, error in screened:
         if error is not None:
-            yield Result(item, error=error)
+            yield Result(item, error=error, scope=scope)
             continue
         row = next(rows, None)
         if row is None or row["path"] != item:
             raise RuntimeError(f"the Ray job returned {row and row['path']!r} where {item!r} "
                                f"was due: an input was lost or reordered")
-        yield _result(row)
+        yield result_from_row(row)
     extra = next(rows, None)
     if extra is not None:
         raise RuntimeError(f"the Ray job returned a row beyond the inputs: {extra['path']!r}")
-
-
-def _result(row):
-    if row["error"] is not None:
-        return Result(row["path"], error=row["error"])
-    probs = {k[2:]: v for k, v in row.items() if k.startswith("p_")}
-    return Result(row["path"], label=row["label"], probabilities=probs)
 
 
 def classify_dataset(sources, *, output=None, format=None, recursive=False, address=None,

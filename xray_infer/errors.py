@@ -27,6 +27,16 @@ class ImageError(InputError):
     """A decoded array has a shape, dtype or size the preprocessing cannot take."""
 
 
+class OutOfScope(InputError):
+    """An input the model was not made for (another body part, view, modality or population, or
+    an image unlike its training radiographs): refused, not failed. ``gate`` names what refused
+    it: a DICOM attribute, or ``"image"`` for the image gate."""
+
+    def __init__(self, source, reason, gate):
+        super().__init__(source, reason)
+        self.gate = gate
+
+
 class ModelError(XrayInferError):
     """A model file is missing, corrupted, or lacks valid xray_infer metadata."""
 

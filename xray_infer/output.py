@@ -1,5 +1,9 @@
-"""Result rows as CSV, JSON Lines or Parquet: the same columns whichever engine scored them
-(path, label, one probability per class, error)."""
+"""Result rows as CSV, JSON Lines or Parquet: the same columns whichever engine scored them.
+
+The row schema lives here alone: path, label, one probability per class, error (the reason
+there is no label: a failure, or why the input is out of scope), status (classified,
+out_of_scope or failed) and scope (the gate's setting the input was scored under).
+"""
 import csv
 import io
 import json
@@ -11,7 +15,37 @@ PARQUET_ROW_GROUP = 10_000
 
 
 def header(class_names):
-    return ["path", "label"] + [f"p_{n}" for n in class_names] + ["error"]
+    return ["path", "label"] + [f"p_{n}" for n in class_names] + ["error", "status", "scope"]
+
+
+def columns(results, class_names):
+    """{column: values} of ``results`` (None where a row has no value)."""
+    out = {"path": [r.source for r in results], "label": [r.label for r in results]}
+    for n in class_names:
+        out[f"p_{n}"] = [r.probabilities[n] if r.ok else None for r in results]
+    out["error"] = [r.reason for r in results]
+    out["status"] = [r.status for r in results]
+    out["scope"] = [r.scope for r in results]
+    return out
+
+
+def arrow_schema(class_names):
+    import pyarrow as pa
+    return pa.schema([("path", pa.string()), ("label", pa.string())] +
+                     [(f"p_{n}", pa.float64()) for n in class_names] +
+                     [("error", pa.string()), ("status", pa.string()), ("scope", pa.string())])
+
+
+def result_from_row(row):
+    """The Result a row (a mapping of the columns above) records."""
+    from .classifier import Result
+    common = {"scope": row["scope"]}
+    if row["status"] == "failed":
+        return Result(row["path"], error=row["error"], **common)
+    if row["status"] == "out_of_scope":
+        return Result(row["path"], refusal=row["error"], **common)
+    probs = {k[2:]: v for k, v in row.items() if k.startswith("p_")}
+    return Result(row["path"], label=row["label"], probabilities=probs, **common)
 
 
 def format_for(output):
@@ -66,7 +100,8 @@ class ResultWriter:
         if self.fmt == "csv":
             probs = ([f"{r.probabilities[n]:.6f}" for n in self.names] if r.ok
                      else [""] * len(self.names))
-            self.csv.writerow([r.source, r.label or ""] + probs + [r.error or ""])
+            self.csv.writerow([r.source, r.label or ""] + probs + [r.reason or "", r.status,
+                                                                    r.scope])
         elif self.fmt == "jsonl":
             self.stream.write(json.dumps(r.to_dict()) + "\n")
         else:
@@ -86,19 +121,13 @@ class ResultWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
         self._pa = pa
-        self.schema = pa.schema([("path", pa.string()), ("label", pa.string())] +
-                                [(f"p_{n}", pa.float64()) for n in self.names] +
-                                [("error", pa.string())])
+        self.schema = arrow_schema(self.names)
         self._writer = pq.ParquetWriter(stream, self.schema)
         self._rows = []
 
     def _parquet_flush(self):
         if not self._rows:
             return
-        rows = self._rows
-        columns = {"path": [r.source for r in rows], "label": [r.label for r in rows]}
-        for n in self.names:
-            columns[f"p_{n}"] = [r.probabilities[n] if r.ok else None for r in rows]
-        columns["error"] = [r.error for r in rows]
-        self._writer.write_table(self._pa.table(columns, schema=self.schema))
+        self._writer.write_table(self._pa.table(columns(self._rows, self.names),
+                                                schema=self.schema))
         self._rows = []

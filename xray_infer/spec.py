@@ -52,6 +52,14 @@ class ModelSpec:
     ``decision`` the label. ``validation_split`` says which training patients selected it.
     Where ``heatmap_output`` is set, that output holds class activation maps ``(N, C, h, w)``
     whose spatial mean, for a single model, is the class's calibrated logit.
+
+    Scope: where ``scope_output`` is set, that output holds ``(N,)`` distances of each image's
+    features from the training radiographs'; an image whose distance exceeds
+    ``scope["threshold"]`` is out of scope (no label). ``scope`` records the method, the
+    threshold and the data each was fitted on. ``population`` declares who the model is for,
+    read by the DICOM metadata gate: ``modalities`` (gated on metadata), ``image_modalities``
+    (no modality claim: left to the image gate), ``views``, ``body_parts``, ``training_ages``
+    and ``accepted_ages`` (``[low, high]`` in whole years, inclusive: the default range).
     """
     class_names: tuple
     input_size: int
@@ -71,6 +79,9 @@ class ModelSpec:
     validation_split: str = ""
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    scope_output: str = ""
+    scope: dict = field(default_factory=dict)
+    population: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     _REQUIRED = ("class_names", "input_size", "mean", "std", "resize", "schema_version")
@@ -126,6 +137,17 @@ class ModelSpec:
                 raise ModelError(f"{source}: {key} must be a finite number, got {v!r}")
         if not raw["std"] > 0:
             raise ModelError(f"{source}: std must be positive, got {raw['std']!r}")
+        if raw.get("scope_output"):
+            t = (raw.get("scope") or {}).get("threshold")
+            if not (isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t)):
+                raise ModelError(f"{source}: a scope output needs a finite scope threshold, "
+                                 f"got {t!r}")
+        ages = (raw.get("population") or {}).get("accepted_ages")
+        if ages is not None and not (isinstance(ages, list) and len(ages) == 2
+                                     and all(isinstance(a, (int, float)) for a in ages)
+                                     and 0 <= ages[0] <= ages[1]):
+            raise ModelError(f"{source}: population accepted_ages must be [low, high] years, "
+                             f"got {ages!r}")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in known}
         kwargs["class_names"] = tuple(names)

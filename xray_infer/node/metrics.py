@@ -23,6 +23,9 @@ class NodeMetrics:
         self.own_results = Counter(p + "own_results", "Results of this model received back, "
                                    "acknowledged and not classified", registry=r)
         self.classified = Counter(p + "classified", "Instances classified", registry=r)
+        self.out_of_scope = Counter(p + "out_of_scope", "Instances the model was not made for "
+                                    "(acknowledged, nothing forwarded), by the gate that "
+                                    "refused them", ["gate"], registry=r)
         self.forwarded = Counter(p + "forwarded", "Instances whose results the destination "
                                  "stored", registry=r)
         self.retried = Counter(p + "retried", "Instances the destination refused, to be "

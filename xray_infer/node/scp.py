@@ -71,7 +71,8 @@ class Node:
 
     def __init__(self, port, forward, spool, allow, *, ae_title=DEFAULT_AE_TITLE,
                  host="127.0.0.1", batch_size=DEFAULT_BATCH_SIZE, model=None,
-                 limits=Limits(), tls=None, forward_tls=None, metrics_port=None):
+                 limits=Limits(), tls=None, forward_tls=None, metrics_port=None, scope=True,
+                 ages=None):
         if not isinstance(allow, Allowlist):
             raise TypeError("allow must be an Allowlist (Allowlist(any=True) admits everyone)")
         self.port, self.host, self.forward = port, host, forward
@@ -80,7 +81,8 @@ class Node:
         self.tls, self.forward_tls, self.metrics_port = tls, forward_tls, metrics_port
         self.spool = Spool(spool, limits.min_free_mb * 2 ** 20)
         self.metrics = NodeMetrics(lambda: len(self.spool.pending()), self._spool_writable)
-        self.classifier = Classifier(model, heatmaps=True, batch_size=batch_size, workers=2)
+        self.classifier = Classifier(model, heatmaps=True, batch_size=batch_size, workers=2,
+                                     scope=scope, ages=ages)
         self.digest = model_digest(self.classifier.model_path)
         self._decoding = threading.Semaphore(limits.decoders)
         self._visits, self._visits_lock = {}, threading.Lock()
@@ -270,6 +272,11 @@ class Node:
                 self._quarantine(path, f"unreadable in the spool: {type(e).__name__}")
                 continue
             r = self.classifier.classify([scan])[0]
+            if r.status == "out_of_scope":  # acknowledged; no result claims a chest finding
+                self.metrics.out_of_scope.labels(r.refused_by).inc()
+                log.info("instance %s: out of scope (%s); nothing forwarded", uid, r.refused_by)
+                self._finished(path, uid)
+                continue
             if not r.ok:
                 self._quarantine(path, f"not classified: {r.error}")
                 continue
@@ -322,15 +329,19 @@ class Node:
         return True
 
     def _delivered_ok(self, path, uid, label, sr, sc):
-        self._retry.pop(path.name, None)
         self.metrics.forwarded.inc()
         log.info("instance %s: %s; SR %s and SC %s stored by %s", uid, label,
                  sr.SOPInstanceUID, sc.SOPInstanceUID, self.forward)
+        self._finished(path, uid)
+
+    def _finished(self, path, uid):
+        """Nothing more to do for this instance: out of the spool."""
+        self._retry.pop(path.name, None)
         try:
             self.spool.done(path)
         except OSError as e:
             self._delivered.add(path.name)  # not sent again while this process runs
-            log.error("instance %s delivered, but cannot be removed from the spool: %s", uid, e)
+            log.error("instance %s done, but cannot be removed from the spool: %s", uid, e)
 
     def _refused_by_destination(self, path, uid, code, comment):
         refusals = self._retry.get(path.name, (0, 0))[0] + 1

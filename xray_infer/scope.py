@@ -1,0 +1,131 @@
+"""The scope gate: no label for an input the model was not made for.
+
+Two checks, both read from the model's metadata (``ModelSpec.population`` and
+``ModelSpec.scope``), so nothing here is a constant of its own:
+
+- the metadata gate, for DICOM inputs, first and cheapest: Modality, BodyPartExamined,
+  ViewPosition and the patient's age (PatientAge, else PatientBirthDate and the study date)
+  against the population the model declares; an attribute that is absent is not held against
+  an input (the image gate still applies);
+- the image gate, for every input: the distance of the image's features from the training
+  radiographs', an output of the graph, against the threshold fitted with it (and, before
+  that, an image of one value throughout holds no radiograph).
+"""
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from .errors import OutOfScope
+
+_AGE = re.compile(r"(\d{3})([DWMY])")
+_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+#: Where the age is computed to when PatientAge is absent: the first of these dates present.
+_STUDY_DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
+#: The DICOM attributes the metadata gate reads (``dicom.decode_dicom`` returns them).
+ATTRIBUTES = ("Modality", "BodyPartExamined", "ViewPosition", "PatientAge", "PatientBirthDate",
+              *_STUDY_DATES)
+
+
+def parse_ages(text):
+    """``"LOW-HIGH"`` (whole years, inclusive) -> (low, high); ValueError otherwise."""
+    m = re.fullmatch(r"\s*(\d{1,3})\s*-\s*(\d{1,3})\s*", str(text))
+    if not m or int(m[1]) > int(m[2]):
+        raise ValueError(f"{text!r} is not an age range LOW-HIGH in years (e.g. 0-17)")
+    return int(m[1]), int(m[2])
+
+
+def _date(text):
+    m = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", text or "")
+    try:
+        return date(int(m[1]), int(m[2]), int(m[3])) if m else None
+    except ValueError:
+        return None
+
+
+def age_years(attributes):
+    """The patient's age in years from PatientAge, else from the birth and study dates; None
+    when neither is there or parses."""
+    m = _AGE.fullmatch(attributes.get("PatientAge", ""))
+    if m:
+        return int(m[1]) * _AGE_UNIT_YEARS[m[2]]
+    born = _date(attributes.get("PatientBirthDate"))
+    seen = next((d for d in map(_date, (attributes.get(k) for k in _STUDY_DATES)) if d), None)
+    if born and seen and seen >= born:
+        return (seen - born).days / 365.25
+    return None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the classifier refuses: ``enabled`` (both gates) and ``ages``, the accepted age
+    range in whole years (None: the model's ``accepted_ages``)."""
+    enabled: bool = True
+    ages: tuple = None
+
+    @classmethod
+    def of(cls, value, ages=None):
+        """From ``Classifier(scope=...)``: a Scope, True/False, or "on"/"off"."""
+        if isinstance(value, Scope):
+            return value
+        if value in (True, "on"):
+            return cls(True, tuple(ages) if ages is not None else None)
+        if value in (False, "off"):
+            return cls(False)
+        raise ValueError(f"scope must be True/'on' or False/'off', got {value!r}")
+
+    def label(self):
+        """How each output row records the setting."""
+        if not self.enabled:
+            return "off"
+        return "on" if self.ages is None else f"on, ages {self.ages[0]}-{self.ages[1]}"
+
+
+class Gate:
+    """The two checks for one model (``spec``) and one ``Scope``."""
+
+    def __init__(self, spec, scope):
+        self.scope, self.population = scope, spec.population or {}
+        self.threshold = spec.scope.get("threshold") if spec.scope_output else None
+        self.ages = scope.ages or tuple(self.population.get("accepted_ages") or ()) or None
+
+    def check_metadata(self, attributes, source):
+        """Raise OutOfScope when a DICOM attribute places the input outside the population."""
+        if not self.scope.enabled or not attributes or not self.population:
+            return
+        pop = self.population
+        modality = attributes.get("Modality", "").upper()
+        if modality and modality not in pop.get("modalities", ()) + pop.get("image_modalities",
+                                                                               ()):
+            raise OutOfScope(source, f"out of scope: Modality {modality} (the model reads "
+                                     f"{', '.join(pop['modalities'])} radiographs)", "Modality")
+        part = attributes.get("BodyPartExamined", "").upper()
+        if part and part not in pop.get("body_parts", ()):
+            raise OutOfScope(source, f"out of scope: BodyPartExamined {part} (the model reads "
+                                     f"chest radiographs)", "BodyPartExamined")
+        view = attributes.get("ViewPosition", "").upper()
+        if view and view not in pop.get("views", ()):
+            raise OutOfScope(source, f"out of scope: ViewPosition {view} (the model reads "
+                                     f"frontal {'/'.join(pop['views'])} views)", "ViewPosition")
+        age = age_years(attributes)
+        if age is not None and self.ages and not self.ages[0] <= age < self.ages[1] + 1:
+            trained = pop.get("training_ages") or self.ages
+            raise OutOfScope(source, f"out of scope: patient age {age:.1f} years is outside "
+                                     f"{self.ages[0]}-{self.ages[1]} (trained on "
+                                     f"{trained[0]}-{trained[1]} years; ages widens it)",
+                             "PatientAge")
+
+    def check_image(self, pixels, source):
+        """Raise OutOfScope for an image of one value throughout: no radiograph in it (and
+        features of a constant image are not informative about anything)."""
+        if self.scope.enabled and pixels.size and pixels.min() == pixels.max():
+            raise OutOfScope(source, "out of scope: the image is uniform (one value throughout)",
+                             "image")
+
+    def check_distance(self, distance, source):
+        """Raise OutOfScope when the image gate's distance exceeds the model's threshold."""
+        if not self.scope.enabled or self.threshold is None:
+            return
+        if not distance <= self.threshold:  # NaN is out of scope too
+            raise OutOfScope(source, f"out of scope: the image is unlike the training "
+                                     f"radiographs (feature distance {distance:.0f} > "
+                                     f"{self.threshold:.0f})", "image")
