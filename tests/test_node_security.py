@@ -235,6 +235,8 @@ def test_idle_and_silent_connections_from_one_host_do_not_lock_out_others(node):
         for a in held:
             if a.is_established:
                 a.release()
+    # Their slots are free again once the node's side of each has ended.
+    wait_for(lambda: store([], node.port) == [], timeout=60, what="the host let in again")
 
 
 def test_c_echo_answers_listed_callers_and_dcmtk_is_refused_under_another_title(node):
