@@ -493,3 +493,18 @@ def test_instance_files_never_carry_the_uid_text(node):
     for f in (node.spool / "failed").glob("*"):
         assert len(f.stem) == 40 and all(c in "0123456789abcdef" for c in f.stem)
 
+
+
+# -- the scope gate at the node: acknowledged, nothing forwarded ----------------------------------
+def test_a_knee_is_acknowledged_and_nothing_is_forwarded_for_it(node, dest, tmp_path):
+    knee = dataset(tmp_path, "KNEE", BodyPartExamined="KNEE")
+    chest = dataset(tmp_path, "CHEST-AFTER-KNEE", BodyPartExamined="CHEST")
+    assert store([knee, chest], node.port) == [(0, "")] * 2
+    wait_for(lambda: "CHEST-AFTER-KNEE" in dest.patients("SR"), timeout=120, what="chest SR")
+    wait_for(lambda: f"instance {knee.SOPInstanceUID}: out of scope (BodyPartExamined); "
+             f"nothing forwarded" in node.log.read_text(), timeout=60, what="the knee logged")
+    assert not any(d.PatientID == "KNEE" for d in dest.calls)
+    assert not any(knee.SOPInstanceUID in p.name for p in node.spooled())
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=30) as r:
+        assert 'xray_infer_node_out_of_scope_total{gate="BodyPartExamined"} 1.0' in \
+            r.read().decode()

@@ -100,6 +100,17 @@ def test_class_maps_average_to_the_calibrated_logits(tmp_path, net):
     with torch.no_grad():
         logits = member(torch.from_numpy(x[:8])).numpy()
     assert np.abs(means - logits / spec.metrics["temperatures"][0]).max() < 1e-4
+    # The scope output is the squared Mahalanobis distance of the classifier's input, fitted on
+    # the "train" arrays: the same formula in float64 on the graph's own features.
+    import onnx
+    from trainer import scope
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    features = scope.features(proto, x)
+    want = scope.Gaussians(features, y).distance(features[:8])
+    got = sess.run([spec.scope_output], {spec.input_name: x[:8]})[0]
+    assert np.allclose(got, want, rtol=1e-3)
+    assert spec.scope["threshold"] == pytest.approx(np.quantile(
+        scope.Gaussians(features, y).distance(features), scope.VALIDATION_PASS))
 
 
 def test_imagenet_weights_load_into_the_one_channel_lite0():
