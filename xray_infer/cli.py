@@ -19,7 +19,11 @@ from pathlib import Path
 
 from .errors import UsageError
 from .inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
+from .node.policy import DEFAULT_AE_TITLE, DEFAULT_HOST, Allowlist, Caller, Limits, check_ae_title
+from .node.policy import DEFAULT_BATCH_SIZE as NODE_BATCH_SIZE
 from .output import FORMATS, ResultWriter, format_for, header, open_output, output_exists
+from .peer import Peer
+from .scope import parse_ages
 from .spec import DEFAULT_BATCH_SIZE
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -466,7 +470,7 @@ def cmd_info(args):
     from .classifier import Classifier
     from .errors import XrayInferError
     try:
-        clf = Classifier(args.model, providers=["CPUExecutionProvider"])
+        clf = Classifier(args.model, providers=["CPUExecutionProvider"], scope=False)
     except XrayInferError as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -489,6 +493,16 @@ def cmd_info(args):
                   f"{m['macro_f1']:.4f}, normal-vs-pneumonia accuracy {m['binary_accuracy']:.4f}, "
                   f"AUC {m['binary_auc']:.4f} (n={m['n']})")
     print(f"training data  {s.training_data}")
+    p = s.population
+    if p:
+        print(f"population     {'/'.join(p['modalities'])} {'/'.join(p['views'])} "
+              f"{'/'.join(p['body_parts'])}, ages {p['accepted_ages'][0]}-{p['accepted_ages'][1]} "
+              f"accepted (trained on {p['training_ages'][0]}-{p['training_ages'][1]})")
+    if s.scope_output:
+        print(f"scope gate     threshold {s.scope['threshold']:.1f} ({s.scope['threshold_rule']}; "
+              f"fitted on {s.scope['fitted_on']})")
+    else:
+        print("scope gate     none (classify with --scope off)")
     print(f"onnxruntime    {info['onnxruntime']}; providers: "
           f"{', '.join(info['available_providers'])}")
     print(f"kernel         {'OpenMP' if _preprocess.OPENMP else 'serial'} build, "
@@ -496,42 +510,25 @@ def cmd_info(args):
     return EXIT_OK
 
 
-def _peer(text):
-    from .peer import Peer
-    try:
-        return Peer.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def _checked(parse):
+    """An argparse ``type=`` from a parser that raises ValueError with the reason."""
+    def check(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    check.__name__ = parse.__name__  # argparse names the option's type in its messages
+    return check
 
 
-def _ages(text):
-    from .scope import parse_ages
-    try:
-        return parse_ages(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+_peer, _ages, _ae_title, _caller = map(_checked, (Peer.parse, parse_ages, check_ae_title,
+                                                  Caller.parse))
 
 
 def _port(text):
     if not text.isdigit() or not 0 < int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
     return int(text)
-
-
-def _ae_title(text):
-    from .node.policy import check_ae_title
-    try:
-        return check_ae_title(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _caller(text):
-    from .node.policy import Caller
-    try:
-        return Caller.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _whole(text):
@@ -617,7 +614,6 @@ def cmd_send(args):
 
 def _listen_plan(args):
     """Everything ``listen`` needs, checked before the model loads (UsageError otherwise)."""
-    from .node.policy import Allowlist, Limits
     from .node.spool import Spool
     if not args.allow and not args.allow_any:
         raise UsageError("say who may send: --allow AET@HOST (repeatable), or --allow-any to "
@@ -750,8 +746,6 @@ def build_parser():
                    help="write library warnings and per-input failures here")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     c.set_defaults(fn=cmd_classify)
-    from .node.policy import DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE as NODE_BATCH, DEFAULT_HOST
-    from .node.policy import Limits
     n = sub.add_parser("send", help="send DICOM files to a DICOM node or PACS (C-STORE)")
     n.add_argument("paths", nargs="+", metavar="PATH")
     n.add_argument("--to", required=True, type=_peer, metavar="HOST:PORT[:AET]")
@@ -779,7 +773,7 @@ def build_parser():
                     help="where the results go (a PACS)")
     li.add_argument("--spool", default="xray-infer-spool",
                     help="received instances wait here until their results are delivered")
-    li.add_argument("--batch-size", type=int, default=NODE_BATCH)
+    li.add_argument("--batch-size", type=int, default=NODE_BATCH_SIZE)
     li.add_argument("--model")
     li.add_argument("--max-associations", type=_whole, default=d.max_associations,
                     help=f"associations open at once, all callers (default {d.max_associations})")

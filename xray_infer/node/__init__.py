@@ -5,7 +5,7 @@ and the sender used to feed it. Networking by pynetdicom (the ``dicom`` extra).
 - ``policy``: who may associate, resource limits and their defaults, identifier checks;
 - ``network``: TLS, associating, what counts as stored, the bounded association server;
 - ``spool``: where acknowledged instances wait for their results to be delivered;
-- ``scp``: the node (receiving, checking, classifying, forwarding); ``send``: the sender;
+- ``scp``: the node (receiving, checking, classifying, forwarding); ``sender``: ``send``;
 - ``metrics``: Prometheus metrics and ``/healthz``.
 
 Durability: an instance is written to the spool atomically before it is acknowledged, and
@@ -13,11 +13,19 @@ leaves it only after the destination stored both results. Result UIDs are derive
 source instance and the model (``dicom_results.result_uids``), so an instance scored again after
 a crash or a failed forward reaches the PACS as the same objects: each result arrives once.
 """
+# Light on import: the command line reads ``policy`` (defaults, argument checks) before it
+# knows whether the dicom extra is installed; the rest loads on first use.
 from ..peer import Peer
-from .network import AssociationError, is_stored, tls_context
 from .policy import Allowlist, Caller, Limits
-from .scp import Node
-from .send import send
 
+_LAZY = {"AssociationError": "network", "is_stored": "network", "tls_context": "network",
+         "Node": "scp", "send": "sender"}
 __all__ = ["AssociationError", "Allowlist", "Caller", "Limits", "Node", "Peer", "is_stored",
            "send", "tls_context"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
