@@ -195,43 +195,47 @@ def test_interrupt_exits_130_and_resume_completes(tmp_path):
     """SIGINT mid-run: exit status 130, every written row complete; --resume then scores
     each remaining input exactly once.
 
-    The run is held in progress by a named pipe among its inputs: it cannot be read (nor the
-    rows after it written) until the test opens the pipe, after the signal, so the signal
-    always arrives mid-run, however fast the machine."""
+    The run writes to a pipe this test stops reading, shrunk to one page: the run blocks on its
+    output long before its 400 rows are out, so the signal always arrives mid-run, however
+    fast the machine."""
+    import fcntl
     import os
     import signal
-    import time
+    scans = tmp_path / "many"
+    scans.mkdir()
     samples = sorted(SAMPLES.glob("*.jpeg"))
-    before, after = tmp_path / "a", tmp_path / "b"
-    for folder, n in ((before, 12), (after, 388)):
-        folder.mkdir()
-        for i in range(n):
-            os.symlink(samples[i % len(samples)], folder / f"{i:04d}.jpeg")
-    gate = tmp_path / "gate.jpeg"
-    os.mkfifo(gate)
-    out = tmp_path / "out.csv"
-    proc = subprocess.Popen([sys.executable, "-m", "xray_infer", "classify", str(before),
-                             str(gate), str(after), "-o", str(out), "--batch-size", "4", "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 13):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    assert out.read_text().count("\n") == 13  # header + the 12 inputs before the pipe
+    for i in range(400):
+        os.symlink(samples[i % len(samples)], scans / f"{i:04d}.jpeg")
+    proc = subprocess.Popen([sys.executable, "-m", "xray_infer", "classify", str(scans),
+                             "--batch-size", "4", "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
+    head = [proc.stdout.readline() for _ in range(13)]  # the header and 12 rows
     proc.send_signal(signal.SIGINT)
-    with open(gate, "wb") as f:  # release the reader blocked on the pipe, so the run can end
-        f.write(samples[0].read_bytes())
-    _, err = proc.communicate(timeout=120)
+    rest, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err
+    out = tmp_path / "out.csv"
+    out.write_text("".join(head) + rest)
     rows = list(csv.DictReader(out.open()))
-    assert 12 <= len(rows) < 401 and all(r["label"] for r in rows)
-    gate.unlink()
-    shutil.copy(samples[0], gate)  # the same input, now a file the resumed run can read
-    p = run("classify", before, gate, after, "-o", out, "--resume", "--batch-size", "64")
+    assert 12 <= len(rows) < 400 and all(r["label"] and r["status"] == "classified" for r in rows)
+    p = run("classify", scans, "-o", out, "--resume", "--batch-size", "64")
     assert p.returncode == 0, p.stderr
     paths = [r["path"] for r in csv.DictReader(out.open())]
-    assert len(paths) == 401 and len(set(paths)) == 401
+    assert len(paths) == 400 and len(set(paths)) == 400
+
+
+def test_named_pipes_and_devices_are_error_rows_not_a_hang(tmp_path):
+    import os
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    os.mkfifo(folder / "scan.jpeg")
+    shutil.copy(SAMPLES / "IM-0001-0001.jpeg", folder)
+    p = run("classify", folder, "/dev/zero", "-f", "jsonl", "-q")
+    assert p.returncode == 1
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [r["status"] for r in rows] == ["classified", "failed", "failed"]
+    assert all("not a regular file" in r["error"] for r in rows[1:])
 
 
 def test_explicit_bad_file_is_reported_not_dropped(tmp_path):
@@ -290,3 +294,46 @@ def test_empty_sources_are_a_usage_error(tmp_path):
     p = run("classify", tmp_path, "-o", tmp_path / "r.csv")
     assert p.returncode == 2 and "no inputs" in p.stderr
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_a_row_and_resumes(tmp_path):
+    import os
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(SAMPLES / "IM-0001-0001.jpeg", folder / "good.jpeg")
+    odd = os.fsencode(folder) + b"/bad\xff\xfe.jpeg"
+    with open(odd, "wb") as f:
+        f.write((SAMPLES / "IM-0003-0001.jpeg").read_bytes())
+    out = tmp_path / "out.csv"
+    p = run("classify", folder, "-o", out, "-q")
+    assert p.returncode == 0, p.stderr
+    raw = out.read_bytes()
+    assert b"/bad\xff\xfe.jpeg,normal," in raw  # the name's own bytes: recoverable
+    p = run("classify", folder, "-o", out, "--resume")
+    assert p.returncode == 0, p.stderr
+    assert "2 skipped" in p.stderr and out.read_bytes() == raw
+    p = run("classify", folder, "-f", "jsonl", "-q")
+    names = [json.loads(line)["path"] for line in p.stdout.splitlines()]
+    assert os.fsencode(names[0]).endswith(b"/bad\xff\xfe.jpeg")
+
+
+def test_a_path_that_reads_as_a_formula_is_neutralised_and_resumes(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    name = '=HYPERLINK("x")x.jpeg'
+    shutil.copy(SAMPLES / "IM-0001-0001.jpeg", folder / name)
+    out = tmp_path / "out.csv"
+    p = run("classify", name, "-o", out.name, "-q", cwd=folder)
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader((folder / out.name).open()))
+    assert rows[0]["path"] == "'" + name  # no spreadsheet evaluates it
+    p = run("classify", name, "-o", out.name, "--resume", cwd=folder)
+    assert p.returncode == 0 and "1 skipped" in p.stderr, p.stderr
+
+
+def test_a_usage_error_leaves_no_log_file(tmp_path):
+    log = tmp_path / "run.log"
+    v1 = Path(__file__).resolve().parent.parent / "benchmarks" / "models" / "v1.0.0.onnx"
+    p = run("classify", SAMPLES, "--log", log, "--model", v1)  # a model without a scope gate
+    assert p.returncode == 2 and "no scope gate" in p.stderr
+    assert not log.exists()

@@ -21,7 +21,8 @@ from .errors import UsageError
 from .inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
 from .node.policy import DEFAULT_AE_TITLE, DEFAULT_HOST, Allowlist, Caller, Limits, check_ae_title
 from .node.policy import DEFAULT_BATCH_SIZE as NODE_BATCH_SIZE
-from .output import FORMATS, ResultWriter, format_for, header, open_output, output_exists
+from .output import (FORMATS, TEXT_ERRORS, ResultWriter, csv_value, format_for, header,
+                     open_output, output_exists)
 from .peer import Peer
 from .scope import parse_ages
 from .spec import DEFAULT_BATCH_SIZE
@@ -42,7 +43,7 @@ class Existing:
     def __init__(self, path):
         self.path = path
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8", errors=TEXT_ERRORS)
         except (OSError, UnicodeDecodeError) as e:
             raise UsageError(f"{path}: cannot read the results file to resume: {e}") from None
         cut = text.rfind("\n") + 1
@@ -74,7 +75,7 @@ class Existing:
                 if len(row) != len(self.columns):
                     raise UsageError(f"{path}, line {n}: {len(row)} fields where the header has "
                                      f"{len(self.columns)}; refusing to append to it")
-                self.rows[input_key(row[0])] = row[status] not in ("classified",
+                self.rows[input_key(csv_value(row[0]))] = row[status] not in ("classified",
                                                                    "out_of_scope", "")
 
     def without(self, keys):
@@ -89,7 +90,7 @@ class Existing:
         reader = csv.reader(io.StringIO(self.complete))
         writer.writerow(next(reader))
         for row in reader:
-            if input_key(row[0]) not in keys:
+            if input_key(csv_value(row[0])) not in keys:
                 writer.writerow(row)
         return out.getvalue()
 
@@ -309,7 +310,9 @@ def _setup_logging(path):
     root = logging.getLogger()
     root.addHandler(sink)
     if path:
-        handler = logging.FileHandler(path, encoding="utf-8")
+        # delay: the file appears with its first line, not for a run that stops at a usage error
+        handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace",
+                                      delay=True)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
@@ -390,9 +393,11 @@ def cmd_classify(args):
         # Drop a row cut by an interruption, and the failed rows about to be retried, by
         # replacing the file in one step.
         tmp = f"{args.output}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+        with open(tmp, "w", encoding="utf-8", newline="", errors=TEXT_ERRORS) as f:
             f.write(existing.without(retried))
         os.replace(tmp, args.output)
+    if not args.output:
+        sys.stdout.reconfigure(errors=TEXT_ERRORS)  # file names that are not UTF-8, as they are
     stream = open_output(args.output, fmt, append=appending) if args.output else sys.stdout
     progress = _Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
     writer = ResultWriter(stream, fmt, class_names, write_header=not appending)

@@ -6,6 +6,7 @@ decoder allocates anything.
 """
 import os
 import re
+import stat
 import struct
 from typing import NamedTuple
 
@@ -171,13 +172,25 @@ def _too_large(source, size):
     return DecodeError(source, f"file is {size:,} bytes, over the limit of {MAX_FILE_BYTES:,}")
 
 
-def _checked_stat(path):
-    """A directory or a file over MAX_FILE_BYTES is a DecodeError; OSError passes through."""
-    if os.path.isdir(path):
-        raise DecodeError(path, "is a directory, not an image file")
-    size = os.stat(path).st_size
-    if size > MAX_FILE_BYTES:
-        raise _too_large(path, size)
+def _open_checked(path):
+    """An open binary file for ``path``, checked: a directory, anything but a regular file
+    (a named pipe, a device, a socket) or a file over MAX_FILE_BYTES is a DecodeError; OSError
+    passes through. Opened without blocking and checked on the open file, so a named pipe
+    cannot hang the run, nor a file swapped for one after a check."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    f = os.fdopen(fd, "rb")
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise DecodeError(path, "is a directory, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise DecodeError(path, "not a regular file (a named pipe, device or socket)")
+        if st.st_size > MAX_FILE_BYTES:
+            raise _too_large(path, st.st_size)
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _read_error(path, e):
@@ -190,12 +203,11 @@ def _read_error(path, e):
 
 def check_file(path):
     """Raise the DecodeError ``read_image`` would raise before decoding: ``path`` is a
-    directory, missing, larger than MAX_FILE_BYTES or unreadable. Lets a caller that hands the
+    directory, not a regular file, missing, larger than MAX_FILE_BYTES or unreadable. Lets a caller that hands the
     reading to others (the Ray engine) report those inputs exactly as ``read_image`` does."""
     path = os.fspath(path)
     try:
-        _checked_stat(path)
-        open(path, "rb").close()
+        _open_checked(path).close()
     except OSError as e:
         raise _read_error(path, e) from None
 
@@ -215,8 +227,7 @@ def read_image(path):
     """
     path = os.fspath(path)
     try:
-        _checked_stat(path)
-        with open(path, "rb") as f:
+        with _open_checked(path) as f:
             data = f.read(MAX_FILE_BYTES + 1)  # a file that grew since the check stays bounded
     except OSError as e:
         raise _read_error(path, e) from None

@@ -10,6 +10,22 @@ import json
 import os
 
 FORMATS = ("csv", "jsonl", "parquet")
+#: A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV
+#: injection"): it is written behind an apostrophe, which ``csv_value`` takes off again. A cell
+#: that starts with an apostrophe gets one too, so that every text reads back as written.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+#: Paths are text decoded with surrogateescape (a file name that is not UTF-8 keeps its bytes):
+#: CSV and JSON Lines write those bytes back as they were.
+TEXT_ERRORS = "surrogateescape"
+
+
+def csv_cell(text):
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_value(cell):
+    """The text a cell written by ``csv_cell`` holds."""
+    return cell[1:] if cell.startswith("'") else cell
 #: Parquet rows are written in groups of this many (a crash loses at most the open group).
 PARQUET_ROW_GROUP = 10_000
 
@@ -65,10 +81,11 @@ def open_output(output, fmt, append=False):
         import pyarrow.fs as pafs
         fs, path = pafs.FileSystem.from_uri(os.fspath(output))
         raw = fs.open_output_stream(path)
-        return raw if fmt == "parquet" else io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        return raw if fmt == "parquet" else io.TextIOWrapper(raw, encoding="utf-8", newline="",
+                                                             errors=TEXT_ERRORS)
     if fmt == "parquet":
         return open(output, "wb")
-    return open(output, "a" if append else "w", encoding="utf-8", newline="")
+    return open(output, "a" if append else "w", encoding="utf-8", newline="", errors=TEXT_ERRORS)
 
 
 def output_exists(output):
@@ -100,8 +117,8 @@ class ResultWriter:
         if self.fmt == "csv":
             probs = ([f"{r.probabilities[n]:.6f}" for n in self.names] if r.ok
                      else [""] * len(self.names))
-            self.csv.writerow([r.source, r.label or ""] + probs + [r.reason or "", r.status,
-                                                                    r.scope])
+            self.csv.writerow([csv_cell(r.source), r.label or ""] + probs +
+                              [csv_cell(r.reason or ""), r.status, r.scope])
         elif self.fmt == "jsonl":
             self.stream.write(json.dumps(r.to_dict()) + "\n")
         else:
@@ -128,6 +145,8 @@ class ResultWriter:
     def _parquet_flush(self):
         if not self._rows:
             return
-        self._writer.write_table(self._pa.table(columns(self._rows, self.names),
-                                                schema=self.schema))
+        table = columns(self._rows, self.names)
+        # Parquet strings must be UTF-8: a name that is not keeps its bytes as \xNN escapes.
+        table["path"] = [os.fsencode(p).decode("utf-8", "backslashreplace") for p in table["path"]]
+        self._writer.write_table(self._pa.table(table, schema=self.schema))
         self._rows = []
