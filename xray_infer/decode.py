@@ -178,7 +178,6 @@ def _open_checked(path):
     passes through. Opened without blocking and checked on the open file, so a named pipe
     cannot hang the run, nor a file swapped for one after a check."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    f = os.fdopen(fd, "rb")
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -187,10 +186,10 @@ def _open_checked(path):
             raise DecodeError(path, "not a regular file (a named pipe, device or socket)")
         if st.st_size > MAX_FILE_BYTES:
             raise _too_large(path, st.st_size)
+        return os.fdopen(fd, "rb")
     except BaseException:
-        f.close()
+        os.close(fd)
         raise
-    return f
 
 
 def _read_error(path, e):
