@@ -508,3 +508,20 @@ def test_a_knee_is_acknowledged_and_nothing_is_forwarded_for_it(node, dest, tmp_
     with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=30) as r:
         assert 'xray_infer_node_out_of_scope_total{gate="BodyPartExamined"} 1.0' in \
             r.read().decode()
+
+
+def test_beyond_max_associations_every_host_is_told_to_retry_later(tmp_path):
+    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER, OTHER_PEER),
+                    extra=("--max-associations", 2)).start()
+    held = [ae().associate("127.0.0.1", n.port, ae_title=NODE_AET) for _ in range(2)]
+    try:
+        assert all(a.is_established for a in held)
+        late = ae("OTHER").associate("127.0.0.1", n.port, ae_title=NODE_AET,
+                                     bind_address=("127.0.0.2", 0))
+        assert late.is_rejected and late.acceptor.primitive.result == 0x02  # transient
+        wait_for(lambda: "2 associations open (the limit)" in n.log.read_text(), timeout=30,
+                 what="the rejection logged")
+    finally:
+        for a in held:
+            a.release()
+        n.stop()

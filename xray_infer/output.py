@@ -8,6 +8,10 @@ import csv
 import io
 import json
 import os
+from pathlib import Path
+
+from .errors import UsageError
+from .inputs import input_key
 
 FORMATS = ("csv", "jsonl", "parquet")
 #: A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV
@@ -150,3 +154,66 @@ class ResultWriter:
         table["path"] = [os.fsencode(p).decode("utf-8", "backslashreplace") for p in table["path"]]
         self._writer.write_table(self._pa.table(table, schema=self.schema))
         self._rows = []
+
+
+class Existing:
+    """An earlier output file, read for ``--resume`` without changing it.
+
+    ``fmt`` and ``columns`` come from the file itself; ``complete`` is the text up to its last
+    newline (a row cut by an interruption is dropped); ``rows`` maps each input's key to
+    whether its row holds an error.
+    """
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors=TEXT_ERRORS)
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"{path}: cannot read the results file to resume: {e}") from None
+        cut = text.rfind("\n") + 1
+        self.complete, self.partial = text[:cut], text[cut:]
+        lines = self.complete.splitlines()
+        self.fmt, self.columns, self.rows = None, None, {}
+        if not lines:
+            return
+        if lines[0].startswith("{"):
+            self.fmt = "jsonl"
+            for n, line in enumerate(lines, 1):
+                try:
+                    row = json.loads(line)
+                    self.rows[input_key(row["path"])] = row["status"] == "failed"
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise UsageError(f"{path}, line {n}: not a row this program wrote; "
+                                     f"refusing to append to it") from None
+        else:
+            self.fmt = "csv"
+            reader = csv.reader(io.StringIO(self.complete))
+            self.columns = next(reader)
+            if self.columns[:2] != ["path", "label"] or "error" not in self.columns:
+                raise UsageError(f"{path}: first line is neither a CSV header of this program "
+                                 f"nor a JSON row; refusing to append to it")
+            # Files of earlier versions have no status column (they are refused below, by
+            # their columns): read them far enough to say so.
+            status = self.columns.index("status" if "status" in self.columns else "error")
+            for n, row in enumerate(reader, 2):
+                if len(row) != len(self.columns):
+                    raise UsageError(f"{path}, line {n}: {len(row)} fields where the header has "
+                                     f"{len(self.columns)}; refusing to append to it")
+                self.rows[input_key(csv_value(row[0]))] = row[status] not in ("classified",
+                                                                   "out_of_scope", "")
+
+    def without(self, keys):
+        """The complete text with the rows of ``keys`` left out."""
+        if not keys:
+            return self.complete
+        lines = self.complete.splitlines(keepends=True)
+        if self.fmt == "jsonl":
+            return "".join(ln for ln in lines if input_key(json.loads(ln)["path"]) not in keys)
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        reader = csv.reader(io.StringIO(self.complete))
+        writer.writerow(next(reader))
+        for row in reader:
+            if input_key(csv_value(row[0])) not in keys:
+                writer.writerow(row)
+        return out.getvalue()

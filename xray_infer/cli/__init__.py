@@ -1,0 +1,39 @@
+"""Command line: ``xray-infer classify PATH...``, ``send``, ``listen`` and ``info``, a module
+each; ``_common`` holds what they share.
+
+Exit status: 0 when every input was classified or refused as out of scope, 1 when any input
+failed (each failure is a row in the output and is summarised on stderr), 2 for usage errors
+(reported before the model loads and before any output file is touched), 3 when a Ray job
+failed as a whole (rows written until then are complete), 130 when interrupted.
+
+Nothing heavy is imported until the arguments have been checked.
+"""
+import argparse
+import sys
+
+from ..errors import UsageError
+from . import classify, info, node
+from ._common import EXIT_USAGE
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="xray-infer", description="Classify pediatric chest X-rays "
+                                "(normal / bacterial / viral pneumonia). Not a diagnostic device.")
+    subparsers = p.add_subparsers(dest="cmd", required=True)
+    classify.add_parser(subparsers)
+    node.add_parsers(subparsers)
+    info.add_parser(subparsers)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UsageError as e:
+        print(f"xray-infer: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""What the subcommands share: exit statuses, argument value checks, the one logging set-up
+and the one "this needs an extra" check."""
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from ..errors import UsageError
+
+EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: Libraries whose messages quote values from the objects they read (patient data).
+CHATTY = ("pydicom", "highdicom", "pynetdicom", "py.warnings")
+
+
+def checked(parse):
+    """An argparse ``type=`` from a parser that raises ValueError with the reason."""
+    def check(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    check.__name__ = parse.__name__  # argparse names the option's type in its messages
+    return check
+
+
+def _whole_number(text):
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _port_number(text):
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{text!r} is not a port (1 to 65535)")
+    return int(text)
+
+
+def _readable(text):
+    if not os.path.isfile(text) or not os.access(text, os.R_OK):
+        raise ValueError(f"{text}: not a readable file")
+    return text
+
+
+whole, port, readable_file = map(checked, (_whole_number, _port_number, _readable))
+
+
+def positive(name, value):
+    if value is not None and value < 1:
+        raise UsageError(f"{name} must be at least 1, got {value}")
+
+
+def require(modules, what, extra):
+    """UsageError naming ``what`` and the extra to install, unless ``modules`` import."""
+    try:
+        for name in modules:
+            importlib.import_module(name)
+    except ImportError:
+        raise UsageError(f"{what} needs {', '.join(modules)}: pip install "
+                         f"'{extra}'") from None
+
+
+class WarningCount(logging.Handler):
+    """Counts library warnings (for the summary line) wherever they are written."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record):
+        self.count += 1
+
+
+def setup_logging(path, *, console, verbose=False):
+    """Warnings captured into logging; ``path`` gets every line at INFO and above, created
+    with its first line (so a run that stops at a usage error leaves no file); ``console``
+    also writes them to stderr (the node), else nothing reaches the terminal between the
+    progress lines (classify). Returns the WarningCount.
+
+    With ``console``, the libraries in CHATTY are silenced unless ``verbose``: they quote
+    values from the objects (patient data) in their messages."""
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    count = WarningCount()
+    root.addHandler(count)
+    handlers = [logging.StreamHandler(sys.stderr)] if console else []
+    if path:
+        handlers.append(logging.FileHandler(path, encoding="utf-8", errors="backslashreplace",
+                                            delay=True))
+    for h in handlers:
+        h.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(h)
+    if handlers:
+        root.setLevel(logging.INFO)
+    if console:
+        for name in CHATTY:
+            logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    return count
+
+
+def quiet_opencv():
+    """OpenCV logs its own messages for every corrupt file; the CLI reports each failure itself."""
+    import cv2
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # builds without the logging bindings
+        pass
+
+
+def fail(message, code):
+    print(f"xray-infer: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,352 @@
+"""``xray-infer classify``: score files, folders and URIs; one row per input, in input order."""
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+from ..errors import UsageError, XrayInferError
+from ..inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
+from ..output import (FORMATS, TEXT_ERRORS, Existing, ResultWriter, format_for, header,
+                      open_output, output_exists)
+from ..scope import parse_ages
+from ..spec import DEFAULT_BATCH_SIZE
+from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE,
+                      checked, fail, positive, quiet_opencv, require, setup_logging)
+from .extras import DicomResults, Overlays, write_extras
+
+log = logging.getLogger("xray_infer.cli")
+ages = checked(parse_ages)
+
+
+class Progress:
+    def __init__(self, total, enabled):
+        self.total, self.enabled = total, enabled
+        self.done = self.failed = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, ok):
+        self.done += 1
+        self.failed += not ok
+        now = time.perf_counter()
+        if self.enabled and (now - self.last > 0.2 or self.done == self.total):
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else 0
+            sys.stderr.write(f"\r{self.done}/{self.total} ({100 * self.done / self.total:.0f}%) "
+                             f"{rate:.0f} img/s, {self.failed} failed, ETA {eta:.0f}s  ")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def check_arguments(args):
+    """Every option value and combination, before anything is loaded or written.
+
+    Returns (format, the earlier output or None)."""
+    positive("--batch-size", args.batch_size)
+    positive("--threads", args.threads)
+    positive("--workers", args.workers)
+    if args.ages is not None and args.scope == "off":
+        raise UsageError("--ages widens the scope gate; with --scope off nothing is gated")
+    if args.engine != "ray":
+        for option, value in (("--address", args.address),
+                              ("--gpus-per-worker", args.gpus_per_worker),
+                              ("--cpus-per-worker", args.cpus_per_worker)):
+            if value is not None:
+                raise UsageError(f"{option} needs --engine ray")
+    else:
+        if args.threads is not None:
+            raise UsageError("--threads: with --engine ray, --cpus-per-worker sets each "
+                             "worker's threads")
+        if args.heatmaps or args.dicom_out:
+            raise UsageError("--heatmaps and --dicom-out need the scans' pixels on this machine: "
+                             "use the local engine")
+        if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+            raise UsageError(f"--gpus-per-worker must be at least 0, got {args.gpus_per_worker}")
+        if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:
+            raise UsageError(f"--cpus-per-worker must be above 0, got {args.cpus_per_worker}")
+        require(["ray"], "--engine ray", "xray-infer[ray]")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; choose one")
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed needs --resume")
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output")
+    if args.model and not os.path.isfile(args.model):
+        raise UsageError(f"--model {args.model}: no such file")
+    if args.log and os.path.isdir(args.log):
+        raise UsageError(f"--log {args.log}: is a directory")
+    for option, folder in (("--heatmaps", args.heatmaps), ("--dicom-out", args.dicom_out)):
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise UsageError(f"{option} {folder}: exists and is not a directory")
+    if args.dicom_out:
+        require(["pydicom", "highdicom"], "--dicom-out", "xray-infer[dicom]")
+    fmt = args.format or (format_for(args.output) if args.output else "csv")
+    remote = bool(args.output) and is_uri(args.output)
+    if fmt == "parquet" or remote:
+        require(["pyarrow"], "Parquet output and URI outputs", "pyarrow")
+    if fmt == "parquet" and not args.output:
+        raise UsageError("Parquet output needs --output FILE")
+    if args.resume and (fmt == "parquet" or remote):
+        raise UsageError("--resume appends to a local CSV or JSON Lines file; Parquet files "
+                         "and objects in a store are written whole")
+    existing = None
+    if args.output:
+        if not remote and os.path.isdir(args.output):
+            raise UsageError(f"--output {args.output}: is a directory")
+        if output_exists(args.output):
+            if not (args.resume or args.overwrite):
+                raise UsageError(f"{args.output} exists; use --resume to skip inputs already in "
+                                 f"it, or --overwrite")
+            if args.resume:
+                existing = Existing(args.output)
+    if existing is not None and existing.fmt:
+        if args.format and args.format != existing.fmt:
+            raise UsageError(f"--format {args.format}, but {args.output} holds {existing.fmt} "
+                             f"rows; resuming must keep the file's format")
+        fmt = existing.fmt
+    return fmt, existing
+
+
+class Engine:
+    """Where the scoring runs: a Classifier in this process, or Ray workers (``--engine ray``:
+    connected here, so that an unreachable cluster is reported before any output is touched).
+    Both yield one Result per input, in input order."""
+
+    def __init__(self, args, providers):
+        self.args, self.providers = args, providers
+        if args.engine == "ray":
+            from .. import distributed
+            from ..model import load_model
+            self.clf, self.spec = None, load_model(args.model, providers=["CPUExecutionProvider"])[1]
+            if args.scope == "on" and not self.spec.scope_output:
+                from ..errors import ModelError
+                raise ModelError(f"{args.model}: this model has no scope gate; classify with "
+                                 f"--scope off, or export it again (`python -m trainer scope`)")
+            # Ray Data's notices (plan, progress bars off) would land between our progress lines
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            distributed.connect(args.address)
+            distributed.plan(args.workers, args.gpus_per_worker or 0.0, args.cpus_per_worker)
+        else:
+            from ..classifier import Classifier
+            self.clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
+                                  threads=args.threads, workers=args.workers,
+                                  heatmaps=bool(args.heatmaps or args.dicom_out),
+                                  scope=args.scope, ages=args.ages)
+            self.spec = self.clf.spec
+
+    def results(self, files):
+        if self.clf is not None:
+            return self.clf.iter_classify(files)
+        from .. import distributed
+        a = self.args
+        return distributed.iter_results(
+            files, address=a.address, model=a.model, workers=a.workers,
+            gpus_per_worker=a.gpus_per_worker or 0.0, cpus_per_worker=a.cpus_per_worker,
+            batch_size=a.batch_size, providers=self.providers, scope=a.scope, ages=a.ages)
+
+
+@dataclass
+class ResumePlan:
+    """What a run scores given the earlier output: ``files`` left to score, how many were
+    ``skipped`` (of them ``skipped_failed`` with an error row), and the keys of the failed rows
+    ``retried``."""
+    files: list
+    skipped: int = 0
+    skipped_failed: int = 0
+    retried: set = field(default_factory=set)
+
+
+def resume_plan(files, existing, retry_failed):
+    if existing is None:
+        return ResumePlan(files)
+    keys = [input_key(f) for f in files]
+    retried = {k for k in keys if existing.rows.get(k)} if retry_failed else set()
+    done = {k for k in existing.rows if k not in retried}
+    return ResumePlan([f for f, k in zip(files, keys) if k not in done],
+                      skipped=sum(k in done for k in keys),
+                      skipped_failed=sum(k in done and existing.rows[k] for k in keys),
+                      retried=retried)
+
+
+@dataclass
+class Tally:
+    """What the scoring loop saw."""
+    classified: int = 0
+    out_of_scope: int = 0
+    failures: list = field(default_factory=list)
+
+
+def summary_line(tally, plan, *, repeats, args, overlays=None, dicom_out=None, warnings=0):
+    """The run's one-line summary (stderr)."""
+    msg = (f"xray-infer: {tally.classified} classified, {tally.out_of_scope} out of scope, "
+           f"{len(tally.failures)} failed")
+    if args.scope == "off":
+        msg += " (scope gate off)"
+    if plan.skipped:
+        msg += f", {plan.skipped} skipped (already in {args.output}"
+        msg += (f"; {plan.skipped_failed} of them with an error (--retry-failed scores them "
+                f"again))" if plan.skipped_failed else ")")
+    if plan.retried:
+        msg += f", {len(plan.retried)} failed earlier and retried"
+    if repeats:
+        msg += f", {repeats} repeated input(s) scored once"
+    if overlays:
+        msg += f"; {overlays.written} heatmap(s) in {args.heatmaps}"
+        if overlays.failed:
+            msg += f", {overlays.failed} not written (see --log)"
+    if dicom_out:
+        msg += f"; DICOM SR + SC for {dicom_out.written} input(s) in {args.dicom_out}"
+        if dicom_out.not_dicom:
+            msg += f", none for {dicom_out.not_dicom} non-DICOM input(s)"
+        if dicom_out.failed:
+            msg += f", {dicom_out.failed} not written (see --log)"
+    if warnings:
+        msg += (f"; {warnings} library warning(s) " +
+                (f"in {args.log}" if args.log else "(--log FILE keeps them)"))
+    return msg
+
+
+def score(engine, files, writer, progress, extras):
+    """Write a row per input and return the Tally; KeyboardInterrupt and a failed Ray job pass
+    through (the rows written until then are complete)."""
+    tally = Tally()
+    for r in engine.results(files):
+        writer.write(r)
+        progress.update(r.status != "failed")
+        if r.status == "failed":
+            tally.failures.append(r)
+            log.info("%s: %s", r.source, r.error)
+        elif r.status == "out_of_scope":
+            tally.out_of_scope += 1
+            log.info("%s: %s", r.source, r.refusal)
+        else:
+            tally.classified += 1
+            if extras:
+                write_extras(extras, r)
+    return tally
+
+
+def cmd_classify(args):
+    fmt, existing = check_arguments(args)
+    files, repeats = collect_inputs(args.paths, args.recursive)
+    if not files:
+        raise UsageError(f"no inputs: {', '.join(args.paths)} hold(s) no files ending in "
+                         f"{', '.join(IMAGE_EXTENSIONS)}")
+    plan = resume_plan(files, existing, args.retry_failed)
+    providers = args.providers.split(",") if args.providers else None
+    warnings = setup_logging(args.log, console=False)
+    quiet_opencv()
+    try:
+        engine = Engine(args, providers)  # loads the model: only after arguments are valid
+    except (XrayInferError, ValueError) as e:
+        return fail(e, EXIT_USAGE)
+    class_names = engine.spec.class_names
+    appending = existing is not None and existing.fmt is not None
+    if appending and fmt == "csv" and existing.columns != header(class_names):
+        return fail(f"{args.output} has columns {','.join(existing.columns)}; this model writes "
+                    f"{','.join(header(class_names))}. Resume with the model that wrote it, or "
+                    f"write a new file", EXIT_USAGE)
+    if appending and (existing.partial or plan.retried):
+        # Drop a row cut by an interruption, and the failed rows about to be retried, by
+        # replacing the file in one step.
+        tmp = f"{args.output}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8", newline="", errors=TEXT_ERRORS) as f:
+            f.write(existing.without(plan.retried))
+        os.replace(tmp, args.output)
+    if not args.output:
+        sys.stdout.reconfigure(errors=TEXT_ERRORS)  # file names that are not UTF-8, as they are
+    stream = open_output(args.output, fmt, append=appending) if args.output else sys.stdout
+    files = plan.files
+    progress = Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
+    writer = ResultWriter(stream, fmt, class_names, write_header=not appending)
+    overlays = Overlays(args.heatmaps) if args.heatmaps else None
+    dicom_out = DicomResults(args.dicom_out, engine.clf) if args.dicom_out else None
+    try:
+        tally = score(engine, files, writer, progress, [w for w in (overlays, dicom_out) if w])
+    except KeyboardInterrupt:
+        progress.close()
+        return fail(f"interrupted after {progress.done} of {len(files)} inputs; rows written so "
+                    f"far are complete (rerun with --resume)", EXIT_INTERRUPTED)
+    except Exception as e:
+        if args.engine != "ray":
+            raise
+        progress.close()  # a read that failed for good, a lost worker node, a lost row
+        return fail(f"the Ray job failed after {progress.done} of {len(files)} inputs: {e}; "
+                    f"rows written so far are complete (rerun with --resume)", EXIT_JOB_FAILED)
+    finally:
+        writer.close()
+        if stream is not sys.stdout:
+            stream.close()
+    progress.close()
+    if not args.quiet:
+        print(summary_line(tally, plan, repeats=repeats, args=args, overlays=overlays,
+                           dicom_out=dicom_out, warnings=warnings.count), file=sys.stderr)
+    for r in tally.failures[:20]:
+        print(f"  {r.source}: {r.error}", file=sys.stderr)
+    if len(tally.failures) > 20:
+        print(f"  ... and {len(tally.failures) - 20} more (see the error column)",
+              file=sys.stderr)
+    return EXIT_INPUT_FAILED if tally.failures else EXIT_OK
+
+
+def add_parser(subparsers):
+    c = subparsers.add_parser("classify", help="classify image files and folders",
+                       description=f"Folders contribute files ending in "
+                                   f"{', '.join(IMAGE_EXTENSIONS)} (any case); files named "
+                                   f"explicitly are always read. A PATH may be a URI that "
+                                   f"pyarrow reads (s3://, gs://, file://; needs pyarrow).")
+    c.add_argument("paths", nargs="+", metavar="PATH")
+    c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    c.add_argument("-o", "--output", help="write results here, a path or a URI such as "
+                                          "s3://bucket/run1.parquet (default: stdout)")
+    c.add_argument("-f", "--format", choices=FORMATS,
+                   help="output format (default: jsonl for a .jsonl/.json/.ndjson --output, "
+                        "parquet for .parquet, else csv)")
+    c.add_argument("--resume", action="store_true",
+                   help="skip inputs already in --output and append the rest (format and "
+                        "columns are the file's own; a row cut by an interruption is redone)")
+    c.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: score again the inputs whose row holds an error "
+                        "(their old rows are replaced)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    c.add_argument("--model", help="ONNX model exported by the trainer (default: bundled)")
+    c.add_argument("--providers", help="comma-separated ONNX Runtime providers, e.g. "
+                                       "CUDAExecutionProvider,CPUExecutionProvider")
+    c.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help="images per inference call")
+    c.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    c.add_argument("--workers", type=int,
+                   help="decode/preprocess threads (default: CPUs); with --engine ray, the "
+                        "number of Ray workers (default: one per GPU share, else per CPU)")
+    c.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: in this process; ray: on Ray Data workers, this machine's or "
+                        "a cluster's (--address), same rows (needs the ray extra)")
+    c.add_argument("--address", help="with --engine ray: the cluster, HOST:PORT, "
+                                     "ray://HOST:PORT or auto (default: a local Ray)")
+    c.add_argument("--gpus-per-worker", type=float,
+                   help="with --engine ray: GPUs each worker holds (fractions share a GPU)")
+    c.add_argument("--cpus-per-worker", type=float,
+                   help="with --engine ray: CPUs (decode threads) per worker (default: the "
+                        "cluster's CPUs shared among the workers)")
+    c.add_argument("--heatmaps", metavar="DIR",
+                   help="write one PNG per classified input here: the scan with the predicted "
+                        "class's activation map over it, label and probabilities")
+    c.add_argument("--dicom-out", metavar="DIR",
+                   help="for every classified DICOM input, write a Structured Report (TID 1500) "
+                        "and a Secondary Capture of its heatmap here (needs the dicom extra)")
+    c.add_argument("--scope", choices=("on", "off"), default="on",
+                   help="on: no label for inputs the model was not made for (other body parts, "
+                        "views, modalities, ages; images unlike its training radiographs), "
+                        "status out_of_scope; off: label every decodable radiograph (research "
+                        "on other populations; recorded in each row)")
+    c.add_argument("--ages", type=ages, metavar="LOW-HIGH",
+                   help="with --scope on: accept DICOM patients of these ages in years "
+                        "(default: the model's accepted range, its training range)")
+    c.add_argument("--log", metavar="FILE",
+                   help="write library warnings and per-input failures here")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    c.set_defaults(fn=cmd_classify)

@@ -1,0 +1,58 @@
+"""``xray-infer info``: the model's metadata, the gate, the providers and the kernel."""
+import json
+from pathlib import Path
+
+from ..errors import XrayInferError
+from ._common import EXIT_OK, EXIT_USAGE, fail
+
+
+def cmd_info(args):
+    import onnxruntime as ort
+
+    from .. import _preprocess
+    from ..classifier import Classifier
+    try:
+        clf = Classifier(args.model, providers=["CPUExecutionProvider"], scope=False)
+    except XrayInferError as e:
+        return fail(e, EXIT_USAGE)
+    info = {"model": str(clf.model_path), "spec": clf.spec.to_dict(),
+            "onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(),
+            "kernel": {"module": _preprocess.__file__, "openmp": _preprocess.OPENMP}}
+    if args.json:
+        print(json.dumps(info, indent=1, default=list))
+        return EXIT_OK
+    s = clf.spec
+    print(f"model          {info['model']}")
+    print(f"version        {s.model_version}")
+    print(f"classes        {', '.join(s.class_names)}")
+    print(f"input          1x{s.input_size}x{s.input_size} grayscale, resize {s.resize}, "
+          f"(x/maxval - {s.mean}) / {s.std}")
+    for split in ("val", "test"):
+        m = s.metrics.get(split)
+        if m:
+            print(f"{split + ' metrics':<15}accuracy {m['accuracy']:.4f}, macro-F1 "
+                  f"{m['macro_f1']:.4f}, normal-vs-pneumonia accuracy {m['binary_accuracy']:.4f}, "
+                  f"AUC {m['binary_auc']:.4f} (n={m['n']})")
+    print(f"training data  {s.training_data}")
+    p = s.population
+    if p:
+        print(f"population     {'/'.join(p['modalities'])} {'/'.join(p['views'])} "
+              f"{'/'.join(p['body_parts'])}, ages {p['accepted_ages'][0]}-{p['accepted_ages'][1]} "
+              f"accepted (trained on {p['training_ages'][0]}-{p['training_ages'][1]})")
+    if s.scope_output:
+        print(f"scope gate     threshold {s.scope['threshold']:.1f} ({s.scope['threshold_rule']}; "
+              f"fitted on {s.scope['fitted_on']})")
+    else:
+        print("scope gate     none (classify with --scope off)")
+    print(f"onnxruntime    {info['onnxruntime']}; providers: "
+          f"{', '.join(info['available_providers'])}")
+    print(f"kernel         {'OpenMP' if _preprocess.OPENMP else 'serial'} build, "
+          f"{Path(_preprocess.__file__).name}")
+    return EXIT_OK
+
+
+def add_parser(subparsers):
+    i = subparsers.add_parser("info", help="show the model's metadata and the available providers")
+    i.add_argument("--model")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(fn=cmd_info)

@@ -1,0 +1,198 @@
+"""``xray-infer send`` (C-STORE files to a peer) and ``xray-infer listen`` (the DICOM node)."""
+import logging
+import os
+import signal
+import sys
+import threading
+
+from ..errors import UsageError, XrayInferError
+from ..inputs import collect_inputs
+from ..node.policy import (DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE, DEFAULT_HOST, Allowlist, Caller,
+                           Limits, check_ae_title)
+from ..peer import Peer
+from ._common import (EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE, checked, fail, port, positive,
+                      quiet_opencv, readable_file, require, setup_logging, whole)
+from .classify import ages
+
+log = logging.getLogger("xray_infer.cli")
+NETWORKING = ("pynetdicom", "highdicom", "prometheus_client")
+peer, ae_title, caller = map(checked, (Peer.parse, check_ae_title, Caller.parse))
+
+
+def _tls(args, prefix, server):
+    """An SSLContext from --{prefix}cert/key/ca (all three or none), or None."""
+    names = [f"{prefix}tls_{k}" for k in ("cert", "key", "ca")]
+    values = [getattr(args, n) for n in names]
+    if not any(values):
+        return None
+    flags = ["--" + n.replace("_", "-") for n in names]
+    if not all(values):
+        raise UsageError(f"TLS needs all of {', '.join(flags)}")
+    import ssl
+    from ..node.network import tls_context
+    try:
+        return tls_context(*values, server=server)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"{', '.join(flags)}: {e}") from None
+
+
+
+
+def _dicom_files(paths, recursive):
+    """The files ``send`` sends: those collect_inputs finds, and in folders also files without
+    an image extension that carry the DICM marker (archives often name them by UID alone)."""
+    from ..inputs import dicom_files
+    files, _ = collect_inputs(paths, recursive)
+    extra = dicom_files(paths, recursive)
+    return files + [f for f in extra if f not in set(files)]
+
+
+def cmd_send(args):
+    require(NETWORKING, "DICOM networking", "xray-infer[dicom]")
+    files = _dicom_files(args.paths, args.recursive)
+    if not files:
+        raise UsageError(f"no files to send: {', '.join(args.paths)} hold(s) no DICOM files")
+    tls = _tls(args, "", server=False)
+    from ..node import AssociationError, send
+    report = (lambda line: None) if args.quiet else print
+    try:
+        outcome = send(files, args.to, ae_title=args.ae_title, report=report, tls=tls)
+    except AssociationError as e:
+        return fail(e, EXIT_INPUT_FAILED)
+    refused = [p for p, v in outcome.items() if not isinstance(v, int)]
+    if not args.quiet:
+        print(f"xray-infer: {len(outcome) - len(refused)} stored, {len(refused)} not stored, "
+              f"to {args.to}", file=sys.stderr)
+    return EXIT_INPUT_FAILED if refused else EXIT_OK
+
+
+def _listen_plan(args):
+    """Everything ``listen`` needs, checked before the model loads (UsageError otherwise)."""
+    from ..node.spool import Spool
+    if not args.allow and not args.allow_any:
+        raise UsageError("say who may send: --allow AET@HOST (repeatable), or --allow-any to "
+                         "admit every peer that can reach the port")
+    if args.allow and args.allow_any:
+        raise UsageError("--allow and --allow-any contradict each other")
+    if args.model and not os.path.isfile(args.model):
+        raise UsageError(f"--model {args.model}: no such file")
+    if args.ages is not None and args.scope == "off":
+        raise UsageError("--ages widens the scope gate; with --scope off nothing is gated")
+    allow = Allowlist(tuple(args.allow or ()), any=args.allow_any)
+    try:
+        allow = allow.resolved()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    limits = Limits(max_associations=args.max_associations, max_per_peer=args.max_per_peer,
+                    max_object_mb=args.max_object_mb, min_free_mb=args.min_free_mb,
+                    max_refusals=args.max_refusals, network_timeout=args.idle_timeout)
+    try:
+        Spool(args.spool, limits.min_free_mb * 2 ** 20).check_writable()
+    except OSError as e:
+        raise UsageError(f"--spool {args.spool}: not usable: {e}") from None
+    return allow, limits, _tls(args, "", server=True), _tls(args, "forward_", server=False)
+
+
+def cmd_listen(args):
+    require(NETWORKING, "DICOM networking", "xray-infer[dicom]")
+    positive("--batch-size", args.batch_size)
+    allow, limits, tls, forward_tls = _listen_plan(args)
+    setup_logging(args.log, console=True, verbose=args.verbose)
+    quiet_opencv()
+    from ..node import Node
+    try:
+        node = Node(args.port, args.forward, args.spool, allow, ae_title=args.ae_title,
+                    host=args.host, batch_size=args.batch_size, model=args.model, limits=limits,
+                    tls=tls, forward_tls=forward_tls, metrics_port=args.metrics_port,
+                    scope=args.scope, ages=args.ages)
+    except XrayInferError as e:
+        return fail(e, EXIT_USAGE)
+    stopping = []
+
+    def stop(signum, _frame):
+        if not stopping:
+            stopping.append(signum)
+            log.info("signal %d: stopping", signum)
+            threading.Thread(target=node.stop, daemon=True).start()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        node.start()
+    except OSError as e:
+        node.stop()
+        return fail(f"cannot listen on {args.host}:{args.port}: {e}", EXIT_USAGE)
+    node.wait()
+    return EXIT_OK
+
+
+def _tls_options(parser, prefix="", what="this end"):
+    flag = f"--{prefix}tls-"
+    parser.add_argument(flag + "cert", type=readable_file, metavar="FILE",
+                        help=f"TLS: {what}'s certificate (PEM); with the key and CA, DICOM TLS")
+    parser.add_argument(flag + "key", type=readable_file, metavar="FILE",
+                        help=f"TLS: {what}'s private key (PEM)")
+    parser.add_argument(flag + "ca", type=readable_file, metavar="FILE",
+                        help="TLS: the CA a peer's certificate must be signed by (PEM)")
+
+
+def add_parsers(subparsers):
+    n = subparsers.add_parser("send", help="send DICOM files to a DICOM node or PACS (C-STORE)")
+    n.add_argument("paths", nargs="+", metavar="PATH")
+    n.add_argument("--to", required=True, type=peer, metavar="HOST:PORT[:AET]")
+    n.add_argument("--ae-title", type=ae_title, default=DEFAULT_AE_TITLE,
+                   help="this sender's AE title")
+    n.add_argument("-r", "--recursive", action="store_true")
+    n.add_argument("-q", "--quiet", action="store_true")
+    _tls_options(n)
+    n.set_defaults(fn=cmd_send)
+    d = Limits()
+    li = subparsers.add_parser("listen", help="a DICOM node: receive radiographs, classify them, "
+                                       "forward SR + Secondary Capture results",
+                        description="Only callers named with --allow may associate. See the "
+                                    "README, 'Deploying the node'.")
+    li.add_argument("--port", type=port, required=True)
+    li.add_argument("--host", default=DEFAULT_HOST,
+                    help=f"interface to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)")
+    li.add_argument("--ae-title", type=ae_title, default=DEFAULT_AE_TITLE,
+                    help="this node's AE title; a caller must call it by this name")
+    li.add_argument("--allow", action="append", type=caller, metavar="AET@HOST",
+                    help="a caller that may associate (repeatable); HOST an address or name")
+    li.add_argument("--allow-any", action="store_true",
+                    help="admit any caller that can reach the port (logged as a warning)")
+    li.add_argument("--forward", required=True, type=peer, metavar="HOST:PORT[:AET]",
+                    help="where the results go (a PACS)")
+    li.add_argument("--spool", default="xray-infer-spool",
+                    help="received instances wait here until their results are delivered")
+    li.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    li.add_argument("--model")
+    li.add_argument("--max-associations", type=whole, default=d.max_associations,
+                    help=f"associations open at once, all callers (default {d.max_associations})")
+    li.add_argument("--max-per-peer", type=whole, default=d.max_per_peer,
+                    help=f"connections open at once from one address (default {d.max_per_peer})")
+    li.add_argument("--max-object-mb", type=whole, default=d.max_object_mb,
+                    help=f"largest data set received, and declared image (default "
+                         f"{d.max_object_mb})")
+    li.add_argument("--min-free-mb", type=int, default=d.min_free_mb,
+                    help=f"disk space kept free in the spool; below it instances are refused "
+                         f"as retryable (default {d.min_free_mb})")
+    li.add_argument("--max-refusals", type=whole, default=d.max_refusals,
+                    help=f"times the destination may refuse an instance's results before it is "
+                         f"quarantined in the spool's failed/ (default {d.max_refusals})")
+    li.add_argument("--idle-timeout", type=whole, default=int(d.network_timeout),
+                    help=f"seconds an association may stay silent before it is closed "
+                         f"(default {d.network_timeout:g})")
+    li.add_argument("--metrics-port", type=port,
+                    help="serve Prometheus /metrics and /healthz on this port (on --host)")
+    _tls_options(li)
+    _tls_options(li, "forward-", "the forward connection")
+    li.add_argument("--scope", choices=("on", "off"), default="on",
+                    help="on: instances the model was not made for are acknowledged and nothing "
+                         "is forwarded for them (logged, counted); off: every radiograph is "
+                         "classified")
+    li.add_argument("--ages", type=ages, metavar="LOW-HIGH",
+                    help="with --scope on: accepted patient ages in years")
+    li.add_argument("--log", metavar="FILE", help="also write the log here")
+    li.add_argument("-v", "--verbose", action="store_true",
+                    help="also log pydicom's, highdicom's and pynetdicom's messages (they may "
+                         "quote values from the objects)")
+    li.set_defaults(fn=cmd_listen)
