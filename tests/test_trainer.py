@@ -140,3 +140,19 @@ def test_acquisition_jitter_keeps_range_and_changes_images():
     y = acquisition_jitter(x, gen, 0.5, 0.5)
     assert y.shape == x.shape and y.min() >= -1 - 1e-6 and y.max() <= 1 + 1e-6
     assert (y - x).abs().mean() > 0.01
+
+
+def test_later_phases_without_phase_one_say_so(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "trainer", "experiments", "--out", str(tmp_path),
+                        "--phases", "2", "3", "--limit", "2"], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert p.returncode == 1 and "run phase 1 first" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_export_select_with_nothing_to_select_says_so(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "trainer", "export", "--select", str(tmp_path),
+                        "--out", str(tmp_path / "m.onnx")], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT)
+    assert p.returncode == 1 and "no runs with checkpoints" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr

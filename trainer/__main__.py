@@ -203,7 +203,11 @@ def main(argv=None):
                                      "not given are reported from it")
     r.set_defaults(fn=cmd_report)
     a = p.parse_args(argv)
-    a.fn(a)
+    from .selection import RequestError
+    try:
+        a.fn(a)
+    except RequestError as e:
+        sys.exit(f"python -m trainer {a.cmd}: {e}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 
 from .data import load_arrays
 from .dataset import load_splits
-from .selection import load_runs
+from .selection import RequestError, load_runs
 from .pretrained import MEAN as LITE_MEAN, STD as LITE_STD, LiteConfig
 from .train import RunConfig, train_run
 
@@ -171,9 +171,19 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
                         pt.unlink()
             return summary
 
+        phase1 = [adjust(cfg, name, group) for group, items in ABLATIONS.items()
+                  for name, cfg in items]
         if 1 in phases:
-            run([adjust(cfg, name, group) for group, items in ABLATIONS.items()
-                 for name, cfg in items])
+            run(phase1)
+        else:  # later phases start from phase 1's runs: those in the folder, or refuse
+            missing = [cfg.name for cfg, _ in phase1 if not any(
+                (out_dir / "runs").glob(f"{cfg.name}_s*.json"))]
+            if missing:
+                raise RequestError(f"phases {', '.join(map(str, phases))} start from phase 1's "
+                                 f"runs, and {out_dir} lacks {', '.join(missing[:3])}"
+                                 f"{' ...' if len(missing) > 3 else ''}: run phase 1 first "
+                                 f"(--phases 1)")
+            run(phase1)  # finished runs are read back, not repeated
         base_score = _score(results["base"])
         if 2 in phases:
             helped = [name for name in results if name != "base"

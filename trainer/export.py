@@ -5,7 +5,6 @@ Each member's logits are divided by a temperature fitted on validation; the grap
 probability. For a single member the argmax is that of its raw logits.
 Export fails when ONNX Runtime and torch disagree by more than ``PARITY_TOL`` on real inputs.
 """
-import hashlib
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xray_infer.model import load_model
+from xray_infer.model import load_model, write_sidecar
 from xray_infer.spec import CLASS_NAMES, ModelSpec
 
 from . import scope
@@ -92,8 +91,7 @@ def write_model(proto, spec, out_path):
     tmp = out_path.with_suffix(".tmp.onnx")
     onnx.save(proto, str(tmp))
     os.replace(tmp, out_path)
-    digest = hashlib.sha256(out_path.read_bytes()).hexdigest()
-    out_path.with_name(out_path.name + ".sha256").write_text(f"{digest}  {out_path.name}\n")
+    write_sidecar(out_path)
 
 
 def add_scope_gate(model_path, data):
@@ -254,8 +252,7 @@ def export_fp16(fp32_path, data):
     onnx.checker.check_model(proto)
     onnx.save(proto, str(tmp))
     os.replace(tmp, out)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
+    write_sidecar(out)
     load_model(fp32_path, providers=["CPUExecutionProvider"], precision="float16")  # reads back
     return parity
 

@@ -119,10 +119,6 @@ def net_from_dict(d):
     return NetConfig.from_dict(d)
 
 
-def variant(base: NetConfig, **changes):
-    return replace(base, **changes)
-
-
 @lru_cache(maxsize=None)
 def mmac(cfg):
     """Millions of multiply-accumulates for one image through the net of ``cfg`` (the cost

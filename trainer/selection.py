@@ -13,6 +13,11 @@ from .train import RunConfig
 NOT_CANDIDATES = ("comparisons",)
 
 
+class RequestError(ValueError):
+    """A request the trainer cannot carry out as given: nothing to select from, candidates that
+    cannot be compared, phases whose inputs are missing. The command line prints it."""
+
+
 def load_runs(folder):
     """[(json path, result)] of the finished runs under ``folder/runs`` (failed ones left out)."""
     out = []
@@ -43,10 +48,10 @@ def candidates(folders, ensemble):
     runs = [(p, r) for folder in folders for p, r in load_runs(folder)
             if p.with_suffix(".pt").exists() and _group(folder, r) not in NOT_CANDIDATES]
     if not runs:
-        raise SystemExit(f"no runs with checkpoints under {', '.join(map(str, folders))}")
+        raise RequestError(f"no runs with checkpoints under {', '.join(map(str, folders))}")
     schemes = {RunConfig.from_dict(r["config"]).val_split for _, r in runs}
     if len(schemes) > 1:
-        raise SystemExit(f"runs under {', '.join(map(str, folders))} were validated on different "
+        raise RequestError(f"runs under {', '.join(map(str, folders))} were validated on different "
                          f"splits ({', '.join(sorted(schemes))}); select within one")
     yval = np.array([r.label for r in load_splits(scheme=schemes.pop())["val"]])
 

@@ -12,6 +12,7 @@ import io
 import numpy as np
 
 from .errors import DecodeError
+from .inputs import DICOM_EXTENSIONS
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 #: Colour images (scanned films, secondary captures) are converted to luminance; pydicom
@@ -20,7 +21,7 @@ COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 
 
 def is_dicom(data, path=""):
-    return data[128:132] == b"DICM" or str(path).lower().endswith((".dcm", ".dicom"))
+    return data[128:132] == b"DICM" or str(path).lower().endswith(DICOM_EXTENSIONS)
 
 
 def decode_dicom(data, source, max_pixels):

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from .errors import UsageError
 
+#: Names that say a file is DICOM (it may also say so by its ``DICM`` marker alone).
+DICOM_EXTENSIONS = (".dcm", ".dicom")
 #: File extensions collected when scanning folders (matched case-insensitively).
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", *DICOM_EXTENSIONS)
 
 
 def is_uri(source):

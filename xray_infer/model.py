@@ -16,6 +16,15 @@ def sidecar_path(path):
     return Path(path).with_name(Path(path).name + ".sha256")
 
 
+def write_sidecar(path):
+    """Write ``<model>.sha256`` for the model file at ``path`` (what ``read_model_bytes``
+    checks)."""
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    sidecar_path(path).write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
 def fp16_path(path):
     """Where the float16 variant of a model lives: ``name.fp16.onnx`` beside ``name.onnx``."""
     path = Path(path)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from .errors import UsageError
-from .inputs import input_key
+from .inputs import input_key, is_uri
 
 FORMATS = ("csv", "jsonl", "parquet")
 #: A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV
@@ -81,7 +81,7 @@ def open_output(output, fmt, append=False):
     """The stream a ResultWriter writes to: text for CSV and JSON Lines, binary for Parquet;
     ``output`` a local path or a URI that pyarrow writes (``s3://``, ``gs://``, ``file://``;
     object stores cannot append)."""
-    if "://" in os.fspath(output):
+    if is_uri(output):
         import pyarrow.fs as pafs
         fs, path = pafs.FileSystem.from_uri(os.fspath(output))
         raw = fs.open_output_stream(path)
@@ -94,7 +94,7 @@ def open_output(output, fmt, append=False):
 
 def output_exists(output):
     """Whether ``output`` (a path or URI) is already there."""
-    if "://" not in os.fspath(output):
+    if not is_uri(output):
         return os.path.exists(output)
     import pyarrow.fs as pafs
     fs, path = pafs.FileSystem.from_uri(os.fspath(output))

@@ -21,7 +21,6 @@ import numpy as np
 
 from . import _preprocess
 from .errors import ImageError
-from .spec import RESIZE_RULE  # noqa: F401  (the name of the rule defined above)
 
 #: Smallest side of an image taken as a radiograph: below it there is no anatomy left to see
 #: (a detector's coarsest useful image is several hundred pixels a side).
