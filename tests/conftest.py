@@ -20,8 +20,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-#: Test-split scans shipped with the package (tests that need only these run without the dataset).
-SAMPLES = ROOT / "xray_infer" / "samples"
+from helpers import SAMPLE_DIR  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +30,7 @@ def data():
 
 @pytest.fixture(scope="session")
 def samples():
-    return SAMPLES
+    return SAMPLE_DIR
 
 
 @pytest.fixture(scope="session")

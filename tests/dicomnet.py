@@ -13,11 +13,10 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 from test_dicom import write_dicom
 
+from helpers import SAMPLES
 from orthanc import free_port
 from xray_infer.decode import read_image
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = sorted((ROOT / "xray_infer" / "samples").glob("*.jpeg"))
 NODE_AET = "XRAYINFER"
 
 

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import xray_infer
-
-SAMPLES = Path(xray_infer.__file__).parent / "samples"
-
-
-def run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "xray_infer", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, **kw)
+from helpers import SAMPLE_DIR as SAMPLES
+from helpers import run_cli as run
 
 
 @pytest.fixture()

@@ -1,18 +1,17 @@
 """The CUDA path, on a GPU machine with onnxruntime-gpu (skipped elsewhere):
 ``python -m pytest -m gpu``."""
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from xray_infer import Classifier
+from helpers import SAMPLES
 from threads import run_threads  # tests/threads.py
+from xray_infer import Classifier
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
     "CUDAExecutionProvider" not in ort.get_available_providers(),
     reason="no CUDAExecutionProvider in this onnxruntime build (install onnxruntime-gpu)")]
-SAMPLES = sorted((Path(__file__).resolve().parent.parent / "xray_infer" / "samples").glob("*.jpeg"))
 
 
 def test_cuda_is_really_active_and_picks_the_float16_variant():

@@ -2,7 +2,6 @@
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -10,13 +9,13 @@ import numpy as np
 import pytest
 
 import xray_infer
+from helpers import ROOT, SAMPLES
+from helpers import run_cli as run
 from xray_infer import Classifier, ModelError, load_model
 from xray_infer.decode import read_image
 from xray_infer.spec import softmax
 
-ROOT = Path(__file__).resolve().parent.parent
 V1 = ROOT / "benchmarks" / "models" / "v1.0.0.onnx"  # exported before maps were: no such output
-SAMPLES = sorted((ROOT / "xray_infer" / "samples").glob("*.jpeg"))
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +88,6 @@ def test_maps_of_the_trained_model_differ_from_randomised_weights():
     same = [abs(spearmanr(maps[i, k[i]].flatten(), maps[j, k[j]].flatten())[0])
             for i in range(len(SAMPLES)) for j in range(i)]
     assert np.mean(same) > np.mean(corr)
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "xray_infer", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
 
 
 def test_cli_writes_one_overlay_per_classified_input(tmp_path):

@@ -2,9 +2,6 @@
 training radiographs, get no label; radiographs it was made for still do."""
 import csv
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,10 +12,10 @@ from xray_infer.decode import read_image
 from xray_infer.scope import age_years, parse_ages
 
 pydicom = pytest.importorskip("pydicom")
+from helpers import SAMPLES  # noqa: E402
+from helpers import run_cli as run  # noqa: E402
 from test_dicom import write_dicom  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = sorted((ROOT / "xray_infer" / "samples").glob("*.jpeg"))
 
 
 @pytest.fixture(scope="module")
@@ -139,11 +136,6 @@ def test_a_secondary_capture_of_noise_is_refused_by_the_image_gate(clf, tmp_path
                        StudyInstanceUID=pydicom.uid.generate_uid())
     r = clf.classify([str(path)])[0]
     assert r.status == "out_of_scope" and r.refused_by == "image"
-
-
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "xray_infer", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
