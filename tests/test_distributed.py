@@ -193,7 +193,7 @@ def test_resume_sends_only_the_missing_inputs(ray_address, samples, tmp_path):
 def test_an_object_gone_after_listing_stops_the_job_naming_it(samples, tmp_path):
     # URIs are listed, not screened: one that vanished must fail loudly, never drop a row
     gone = f"file://{tmp_path}/gone.jpeg"
-    with pytest.raises(Exception, match="gone.jpeg"):
+    with pytest.raises(FileNotFoundError, match="gone.jpeg"):
         list(distributed.iter_results([f"file://{next(samples.glob('*.jpeg'))}", gone]))
 
 

@@ -2,7 +2,6 @@
 import io
 import signal
 import threading
-import time
 
 import pytest
 
@@ -148,9 +147,9 @@ def test_results_wait_in_the_spool_while_the_destination_is_down(tmp_path):
     try:
         files = chest_dicoms(tmp_path / "in", 3, "DOWN-1")
         assert send(files, node.port, NODE_AET).returncode == 0
-        time.sleep(3)
+        wait_for(lambda: "results of 3 instance(s) wait in the spool" in node.log.read_text(),
+                 what="all three classified and held")
         assert len(node.spooled()) == 3  # classified, not delivered: kept
-        assert "wait in the spool" in node.log.read_text()
         orthanc.start()
         wait_for(lambda: not node.spooled(), what="spool emptied")
         assert len(orthanc.find_instances("SR", PatientID="DOWN-1")) == 3
