@@ -57,10 +57,12 @@ def test_train_one_epoch_and_export(tmp_path, data):
                                  "--data", data],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert p.returncode == 0, p.stderr
-    result = json.loads((out / "tiny_s0.json").read_text())
+    result = json.loads((out / "runs" / "tiny_s0.json").read_text())  # where every run goes
     assert result["history"][0]["epoch"] == 1 and result["test"]["n"] == 18
+    assert (out / "runs" / "tiny_s0.pt").exists() and not list(out.glob("runs/*.tmp*"))
     model = tmp_path / "tiny.onnx"
-    p = subprocess.run(common + ["export", "--run", out / "tiny_s0.json", "--out", model,
+    # --select finds a `train` run as it finds a grid's (it used to find nothing there)
+    p = subprocess.run(common + ["export", "--select", out, "--ensemble", "1", "--out", model,
                                  "--limit", "6", "--data", data],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert p.returncode == 0, p.stderr

@@ -35,10 +35,8 @@ def cmd_train(a):
     data = load_arrays(load_splits(a.data, scheme=cfg.val_split), a.size, cfg.mean, cfg.std,
                        a.limit)
     result, state = train_run(cfg, data, _device(a.device))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{cfg.name}_s{cfg.seed}.json").write_text(json.dumps(result))
-    torch.save(state, out / f"{cfg.name}_s{cfg.seed}.pt")
+    from . import runs
+    print(f"wrote {runs.save(a.out, cfg, result, state)}", file=sys.stderr)
     print(json.dumps({k: result[k] for k in ("val", "test") if k in result}, indent=1))
 
 
@@ -63,7 +61,7 @@ def cmd_export(a):
         paths = [Path(p) for p in a.run]
     else:
         from .selection import candidates
-        ranked = candidates(a.select, a.ensemble)
+        ranked = candidates(a.select, a.ensemble, a.data, a.limit)
         for sc, members in ranked[:8]:
             print(f"  candidate: val macro-F1 {sc:.4f}: {' + '.join(p.stem for p in members)}")
         paths = ranked[0][1]

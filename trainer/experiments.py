@@ -12,12 +12,12 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .data import load_arrays
 from .dataset import load_splits
-from .selection import RequestError, load_runs
+from . import runs
+from .selection import RequestError
 from .pretrained import MEAN as LITE_MEAN, STD as LITE_STD, LiteConfig
 from .train import RunConfig, train_run
 
@@ -86,11 +86,11 @@ def _data(cfg, limit=0):
 
 def _run_one(args):
     cfg, out_dir, device, limit = args
-    path = Path(out_dir) / "runs" / f"{cfg.name}_s{cfg.seed}.json"
+    path = runs.result_path(out_dir, cfg)
     if path.exists():  # resume: a finished run is never repeated
-        return json.loads(path.read_text())
+        return runs.load(path)
     torch.set_num_threads(max(1, int(os.environ.get("TRAINER_THREADS", "2"))))
-    log_path = Path(out_dir) / "logs" / f"{cfg.name}_s{cfg.seed}.log"
+    log_path = runs.log_path(out_dir, cfg)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         try:
@@ -99,18 +99,8 @@ def _run_one(args):
         except Exception as e:  # one broken variant must not end the grid; it is reported
             print(f"FAILED: {type(e).__name__}: {e}", file=log, flush=True)
             return {"config": cfg.to_dict(), "error": f"{type(e).__name__}: {e}"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path.with_suffix(".pt"))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, path)
+    runs.save(out_dir, cfg, result, state)
     return result
-
-
-def _score(results):
-    """Mean validation macro-F1 over seeds (ties broken by lower mean validation loss)."""
-    return (np.mean([r["val"]["macro_f1"] for r in results]),
-            -np.mean([r["val"]["loss"] for r in results]))
 
 
 def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=None,
@@ -154,21 +144,14 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
             write_summary()
 
         def write_summary():
-            best_name = max(results, key=lambda n: _score(results[n]))
+            best_name = max(results, key=lambda n: runs.score(results[n]))
             summary = {"selected": best_name, "selection": "mean validation macro-F1 over seeds",
                        "seeds": list(seeds), "device": device, "runs": groups,
                        "failed": failed}
             (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             if keep_checkpoints is not None:
                 # Ranked over every finished run in the folder, earlier invocations included.
-                on_disk = {}
-                for _, r in load_runs(out_dir):
-                    on_disk.setdefault(r["config"]["name"], []).append(r)
-                keep = sorted(on_disk, key=lambda n: _score(on_disk[n]), reverse=True)
-                keep = set(keep[:keep_checkpoints])
-                for pt in (out_dir / "runs").glob("*.pt"):
-                    if pt.stem.rsplit("_s", 1)[0] not in keep:
-                        pt.unlink()
+                runs.keep_best_weights(out_dir, keep_checkpoints)
             return summary
 
         phase1 = [adjust(cfg, name, group) for group, items in ABLATIONS.items()
@@ -184,13 +167,13 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
                                  f"{' ...' if len(missing) > 3 else ''}: run phase 1 first "
                                  f"(--phases 1)")
             run(phase1)  # finished runs are read back, not repeated
-        base_score = _score(results["base"])
+        base_score = runs.score(results["base"])
         if 2 in phases:
             helped = [name for name in results if name != "base"
-                      and _score(results[name]) > base_score]
+                      and runs.score(results[name]) > base_score]
             combos = []
             if helped:
-                ranked = sorted(helped, key=lambda n: _score(results[n]), reverse=True)
+                ranked = sorted(helped, key=lambda n: runs.score(results[n]), reverse=True)
                 combined, used = _combine([RunConfig.from_dict(groups[n]["config"])
                                            for n in ranked])
                 log(f"phase 2: combining {used} (best first; skipped: changes already made by a "
@@ -199,7 +182,7 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
             log(f"phase 2: ablations that beat base on validation: {helped or 'none'}")
             if combos:
                 run(combos)
-        best_name = max(results, key=lambda n: _score(results[n]))
+        best_name = max(results, key=lambda n: runs.score(results[n]))
         if 3 in phases:
             best = RunConfig.from_dict(groups[best_name]["config"])
             # ``best`` already carries the overrides; hyperparameters change it from there.
@@ -230,11 +213,11 @@ def run_transfer(out_dir, group, seeds=(0,), device="cpu", limit=0, log=print):
                 f"{res['val']['accuracy']:.3f} (epoch {res['best_epoch']}), "
                 f"{res['train_seconds']:.0f}s")
     scored = {}
-    for _, r in load_runs(out_dir):
+    for _, r in runs.finished(out_dir):
         if summary["runs"].get(r["config"]["name"], {}).get("group") == "candidates":
             scored.setdefault(r["config"]["name"], []).append(r)
     if scored:
-        summary["selected"] = max(scored, key=lambda n: _score(scored[n]))
+        summary["selected"] = max(scored, key=lambda n: runs.score(scored[n]))
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps(summary, indent=1))
     return summary

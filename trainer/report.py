@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import CLASS_NAMES, VAL_SPLITS, parse_name
-from .selection import load_runs
+from .runs import finished
 from .metrics import NORMAL, roc_curve
 from .model import mmac
 from .train import RunConfig
@@ -22,7 +22,7 @@ def load_grid(grid):
     summary_path = grid / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     runs = {}
-    for _, r in load_runs(grid):
+    for _, r in finished(grid):
         runs.setdefault(r["config"]["name"], []).append(r)
     return summary, runs
 

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import load_splits
+from .dataset import DATA_ROOT, limit_per_class, load_splits
 from .metrics import summarize
+from .runs import finished, weights_path
 from .train import RunConfig
 
 #: Groups of a grid's summary whose runs are reported but never shipped (runs that measure a
@@ -18,16 +19,6 @@ class RequestError(ValueError):
     cannot be compared, phases whose inputs are missing. The command line prints it."""
 
 
-def load_runs(folder):
-    """[(json path, result)] of the finished runs under ``folder/runs`` (failed ones left out)."""
-    out = []
-    for p in sorted((Path(folder) / "runs").glob("*.json")):
-        r = json.loads(p.read_text())
-        if "error" not in r:
-            out.append((p, r))
-    return out
-
-
 def _group(folder, result):
     summary = Path(folder) / "summary.json"
     if not summary.exists():
@@ -36,24 +27,26 @@ def _group(folder, result):
     return runs.get(result["config"]["name"], {}).get("group")
 
 
-def candidates(folders, ensemble):
+def candidates(folders, ensemble, data_root=DATA_ROOT, limit=0):
     """Validation-only choice of what to ship, from the runs that kept a checkpoint.
 
     Candidates: every single run (but those a grid ran for comparison only), and for each
     input size the ensemble of its ``ensemble`` best runs (by validation macro-F1). Each is
     scored by the validation macro-F1 of its (mean) validation probabilities; returns
     [(score, [run json paths])], best first. Runs validated on different splits cannot be
-    ranked together, so mixing them is an error.
+    ranked together, so mixing them is an error. ``data_root`` and ``limit`` must be those the
+    runs were trained with (their validation labels are read from there).
     """
-    runs = [(p, r) for folder in folders for p, r in load_runs(folder)
-            if p.with_suffix(".pt").exists() and _group(folder, r) not in NOT_CANDIDATES]
+    runs = [(p, r) for folder in folders for p, r in finished(folder)
+            if weights_path(p).exists() and _group(folder, r) not in NOT_CANDIDATES]
     if not runs:
         raise RequestError(f"no runs with checkpoints under {', '.join(map(str, folders))}")
     schemes = {RunConfig.from_dict(r["config"]).val_split for _, r in runs}
     if len(schemes) > 1:
         raise RequestError(f"runs under {', '.join(map(str, folders))} were validated on different "
                          f"splits ({', '.join(sorted(schemes))}); select within one")
-    yval = np.array([r.label for r in load_splits(scheme=schemes.pop())["val"]])
+    val = load_splits(data_root, scheme=schemes.pop())["val"]
+    yval = np.array([r.label for r in (limit_per_class(val, limit) if limit else val)])
 
     def score(members):
         probs = np.mean([np.asarray(r["val_probs"]) for _, r in members], axis=0)
