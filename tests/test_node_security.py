@@ -321,7 +321,7 @@ def test_log_lines_cannot_be_forged_and_carry_no_patient_data(node, tmp_path):
     assert "highdicom" not in log and "pydicom" not in log
 
 
-# -- 8 and 9: the spool -----------------------------------------------------------------------------
+# -- 8 and 9: the spool ---------------------------------------------------------------------------
 def test_spool_files_are_private_and_partial_files_are_swept_at_start(dest, tmp_path):
     folder = tmp_path / "n"
     stale = folder / "spool" / "incoming" / ".abc.dcm.1.2.tmp"
@@ -377,7 +377,7 @@ def test_a_spool_that_turns_read_only_sends_each_result_once_and_leaks_no_path(t
     assert "cannot be removed from the spool" in n.log.read_text()
 
 
-# -- 12: send ---------------------------------------------------------------------------------------
+# -- 12: send -------------------------------------------------------------------------------------
 def test_send_to_a_peer_that_aborts_reports_every_file(tmp_path):
     d = Destination(abort_after=2)
     try:

@@ -77,10 +77,10 @@ def preprocess_batch(items, spec, *, executor=None, start=0, gate=None):
     """Preprocess ``items`` into a new float32 ``(N, 1, S, S)`` batch for ``spec``.
 
     Returns ``(batch, errors, shapes)``: ``errors[i]`` is None, or the InputError for item ``i``
-    (its slot in ``batch`` is then undefined; an OutOfScope where ``gate`` refused it); ``shapes[i]`` is the scan's
-    ``(height, width)`` before resizing (None for a failed item). ``executor`` spreads the
-    items over its threads (the kernel releases the GIL); ``start`` is the index of
-    ``items[0]`` in a longer input, for the ``<array i>`` names.
+    (its slot in ``batch`` is then undefined; an OutOfScope where ``gate`` refused it);
+    ``shapes[i]`` is the scan's ``(height, width)`` before resizing (None for a failed item).
+    ``executor`` spreads the items over its threads (the kernel releases the GIL); ``start`` is
+    the index of ``items[0]`` in a longer input, for the ``<array i>`` names.
     """
     size = spec.input_size
     batch = np.empty((len(items), 1, size, size), np.float32)

@@ -202,8 +202,9 @@ def _read_error(path, e):
 
 def check_file(path):
     """Raise the DecodeError ``read_image`` would raise before decoding: ``path`` is a
-    directory, not a regular file, missing, larger than MAX_FILE_BYTES or unreadable. Lets a caller that hands the
-    reading to others (the Ray engine) report those inputs exactly as ``read_image`` does."""
+    directory, not a regular file, missing, larger than MAX_FILE_BYTES or unreadable. Lets a
+    caller that hands the reading to others (the Ray engine) report those inputs exactly as
+    ``read_image`` does."""
     path = os.fspath(path)
     try:
         _open_checked(path).close()

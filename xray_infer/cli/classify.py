@@ -121,7 +121,8 @@ class Engine:
         if args.engine == "ray":
             from .. import distributed
             from ..model import load_model
-            self.clf, self.spec = None, load_model(args.model, providers=["CPUExecutionProvider"])[1]
+            self.clf = None
+            self.spec = load_model(args.model, providers=["CPUExecutionProvider"])[1]
             if args.scope == "on" and not self.spec.scope_output:
                 from ..errors import ModelError
                 raise ModelError(f"{args.model}: this model has no scope gate; classify with "

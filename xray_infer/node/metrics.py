@@ -5,7 +5,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               generate_latest)
 
 #: Why an association or an instance was refused: the ``reason`` label's values (a fixed set,
 #: so a peer cannot grow the metrics).
