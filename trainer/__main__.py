@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .data import load_arrays
+from .arrays import load_arrays
 from .dataset import DATA_ROOT, VAL_SPLITS, load_splits
 from .train import RunConfig, train_run
 

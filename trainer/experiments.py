@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .data import load_arrays
+from .arrays import load_arrays
 from .dataset import load_splits
 from . import runs
 from .selection import RequestError

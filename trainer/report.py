@@ -169,7 +169,7 @@ def _model_probs(model_path):
     """(spec, {split: (labels, probs)}) of an exported model on validation and test."""
     from xray_infer.model import load_model
 
-    from .data import cached_arrays
+    from .arrays import cached_arrays
     from .dataset import load_splits
     from .export import ort_logits
     from .metrics import softmax

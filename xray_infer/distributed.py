@@ -41,7 +41,7 @@ def _host_port(address):
     hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
-        raise UsageError(f"--address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+        raise UsageError(f"address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
     return host.strip("[]"), int(port)
 
 
@@ -80,12 +80,12 @@ def plan(workers=None, gpus_per_worker=0.0, cpus_per_worker=None):
 def place(nodes, workers=None, gpus_per_worker=0.0, cpus_per_worker=None):
     """``plan`` for ``nodes``, a list of the live nodes' resources (``{"CPU": 16, "GPU": 1}``)."""
     if gpus_per_worker < 0 or (workers is not None and workers < 1):
-        raise UsageError("--workers must be at least 1 and --gpus-per-worker at least 0")
+        raise UsageError("workers must be at least 1 and gpus_per_worker at least 0")
     if gpus_per_worker:
         total = sum(r.get("GPU", 0.0) for r in nodes)
         nodes = [r for r in nodes if r.get("GPU", 0.0) >= gpus_per_worker]
         if not nodes:
-            raise UsageError(f"--gpus-per-worker {gpus_per_worker:g}: no node of the Ray "
+            raise UsageError(f"gpus_per_worker {gpus_per_worker:g}: no node of the Ray "
                              f"cluster has that many GPUs (it has {total:g} GPU(s) in all)")
         workers = workers or sum(int(r["GPU"] // gpus_per_worker) for r in nodes)
     workers = workers or max(1, int(sum(r.get("CPU", 0.0) for r in nodes)))

@@ -53,7 +53,8 @@ class Caller:
         try:
             infos = socket.getaddrinfo(self.host, None, proto=socket.IPPROTO_TCP)
         except socket.gaierror as e:
-            raise ValueError(f"--allow {self}: {self.host} does not resolve ({e})") from None
+            raise ValueError(f"allowed caller {self}: {self.host} does not resolve ({e})") \
+                from None
         return {info[4][0] for info in infos}
 
     def __str__(self):

@@ -6,6 +6,7 @@ need has been checked; a refusal names the reason and never a value from the obj
 of this machine. Out-of-resource conditions (spool full, memory) are 0xA700, which a sender
 retries; an object this node can never use is 0xC000.
 """
+import io
 import logging
 import threading
 import time
@@ -264,10 +265,11 @@ class Node:
         rest are quarantined with the reason."""
         ready = []
         for path in batch:
-            try:
-                source = dcmread(path)
+            try:  # read once; the header parsed apart from the pixels, the pixels decoded once
+                data = path.read_bytes()
+                source = dcmread(io.BytesIO(data), stop_before_pixels=True)
                 uid = str(source.SOPInstanceUID)
-                scan = decode_bytes(path.read_bytes(), uid)
+                scan = decode_bytes(data, uid)
             except Exception as e:
                 self._quarantine(path, f"unreadable in the spool: {type(e).__name__}")
                 continue
@@ -404,8 +406,8 @@ class Node:
         threading.Thread(target=self._server.serve_forever, name="xray-node-server",
                          daemon=True).start()
         if self.allow.any:
-            log.warning("--allow-any: every peer that can reach %s:%d may send to this node",
-                        self.host, self.port)
+            log.warning("any caller admitted: every peer that can reach %s:%d may send to "
+                        "this node", self.host, self.port)
         log.info("listening as %s on %s:%d%s, forwarding to %s%s, spool %s, %s", self.ae_title,
                  self.host, self.port, " (TLS)" if self.tls else "", self.forward,
                  " (TLS)" if self.forward_tls else "", self.spool.root,

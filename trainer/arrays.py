@@ -1,4 +1,5 @@
-"""Decode and preprocess images once, through the library's own batch path, and cache them."""
+"""Model inputs as arrays: images decoded and preprocessed once, through the library's own batch
+path, and cached on disk (the records they come from are indexed in ``dataset.py``)."""
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
