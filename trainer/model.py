@@ -101,22 +101,42 @@ class XrayNet(nn.Module):
         return self.head(self.drop(x))
 
 
+#: What a run's config records as ``family`` when it records none: the scratch CNN above.
+SCRATCH = "scratch-cnn"
+
+
+def _lite():
+    from . import pretrained  # its weights package loads only for this family
+    return pretrained
+
+
+#: The model families, by the ``family`` their configs record: (config from a recorded dict,
+#: module from a config, the number of classes and whether to load pretrained weights). A new
+#: family is one entry here.
+FAMILIES = {
+    SCRATCH: (NetConfig.from_dict, lambda cfg, n, weights: XrayNet(cfg, n)),
+    "efficientnet-lite0": (
+        lambda d: _lite().LiteConfig(**d),
+        lambda cfg, n, weights: _lite().EfficientNetLite(
+            cfg if weights else replace(cfg, pretrained=False), n)),
+}
+
+
+def _family(name):
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
 def build(cfg, num_classes=NUM_CLASSES, pretrained_weights=True):
-    """The module for a scratch ``NetConfig`` or an ImageNet-initialised ``LiteConfig``;
-    ``pretrained_weights=False`` skips loading ImageNet weights that a state dict will replace."""
-    from .pretrained import EfficientNetLite, LiteConfig
-    if isinstance(cfg, LiteConfig):
-        return EfficientNetLite(cfg if pretrained_weights else replace(cfg, pretrained=False),
-                                num_classes)
-    return XrayNet(cfg, num_classes)
+    """The module for a config of any family; ``pretrained_weights=False`` skips loading
+    pretrained weights that a state dict will replace."""
+    return _family(getattr(cfg, "family", SCRATCH))[1](cfg, num_classes, pretrained_weights)
 
 
 def net_from_dict(d):
     """The architecture config recorded in a run, whichever family it belongs to."""
-    from .pretrained import LiteConfig
-    if d.get("family") == LiteConfig.family:
-        return LiteConfig(**d)
-    return NetConfig.from_dict(d)
+    return _family(d.get("family", SCRATCH))[0](d)
 
 
 @lru_cache(maxsize=None)
