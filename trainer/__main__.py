@@ -7,7 +7,6 @@
 """
 import argparse
 import json
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -56,44 +55,26 @@ def cmd_transfer(a):
 
 
 def cmd_export(a):
-    from .export import export, save_checkpoint
+    from .export import export_runs
     if a.run:
-        paths = [Path(p) for p in a.run]
+        paths, selection = [Path(p) for p in a.run], "explicit"
     else:
         from .selection import candidates
         ranked = candidates(a.select, a.ensemble, a.data, a.limit)
         for sc, members in ranked[:8]:
             print(f"  candidate: val macro-F1 {sc:.4f}: {' + '.join(p.stem for p in members)}")
         paths = ranked[0][1]
-    results = [json.loads(p.read_text()) for p in paths]
-    members = [(RunConfig.from_dict(r["config"]),
-                torch.load(p.with_suffix(".pt"), map_location="cpu"))
-               for p, r in zip(paths, results)]
-    cfg = members[0][0]
-    splits = load_splits(a.data, scheme=cfg.val_split)
-    data = load_arrays(splits, cfg.net.input_size, cfg.mean, cfg.std, a.limit)  # train: the gate
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=False).stdout.strip()
-    except OSError:
-        commit = ""
-    provenance = {"runs": [f"{p.parent.parent.name}/{p.stem}" for p in paths],
-                  "selection": ("explicit" if a.run else
-                                f"best validation macro-F1 among single runs and top-{a.ensemble} "
-                                f"ensembles"),
-                  "command": "python -m trainer " + " ".join(sys.argv[1:]),
-                  "trained_on": sorted({r.get("device", "") for r in results}),
-                  "best_epochs": [r["best_epoch"] for r in results], "code_commit": commit}
-    spec, _ = export(members, a.out, data, model_version=a.version, provenance=provenance)
+        selection = (f"best validation macro-F1 among single runs and top-{a.ensemble} "
+                     f"ensembles")
+    spec, parity = export_runs(paths, a.out, a.data, version=a.version, limit=a.limit,
+                               fp16=not a.no_fp16, checkpoint=a.save_checkpoint,
+                               selection=selection,
+                               command="python -m trainer " + " ".join(sys.argv[1:]))
     m = spec.metrics
-    if not a.no_fp16:
-        from .export import export_fp16
-        parity = export_fp16(a.out, data)["test"]
+    if parity:
         print(f"wrote the float16 variant: test agreement {parity['agreement']:.4f}, accuracy "
               f"{parity['accuracy_float16']:.4f} (float32 {parity['accuracy_float32']:.4f})")
-    if a.save_checkpoint:
-        save_checkpoint(a.save_checkpoint, members, m["temperatures"])
-    print(f"wrote {a.out}: {len(members)} member(s), temperatures "
+    print(f"wrote {a.out}: {len(m['temperatures'])} member(s), temperatures "
           f"{', '.join(f'{t:.3f}' for t in m['temperatures'])}, "
           f"ORT/torch parity {m['export_parity_max_abs_diff']:.1e}")
     for split in ("val", "test"):

@@ -257,6 +257,40 @@ def export_fp16(fp32_path, data):
     return parity
 
 
+def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, checkpoint=None,
+                selection="explicit", command=""):
+    """Export the runs whose result files are ``paths`` (one: a single model; several: an
+    ensemble) to ``out``, with their provenance; also the float16 variant (``fp16``) and the
+    torch checkpoint (``checkpoint``, a path). Returns (spec, float16 test parity or None)."""
+    import subprocess
+
+    from . import runs
+    from .arrays import load_arrays
+    from .dataset import load_splits
+    from .train import RunConfig
+    results = [runs.load(p) for p in paths]
+    members = [(RunConfig.from_dict(r["config"]),
+                torch.load(runs.weights_path(p), map_location="cpu"))
+               for p, r in zip(paths, results)]
+    cfg = members[0][0]
+    splits = load_splits(data_root, scheme=cfg.val_split)
+    data = load_arrays(splits, cfg.net.input_size, cfg.mean, cfg.std, limit)  # train: the gate
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=False).stdout.strip()
+    except OSError:
+        commit = ""
+    provenance = {"runs": [f"{Path(p).parent.parent.name}/{Path(p).stem}" for p in paths],
+                  "selection": selection, "command": command,
+                  "trained_on": sorted({r.get("device", "") for r in results}),
+                  "best_epochs": [r["best_epoch"] for r in results], "code_commit": commit}
+    spec, _ = export(members, out, data, model_version=version, provenance=provenance)
+    parity = export_fp16(out, data)["test"] if fp16 else None
+    if checkpoint:
+        save_checkpoint(checkpoint, members, spec.metrics["temperatures"])
+    return spec, parity
+
+
 def save_checkpoint(path, members, temperatures):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"members": [{"config": c.to_dict(), "state_dict": s} for c, s in members],
