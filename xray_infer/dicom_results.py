@@ -5,7 +5,6 @@ For a classified DICOM scan: a Comprehensive SR following the measurement report
 model SHA-256; and a Secondary Capture of the heatmap overlay, labelled not for diagnostic use.
 Both carry the source's patient and study, reference the source instance, and start new series.
 """
-import hashlib
 
 import highdicom as hd
 import numpy as np
@@ -34,11 +33,6 @@ PROCEDURE = hd.sr.CodedConcept("168731009", "SCT", "Standard chest X-ray")
 #: per-class probabilities, which no public code names.
 PRIVATE_SCHEME = "99XRAYINFER"
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
-
-
-def model_digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 #: Identifiers a result cannot do without: it must land in the source's patient, study and

@@ -1,5 +1,6 @@
 """Opening a model: the one place that turns an ONNX file into a session and its ModelSpec."""
 import hashlib
+import os
 from pathlib import Path
 
 import onnxruntime as ort
@@ -44,6 +45,24 @@ def _expected_digest(sidecar):
     return digest
 
 
+#: SHA-256 of model files read, by (path, size, modification time): a model is hashed once
+#: however many things need its digest (the sidecar check, result UIDs, reports).
+_DIGESTS = {}
+
+
+def _key(path):
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns
+
+
+def model_digest(path):
+    """The SHA-256 (hex) of the model file at ``path``."""
+    key = _key(path)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return _DIGESTS[key]
+
+
 def read_model_bytes(path, require_digest=False):
     """The model's bytes, checked against ``<model>.sha256`` (required when ``require_digest``,
     otherwise checked only where it exists)."""
@@ -58,9 +77,10 @@ def read_model_bytes(path, require_digest=False):
     if require_digest and not sidecar.exists():
         raise ModelError(f"{path}: {sidecar.name} is missing; the bundled model is always "
                          f"checked against it")
+    key = _key(path)
+    actual = _DIGESTS[key] = hashlib.sha256(data).hexdigest()
     if sidecar.exists():
         expected = _expected_digest(sidecar)
-        actual = hashlib.sha256(data).hexdigest()
         if actual != expected:
             raise ModelError(f"{path}: SHA-256 {actual} does not match {sidecar.name} "
                              f"({expected}); the model file is corrupted or was replaced")

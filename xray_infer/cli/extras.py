@@ -52,7 +52,7 @@ class DicomResults:
     heatmap (``name.SR.dcm``, ``name.SC.dcm``); other inputs are counted, not converted."""
 
     def __init__(self, folder, clf):
-        from ..dicom_results import model_digest
+        from ..model import model_digest
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.spec, self.digest = clf.spec, model_digest(clf.model_path)

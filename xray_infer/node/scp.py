@@ -22,9 +22,9 @@ from pynetdicom.sop_class import (ComprehensiveSRStorage, ComputedRadiographyIma
 
 from ..classifier import Classifier
 from ..decode import decode_bytes
-from ..dicom_results import (check_buildable, is_own_result, model_digest, results_for,
-                             source_problem)
+from ..dicom_results import check_buildable, is_own_result, results_for, source_problem
 from ..errors import InputError
+from ..model import model_digest
 from ..preprocess import check_radiograph
 from .metrics import NodeMetrics
 from .network import (CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, AssociationError,
