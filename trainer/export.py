@@ -101,7 +101,8 @@ def add_scope_gate(model_path, data):
     from xray_infer.model import fp16_path
     sess, spec = load_model(model_path, providers=["CPUExecutionProvider"], precision="float32")
     if spec.scope_output:
-        raise ValueError(f"{model_path} already has a scope gate")
+        from .selection import RequestError
+        raise RequestError(f"{model_path} already has a scope gate")
     proto, record = scope.fit(onnx.load(str(model_path)), data["train"], data["val"])
     spec = replace(spec, scope_output=scope.SCOPE_OUTPUT, scope=record,
                    population=scope.POPULATION)
