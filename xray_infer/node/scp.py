@@ -65,6 +65,7 @@ class _Visit:
         self.who = f"{printable(ae_title.strip(), 16)}@{address}"
         self.start, self.stored, self.refused = time.monotonic(), 0, 0
         self.dataset_bytes = 0  # of the data set being received
+        self.established = False
 
 
 class Node:
@@ -128,15 +129,19 @@ class Node:
         log.warning("association from %s rejected: %s", visit.who, why)
 
     def _on_established(self, event):
+        visit = self._visits.get(event.assoc)
+        if visit is not None:
+            visit.established = True
+            self.metrics.open_associations.inc()
         self.metrics.associations.labels("accepted").inc()
-        self.metrics.open_associations.inc()
 
     def _on_closed(self, event):
         with self._visits_lock:
             visit = self._visits.pop(event.assoc, None)
         if visit is None:
             return
-        self.metrics.open_associations.dec()
+        if visit.established:
+            self.metrics.open_associations.dec()
         how = ("released" if event.assoc.is_released else
                "aborted" if event.assoc.is_aborted else "closed")
         log.info("association from %s %s after %.1f s: %d instance(s) stored, %d refused",
