@@ -6,7 +6,7 @@ import sys
 import threading
 
 from ..errors import UsageError, XrayInferError
-from ..inputs import collect_inputs
+from ..inputs import collect_inputs, dicom_files
 from ..node.policy import (DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE, DEFAULT_HOST, Allowlist, Caller,
                            Limits, check_ae_title)
 from ..peer import Peer
@@ -36,12 +36,9 @@ def _tls(args, prefix, server):
         raise UsageError(f"{', '.join(flags)}: {e}") from None
 
 
-
-
 def _dicom_files(paths, recursive):
     """The files ``send`` sends: those collect_inputs finds, and in folders also files without
     an image extension that carry the DICM marker (archives often name them by UID alone)."""
-    from ..inputs import dicom_files
     files, _ = collect_inputs(paths, recursive)
     extra = dicom_files(paths, recursive)
     return files + [f for f in extra if f not in set(files)]
