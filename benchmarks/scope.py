@@ -120,6 +120,7 @@ def _accuracy(results, labels):
 def scope(a):
     from trainer.dataset import load_splits
     clf = Classifier(a.model, providers=a.providers, batch_size=a.batch_size)
+    off = Classifier(a.model, providers=a.providers, batch_size=a.batch_size, scope=False)
     spec = clf.spec
     splits = load_splits(common.DATA, scheme=spec.validation_split)
     names = spec.class_names
@@ -131,7 +132,6 @@ def scope(a):
         entry = {"n": n, "classified": ok, "out_of_scope": refused, "failed": failed}
         if labels is not None:
             entry["accuracy_classified"] = _accuracy(results, labels)
-            off = Classifier(a.model, providers=a.providers, scope=False)
             entry["accuracy_all"] = _accuracy(off.classify(inputs[name]), labels)
         payload[group][name] = entry
         share = ok / n if group == "in_distribution" else refused / max(n - failed, 1)
@@ -169,7 +169,6 @@ def scope(a):
         add("independent", f"synthetic: {case}", clf.classify(arrays))
 
     # Cost: the same pass over the full-resolution scans with the gate on and off, interleaved.
-    off = Classifier(a.model, providers=a.providers, batch_size=a.batch_size, scope=False)
     work = fullres * max(1, a.cycle)
     times = {"on": [], "off": []}
     for _ in range(a.repeat):

@@ -107,7 +107,7 @@ def test_class_maps_average_to_the_calibrated_logits(tmp_path, net):
     import onnx
     from trainer import scope
     proto = onnx.load(str(tmp_path / "m.onnx"))
-    features = scope.features(proto, x)
+    [features] = scope.features(proto, x)
     want = scope.Gaussians(features, y).distance(features[:8])
     got = sess.run([spec.scope_output], {spec.input_name: x[:8]})[0]
     assert np.allclose(got, want, rtol=1e-3)

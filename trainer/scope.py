@@ -50,13 +50,15 @@ def with_features(proto):
     return out
 
 
-def features(proto, x, batch_size=256):
-    """Pooled features, float64 (N, D), of a preprocessed float32 batch ``x``."""
+def features(proto, *arrays, batch_size=256):
+    """Pooled features, float64 (N, D), of each preprocessed float32 batch in ``arrays`` (a
+    list, one per array; one session for all)."""
     probe = with_features(proto)
     sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     name, feat = sess.get_inputs()[0].name, probe.graph.output[-1].name
-    return np.concatenate([sess.run([feat], {name: np.ascontiguousarray(x[i:i + batch_size])})[0]
-                           for i in range(0, len(x), batch_size)]).astype(np.float64)
+    return [np.concatenate([sess.run([feat], {name: np.ascontiguousarray(x[i:i + batch_size])})[0]
+                            for i in range(0, len(x), batch_size)]).astype(np.float64)
+            for x in arrays]
 
 
 class Gaussians:
@@ -112,7 +114,7 @@ def fit(proto, train, val):
     Returns (the augmented proto, the spec's ``scope`` record, parity of the graph's distance
     against float64 on the validation features).
     """
-    f_train, f_val = features(proto, train[0]), features(proto, val[0])
+    f_train, f_val = features(proto, train[0], val[0])
     gaussians = Gaussians(f_train, np.asarray(train[1]))
     d_val = gaussians.distance(f_val)
     threshold = float(np.quantile(d_val, VALIDATION_PASS))

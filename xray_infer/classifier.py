@@ -13,7 +13,7 @@ from .batch import SINGLE_INPUT, preprocess_batch, source_name
 from .errors import ModelError, OutOfScope
 from .heatmap import upsample
 from .model import DEFAULT_MODEL, load_model
-from .scope import Gate, Scope
+from .scope import Gate, Scope, require_gate
 from .spec import DEFAULT_BATCH_SIZE, softmax
 
 
@@ -130,10 +130,7 @@ class Classifier:
                              f"`python -m trainer export`)")
         self.heatmaps = bool(heatmaps)
         self.scope = Scope.of(scope, ages)
-        if self.scope.enabled and not self.spec.scope_output:
-            raise ModelError(f"{self.model_path}: this model has no scope gate, so it cannot "
-                             f"refuse inputs it was not made for; export it again (`python -m "
-                             f"trainer scope`), or classify with scope off")
+        require_gate(self.spec, self.scope, self.model_path)
         self.gate = Gate(self.spec, self.scope) if self.scope.enabled else None
 
     @property

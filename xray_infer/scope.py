@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from .errors import OutOfScope
+from .errors import ModelError, OutOfScope
 
 _AGE = re.compile(r"(\d{3})([DWMY])")
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
@@ -78,6 +78,14 @@ class Scope:
         if not self.enabled:
             return "off"
         return "on" if self.ages is None else f"on, ages {self.ages[0]}-{self.ages[1]}"
+
+
+def require_gate(spec, scope, source):
+    """ModelError when ``scope`` is on but the model ``spec`` has no gate to apply."""
+    if scope.enabled and not spec.scope_output:
+        raise ModelError(f"{source}: this model has no scope gate, so it cannot refuse inputs "
+                         f"it was not made for; export it again (`python -m trainer scope`), "
+                         f"or classify with scope off")
 
 
 class Gate:

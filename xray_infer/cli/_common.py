@@ -51,6 +51,12 @@ def positive(name, value):
         raise UsageError(f"{name} must be at least 1, got {value}")
 
 
+def check_scope_options(args):
+    """``--scope`` and ``--ages`` together (classify and listen take both)."""
+    if args.ages is not None and args.scope == "off":
+        raise UsageError("--ages widens the scope gate; with --scope off nothing is gated")
+
+
 def require(modules, what, extra):
     """UsageError naming ``what`` and the extra to install, unless ``modules`` import."""
     try:

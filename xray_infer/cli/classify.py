@@ -9,10 +9,11 @@ from ..errors import UsageError, XrayInferError
 from ..inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
 from ..output import (FORMATS, TEXT_ERRORS, Existing, ResultWriter, format_for, header,
                       open_output, output_exists)
-from ..scope import parse_ages
+from ..scope import Scope, parse_ages, require_gate
 from ..spec import DEFAULT_BATCH_SIZE
 from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE,
-                      checked, fail, positive, quiet_opencv, require, setup_logging)
+                      check_scope_options, checked, fail, positive, quiet_opencv, require,
+                      setup_logging)
 from .extras import DicomResults, Overlays, write_extras
 
 log = logging.getLogger("xray_infer.cli")
@@ -49,8 +50,7 @@ def check_arguments(args):
     positive("--batch-size", args.batch_size)
     positive("--threads", args.threads)
     positive("--workers", args.workers)
-    if args.ages is not None and args.scope == "off":
-        raise UsageError("--ages widens the scope gate; with --scope off nothing is gated")
+    check_scope_options(args)
     if args.engine != "ray":
         for option, value in (("--address", args.address),
                               ("--gpus-per-worker", args.gpus_per_worker),
@@ -120,13 +120,10 @@ class Engine:
         self.args, self.providers = args, providers
         if args.engine == "ray":
             from .. import distributed
-            from ..model import load_model
+            from ..model import DEFAULT_MODEL, load_model
             self.clf = None
             self.spec = load_model(args.model, providers=["CPUExecutionProvider"])[1]
-            if args.scope == "on" and not self.spec.scope_output:
-                from ..errors import ModelError
-                raise ModelError(f"{args.model}: this model has no scope gate; classify with "
-                                 f"--scope off, or export it again (`python -m trainer scope`)")
+            require_gate(self.spec, Scope.of(args.scope, args.ages), args.model or DEFAULT_MODEL)
             # Ray Data's notices (plan, progress bars off) would land between our progress lines
             logging.getLogger("ray.data").setLevel(logging.ERROR)
             distributed.connect(args.address)

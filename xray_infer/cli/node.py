@@ -10,8 +10,8 @@ from ..inputs import collect_inputs, dicom_files
 from ..node.policy import (DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE, DEFAULT_HOST, Allowlist, Caller,
                            Limits, check_ae_title)
 from ..peer import Peer
-from ._common import (EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE, checked, fail, port, positive,
-                      quiet_opencv, readable_file, require, setup_logging, whole)
+from ._common import (EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE, check_scope_options, checked, fail,
+                      port, positive, quiet_opencv, readable_file, require, setup_logging, whole)
 from .classify import ages
 
 log = logging.getLogger("xray_infer.cli")
@@ -73,8 +73,7 @@ def _listen_plan(args):
         raise UsageError("--allow and --allow-any contradict each other")
     if args.model and not os.path.isfile(args.model):
         raise UsageError(f"--model {args.model}: no such file")
-    if args.ages is not None and args.scope == "off":
-        raise UsageError("--ages widens the scope gate; with --scope off nothing is gated")
+    check_scope_options(args)
     allow = Allowlist(tuple(args.allow or ()), any=args.allow_any)
     try:
         allow = allow.resolved()

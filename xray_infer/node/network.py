@@ -129,7 +129,6 @@ class GuardedServer(ThreadedAssociationServer):
         self.tls, self.max_per_peer = tls, max_per_peer
         self.handshake_timeout = handshake_timeout
         self._open, self._hosts, self._lock = Counter(), {}, threading.Lock()
-        self.refused_connections = 0
         kwargs.setdefault("request_handler", _Handler)
         super().__init__(*args, **kwargs)
 
@@ -137,7 +136,6 @@ class GuardedServer(ThreadedAssociationServer):
         host = client_address[0]
         with self._lock:
             if self._open[host] >= self.max_per_peer:
-                self.refused_connections += 1
                 log.warning("connection from %s refused: %d connections from it already open "
                             "(limit %d)", host, self._open[host], self.max_per_peer)
                 return False

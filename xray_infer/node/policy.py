@@ -91,12 +91,12 @@ class Allowlist:
     _resolved: frozenset = field(default=frozenset(), compare=False)
 
     def resolved(self):
-        """A copy with every HOST resolved now (ValueError for a name that does not)."""
+        """A copy with every HOST resolved now (ValueError for a name that does not); itself
+        when that is done already (names are looked up once)."""
+        if self._resolved or not self.callers:
+            return self
         pairs = frozenset((c.ae_title, a) for c in self.callers for a in c.addresses())
         return Allowlist(self.callers, self.any, pairs)
 
     def admits(self, ae_title, address):
         return self.any or (ae_title.strip(), address) in self._resolved
-
-    def knows_address(self, address):
-        return self.any or any(a == address for _, a in self._resolved)

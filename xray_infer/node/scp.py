@@ -267,18 +267,19 @@ class Node:
 
     def _results(self, batch):
         """(path, uid, SR, SC) for each instance of ``batch`` that could be classified; the
-        rest are quarantined with the reason."""
-        ready = []
+        rest are quarantined with the reason. The batch is classified in one call."""
+        read = []
         for path in batch:
             try:  # read once; the header parsed apart from the pixels, the pixels decoded once
                 data = path.read_bytes()
                 source = dcmread(io.BytesIO(data), stop_before_pixels=True)
                 uid = str(source.SOPInstanceUID)
-                scan = decode_bytes(data, uid)
+                read.append((path, uid, source, decode_bytes(data, uid)))
             except Exception as e:
                 self._quarantine(path, f"unreadable in the spool: {type(e).__name__}")
-                continue
-            r = self.classifier.classify([scan])[0]
+        results = self.classifier.classify([scan for *_, scan in read]) if read else []
+        ready = []
+        for (path, uid, source, scan), r in zip(read, results):
             if r.status == "out_of_scope":  # acknowledged; no result claims a chest finding
                 self.metrics.out_of_scope.labels(r.refused_by).inc()
                 log.info("instance %s: out of scope (%s); nothing forwarded", uid, r.refused_by)

@@ -105,6 +105,3 @@ class Spool:
         os.replace(path, self.failed / Path(path).name)
         _fsync_dir(self.failed)
         _fsync_dir(self.incoming)
-
-    def quarantined(self):
-        return sorted(self.failed.glob("*.dcm"))
