@@ -17,7 +17,8 @@ def parity(args):
     from trainer.export import load_checkpoint, ort_logits
     import torch
     # Scope off: parity is of the classifications themselves (docs/bench/scope.json has the gate).
-    clf = Classifier(args.model, providers=["CPUExecutionProvider"], scope=False)
+    clf = Classifier(args.model, providers=["CPUExecutionProvider"], scope=False,
+                     precision="float32")
     model, _ = load_checkpoint(args.checkpoint)
     s = clf.spec
     records = scan_split(common.DATA / "chest_xray" / "test")
@@ -51,8 +52,27 @@ def parity(args):
              for x, y in zip(a, b)]
     res.update({"fullres_pairs": len(pairs), "fullres_vs_224_agreement": float(np.mean(agree)),
                 "fullres_vs_224_median_max_prob_diff": float(np.median(pdiff))})
+    # Reduced-size against full-size decoding of the same scans, for each CPU variant; and the
+    # int8 variant's parity record, measured at export on the validation and test splits.
+    from trainer.decoding import decoding_parity
+    from xray_infer.model import variant_path
+    variants = [p for p in ("float32", "int8") if variant_path(clf.model_path, p).exists()]
+    decoding = {p: decoding_parity(full, args.model, precision=p) for p in variants}
+    table = {k: v for k, v in res.items()}
+    for p, r in decoding.items():
+        table[f"reduced vs full decoding, {p}: label agreement (n={r['n']})"] = r["agreement"]
+        table[f"reduced vs full decoding, {p}: scope decisions agree"] = r["scope_agreement"]
+        table[f"reduced vs full decoding, {p}: median / max probability diff"] = \
+            f"{r['median_abs_probability_diff']:.4f} / {r['max_abs_probability_diff']:.4f}"
+    res["reduced_decoding"] = decoding
+    if "int8" in variants:
+        from xray_infer.model import load_model
+        res["int8_parity"] = load_model(args.model, providers=["CPUExecutionProvider"],
+                                        precision="int8")[1].metrics["int8_parity"]
+        table.update({f"int8 vs float32, {k}: label agreement": v["agreement"]
+                      for k, v in res["int8_parity"].items() if isinstance(v, dict)})
     print_table(f"parity on {len(records)} test images and {len(pairs)} full-resolution/224 pairs",
-                ["check", "value"], [[k, f"{v:.3g}" if isinstance(v, float) else v]
-                                     for k, v in res.items()])
+                ["check", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else v]
+                                     for k, v in table.items()])
     save(args.json, "parity", {"results": res})
     return res

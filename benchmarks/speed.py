@@ -8,9 +8,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from xray_infer import Classifier
-from xray_infer.decode import read_image
-from xray_infer.model import load_model
+from xray_infer import DEFAULT_MODEL, Classifier
+from xray_infer.decode import decode_bytes, read_image
+from xray_infer.model import load_model, variant_path
 from xray_infer.preprocess import preprocess_into, reference_preprocess
 
 from .common import fullres_paths, median, percentile, print_table, save, timeit
@@ -86,6 +86,10 @@ def decode(args):
         im.draft("L", (im.width // 4, im.height // 4))
         return np.asarray(im.convert("L"))
     methods["pillow draft 1/4 (DCT scaling)"] = pil
+    size = _spec(args.model).input_size
+    methods["library decode_bytes, full size"] = lambda b: decode_bytes(b, "scan")
+    methods[f"library decode_bytes, reduced rule (model input {size})"] = \
+        lambda b: decode_bytes(b, "scan", size)
     methods["pillow full"] = lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("L"))
     rows, results = [], {}
     cv2_threads = cv2.getNumThreads()
@@ -127,14 +131,16 @@ def inference(args):
 
     The headline pair is float32 on both sides (the same arithmetic). Also timed, same run:
     on CUDA the session fed and read through NumPy instead of bound on the device, the float16
-    variant where it exists, and on CUDA torch in float16, channels-last.
+    variant where it exists, on the CPU the int8 variant, and on CUDA torch in float16,
+    channels-last.
     """
-    from xray_infer.model import fp16_path
     clf = Classifier(args.model, providers=args.providers, precision="float32")
     model, torch = _torch_model(args, args.device)
     size, s = clf.spec.input_size, clf.spec
     half = (Classifier(args.model, providers=args.providers, precision="float16")
-            if fp16_path(clf.model_path).exists() else None)
+            if variant_path(clf.model_path, "float16").exists() else None)
+    int8 = (Classifier(args.model, providers=args.providers, precision="int8")
+            if variant_path(clf.model_path, "int8").exists() and not args.device == "cuda" else None)
     cuda = args.device == "cuda"
     if cuda:
         model_half = copy.deepcopy(model).half().to(memory_format=torch.channels_last)
@@ -158,6 +164,8 @@ def inference(args):
                 [s.output_name], {s.input_name: x})
         if half is not None:
             variants["onnxruntime_float16"] = lambda: half.predict(x)
+        if int8 is not None:
+            variants["onnxruntime_int8"] = lambda: int8.predict(x)
         if cuda:
             xh = xt.half().to(memory_format=torch.channels_last)
             variants["torch_float16_channels_last"] = lambda: torch_run(model_half, xh)
@@ -175,19 +183,48 @@ def inference(args):
     return results
 
 
+#: The end-to-end paths timed against each other: (name, precision, decode). The first is the
+#: library's path before the int8 variant and reduced decoding; the last is its default.
+E2E_PATHS = (("float32, full-size decoding", "float32", "full"),
+             ("int8, full-size decoding", "int8", "full"),
+             ("float32, reduced decoding", "float32", "reduced"),
+             ("default (auto precision, reduced decoding)", "auto", "reduced"))
+
+
+def _spinning(clf):
+    """``clf`` with ONNX Runtime's threads spin-waiting, as sessions did before the library
+    turned it off next to its decoding threads (the thread-split row)."""
+    clf.session = load_model(clf.model_path, providers=clf.providers, spin=True,
+                             precision=clf.variant.precision)[0]
+    return clf
+
+
 def e2e(args):
-    """Scoring a folder of full-resolution scans: xray_infer vs a typical per-image loop, and
-    the bound set by JPEG decoding alone on all cores."""
+    """Scoring a folder of full-resolution scans, each path of the library (``E2E_PATHS``, and
+    the default with spinning threads) against the bound set by JPEG decoding alone at full
+    size on all cores, a typical per-image loop and, where given, a baseline model; then the
+    latency of one ``classify([path])``, what the DICOM node sees per instance."""
     from PIL import Image
     scans = fullres_paths(args.limit)
     paths = scans * args.cycle  # files read again come from the page cache, as on later passes
-    clf = Classifier(args.model, providers=args.providers, batch_size=args.batch_size)
+    clfs = {name: Classifier(args.model, providers=args.providers, batch_size=args.batch_size,
+                             precision=precision, decode=decode)
+            for name, precision, decode in E2E_PATHS
+            if precision != "int8" or variant_path(args.model or DEFAULT_MODEL, "int8").exists()}
+    default = clfs[E2E_PATHS[-1][0]]
+    spinning = "default, ONNX Runtime threads spin-waiting (before the thread fix)"
+    if default.providers[0] == "CPUExecutionProvider":
+        clfs[spinning] = _spinning(Classifier(args.model, providers=args.providers,
+                                              batch_size=args.batch_size))
+    if args.baseline_model:
+        name = "model v1.0.0 path (float32, full-size decoding)"
+        clfs[name] = Classifier(args.baseline_model, providers=args.providers, scope=False,
+                                batch_size=args.batch_size, precision="float32",
+                                decode="full")  # v1 has no scope gate
     model, torch = _torch_model(args, args.device)
-    spec = clf.spec
-    clf.classify(paths[:8])  # warm-up: session, thread pools
-
-    def ours():
-        return clf.classify(paths)
+    spec = default.spec
+    for clf in clfs.values():
+        clf.classify(paths[:8])  # warm-up: session, thread pools
 
     def naive():
         out = []
@@ -208,45 +245,44 @@ def e2e(args):
         with ThreadPoolExecutor(os.cpu_count()) as pool:
             return list(pool.map(one, paths))
 
-    base = None
-    if args.baseline_model:
-        base = Classifier(args.baseline_model, providers=args.providers,
-                          batch_size=args.batch_size, scope=False)  # v1 has no scope gate
-        base.classify(paths[:8])
     # Interleaved, so that drift in the machine's speed hits every path alike.
-    t_ours, t_base, t_dec = [], [], []
+    times = {name: [] for name in clfs}
+    t_dec = []
     for _ in range(args.repeat):
-        t_ours += timeit(ours, repeat=1, warmup=0)
-        if base is not None:
-            t_base += timeit(lambda: base.classify(paths), repeat=1, warmup=0)
         t_dec += timeit(decode_only, repeat=1, warmup=0)
+        for name, clf in clfs.items():
+            times[name] += timeit(lambda: clf.classify(paths), repeat=1, warmup=0)
     t_naive = timeit(naive, repeat=max(1, args.repeat // 2))
     n = len(paths)
-    results = {"xray_infer": n / median(t_ours), "naive_loop": len(scans) / median(t_naive),
-               "decode_bound": n / median(t_dec)}
-    results["speedup_vs_naive"] = results["xray_infer"] / results["naive_loop"]
-    results["fraction_of_decode_bound"] = results["xray_infer"] / results["decode_bound"]
-    rows = [["xray_infer Classifier.classify", f"{results['xray_infer']:.1f}", "1.00"]]
-    if base is not None:
-        results["baseline_model"] = {
-            "model": str(args.baseline_model), "version": base.spec.model_version,
-            "scans_per_s": n / median(t_base),
-            "fraction_of_decode_bound": n / median(t_base) / results["decode_bound"]}
-        results["speedup_vs_baseline_model"] = results["xray_infer"] * median(t_base) / n
-        rows.append([f"same, model {base.spec.model_version} ({Path(args.baseline_model).name})",
-                     f"{n / median(t_base):.1f}", f"{median(t_ours) / median(t_base):.2f}"])
+    bound = n / median(t_dec)
+    paths_out = {name: {"scans_per_s": n / median(t), "fraction_of_decode_bound":
+                        n / median(t) / bound, "variant": clfs[name].variant.precision,
+                        "decode": clfs[name].decode} for name, t in times.items()}
+    results = {"paths": paths_out, "decode_bound": bound,
+               "naive_loop": len(scans) / median(t_naive), "default": E2E_PATHS[-1][0]}
+    results["fraction_of_decode_bound"] = paths_out[E2E_PATHS[-1][0]]["fraction_of_decode_bound"]
+    results["speedup_vs_naive"] = paths_out[E2E_PATHS[-1][0]]["scans_per_s"] / results["naive_loop"]
+    # Single-scan latency: one classify([path]) at a time, as the DICOM node calls it.
+    latency = {}
+    for name in (E2E_PATHS[0][0], E2E_PATHS[-1][0]):
+        clf = clfs[name]
+        one = [timeit(lambda p=p: clf.classify([p]), repeat=1, warmup=0)[0]
+               for p in scans[:max(20, min(len(scans), 10 * args.repeat))]]
+        latency[name] = {"p50_ms": 1e3 * median(one), "p95_ms": 1e3 * percentile(one, 95),
+                         "n": len(one)}
+    results["single_scan_latency"] = latency
+    rows = [[name, f"{r['scans_per_s']:.1f}", f"{r['fraction_of_decode_bound']:.2f}"]
+            for name, r in paths_out.items()]
     rows += [["naive loop (Pillow + torch per image)", f"{results['naive_loop']:.1f}",
-              f"{results['naive_loop'] / results['xray_infer']:.2f}"],
-             ["decode only (OpenCV, all cores)", f"{results['decode_bound']:.1f}",
-              f"{results['decode_bound'] / results['xray_infer']:.2f}"]]
-    print_table(f"end to end: {len(scans)} full-resolution scans x {args.cycle}, model {spec.model_version} "
-                f"({spec.input_size}px), {os.cpu_count()} cores, providers {clf.providers[0]}",
-                ["path", "scans/s", "relative"], rows)
-    print(f"speedup vs naive: {results['speedup_vs_naive']:.1f}x; "
-          f"{100 * results['fraction_of_decode_bound']:.0f}% of the decode bound"
-          + (f"; {results['speedup_vs_baseline_model']:.2f}x model "
-             f"{results['baseline_model']['version']}" if base is not None else ""))
+              f"{results['naive_loop'] / bound:.2f}"],
+             ["decode only at full size (OpenCV, all cores): the bound", f"{bound:.1f}", "1.00"]]
+    print_table(f"end to end: {len(scans)} full-resolution scans x {args.cycle}, model "
+                f"{spec.model_version} ({spec.input_size}px), {os.cpu_count()} cores, providers "
+                f"{default.providers[0]}, median of {args.repeat}",
+                ["path", "scans/s", "of decode bound"], rows)
+    print_table("single-scan latency, classify([path])", ["path", "p50 ms", "p95 ms"],
+                [[k, f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}"] for k, v in latency.items()])
     save(args.json, "e2e", {"n": n, "scans": len(scans), "cycle": args.cycle,
-                            "batch_size": args.batch_size,
+                            "batch_size": args.batch_size, "repeat": args.repeat,
                             "model_version": spec.model_version, "results": results})
     return results

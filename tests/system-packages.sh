@@ -2,7 +2,8 @@
 # System packages some tests use, on Debian as root (CI): dicom3tools (dciodvfy, the DICOM
 # validator), Orthanc (a real PACS for the DICOM node tests; the tests start their own on
 # loopback ports, so the package's service is kept from starting), dcmtk (storescu, echoscu:
-# a second DICOM client) and openssl (test certificates for DICOM TLS). Elsewhere it only says what
+# a second DICOM client), openssl (test certificates for DICOM TLS) and chromium (the results
+# page, rendered headless). Elsewhere it only says what
 # is missing; those tests then skip with the reason.
 set -euo pipefail
 need=()
@@ -10,6 +11,7 @@ command -v dciodvfy > /dev/null || need+=(dicom3tools)
 command -v Orthanc > /dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -x /usr/bin/storescu ] && [ -x /usr/bin/echoscu ] || need+=(dcmtk)
 command -v openssl > /dev/null || need+=(openssl)
+command -v chromium > /dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
   # Keep package scripts from starting services (Orthanc's, on its default ports) meanwhile.

@@ -25,6 +25,9 @@ def test_parity_smoke_agrees(tmp_path, data):
     r = json.loads(out.read_text())["results"]
     assert r["torch_vs_ort_max_abs_logit_diff"] < 1e-4
     assert r["kernel_vs_reference_max_abs_input_diff"] < 1e-4
+    assert set(r["reduced_decoding"]) == {"float32", "int8"}
+    assert r["reduced_decoding"]["float32"]["n"] == 3
+    assert r["int8_parity"]["val"]["agreement"] >= 0.99
 
 
 def test_e2e_compares_the_baseline_model_in_the_same_run(tmp_path, data):
@@ -32,8 +35,15 @@ def test_e2e_compares_the_baseline_model_in_the_same_run(tmp_path, data):
     main(["e2e", "--limit", "4", "--repeat", "1", "--json", str(out),
           "--baseline-model", str(ROOT / "benchmarks" / "models" / "v1.0.0.onnx")])
     r = json.loads(out.read_text())["results"]
-    assert r["baseline_model"]["version"] == "1.0.0" and r["baseline_model"]["scans_per_s"] > 0
-    assert r["speedup_vs_baseline_model"] > 0
+    paths = r["paths"]
+    # every library path, the thread-split row and the baseline model, against one bound
+    assert {v["variant"] for v in paths.values()} >= {"float32", "int8"}
+    assert {v["decode"] for v in paths.values()} == {"full", "reduced"}
+    assert any("spin" in name for name in paths) and any("v1.0.0" in name for name in paths)
+    assert all(v["scans_per_s"] > 0 and v["fraction_of_decode_bound"] > 0 for v in paths.values())
+    assert r["fraction_of_decode_bound"] == paths[r["default"]]["fraction_of_decode_bound"]
+    for v in r["single_scan_latency"].values():
+        assert 0 < v["p50_ms"] <= v["p95_ms"] and v["n"] == 4
 
 
 def test_report_is_written_from_the_json_alone(tmp_path, data):
@@ -46,5 +56,7 @@ def test_report_is_written_from_the_json_alone(tmp_path, data):
     main(["report", "--json-dir", str(tmp_path), "--out", str(out), "--gpu-note", str(note)])
     md = out.read_text()
     e2e = json.loads((tmp_path / "e2e.json").read_text())["results"]
-    assert f"{e2e['xray_infer']:.1f}" in md and "GPU figures go here." in md
-    assert "model 1.0.0" in md and "Accuracy parity" in md
+    default = e2e["paths"][e2e["default"]]
+    assert f"{default['scans_per_s']:.1f}" in md and "GPU figures go here." in md
+    assert "model v1.0.0" in md and "Accuracy parity" in md
+    assert "reduced vs full-size decoding, int8" in md and "Single-scan latency" in md

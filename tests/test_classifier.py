@@ -20,7 +20,9 @@ from threads import run_threads  # tests/threads.py
 
 @pytest.fixture(scope="module")
 def clf():
-    return Classifier(providers=["CPUExecutionProvider"])
+    # float32: these tests hold the pipeline to the reference definition and to the metrics
+    # recorded at export; the int8 variant has its own parity tests (test_variants.py)
+    return Classifier(providers=["CPUExecutionProvider"], precision="float32")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ def test_matches_reference_path(clf, scans):
 
 
 def test_one_shot_classify_and_arrays(clf, scans):
-    by_path = classify(scans[:2], providers=["CPUExecutionProvider"])
+    by_path = classify(scans[:2], providers=["CPUExecutionProvider"], precision="float32")
     img = read_image(scans[0])
     arrays = clf.classify([img.pixels, Decoded(img.pixels, img.maxval),
                            img.pixels.astype(np.float32) / 255])
@@ -262,8 +264,8 @@ def test_whole_test_split_matches_reference_and_recorded_accuracy(clf, data):
     from trainer.dataset import scan_split
     records = scan_split(data / "chest_xray" / "test")
     paths = [r.path for r in records]
-    results = Classifier(providers=["CPUExecutionProvider"], scope=False).classify(paths,
-                                                                                   batch_size=64)
+    results = Classifier(providers=["CPUExecutionProvider"], scope=False,
+                         precision="float32").classify(paths, batch_size=64)
     gated = clf.classify(paths, batch_size=64)
     assert sum(r.ok for r in gated) >= 0.98 * len(records)
     assert all(g.label == r.label for g, r in zip(gated, results) if g.ok)

@@ -13,7 +13,10 @@ SCAN = "IM-0001-0001.jpeg"  # a shipped sample
 def test_corpus_through_cli(tmp_path, samples):
     corpus = make(tmp_path / "corpus", samples / SCAN)
     out = tmp_path / "out.jsonl"
-    p = subprocess.run([sys.executable, "-m", "xray_infer", "classify", corpus, "-o", out],
+    # float32: re-encodings of one scan must agree to 1e-3, which the int8 variant's rounding
+    # of activations does not promise (it agrees with float32 to 0.01 here)
+    p = subprocess.run([sys.executable, "-m", "xray_infer", "classify", corpus, "-o", out,
+                        "--precision", "float32"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 1, p.stderr
     rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}

@@ -3,6 +3,8 @@
     python -m trainer experiments --out runs/grid --device cuda --workers 4
     python -m trainer report --grid runs/grid --out docs
     python -m trainer export --select runs/grid --out xray_infer/models/default.onnx
+    python -m trainer quantize --model xray_infer/models/default.onnx   # its int8 variant
+    python -m trainer decoding --model xray_infer/models/default.onnx   # reduced-decoding parity
     python -m trainer train --out runs/one --epochs 10 --size 128     # a single run
 """
 import argparse
@@ -66,14 +68,18 @@ def cmd_export(a):
         paths = ranked[0][1]
         selection = (f"best validation macro-F1 among single runs and top-{a.ensemble} "
                      f"ensembles")
-    spec, parity = export_runs(paths, a.out, a.data, version=a.version, limit=a.limit,
-                               fp16=not a.no_fp16, checkpoint=a.save_checkpoint,
+    spec, parity, int8 = export_runs(paths, a.out, a.data, version=a.version, limit=a.limit,
+                               fp16=not a.no_fp16, int8=not a.no_int8,
+                               checkpoint=a.save_checkpoint,
                                selection=selection,
                                command="python -m trainer " + " ".join(sys.argv[1:]))
     m = spec.metrics
     if parity:
         print(f"wrote the float16 variant: test agreement {parity['agreement']:.4f}, accuracy "
               f"{parity['accuracy_float16']:.4f} (float32 {parity['accuracy_float32']:.4f})")
+    if int8:
+        print("wrote the int8 variant:")
+        _print_int8(int8)
     print(f"wrote {a.out}: {len(m['temperatures'])} member(s), temperatures "
           f"{', '.join(f'{t:.3f}' for t in m['temperatures'])}, "
           f"ORT/torch parity {m['export_parity_max_abs_diff']:.1e}")
@@ -94,6 +100,40 @@ def cmd_scope(a):
     s = spec.scope
     print(f"wrote {a.model}: scope threshold {s['threshold']:.1f} ({s['threshold_rule']}; "
           f"{s['fitted_on']}), graph parity {s['parity_max_rel_diff']:.1e}")
+
+
+def cmd_quantize(a):
+    from xray_infer.model import load_model
+
+    from .quantize import export_int8
+    spec = load_model(a.model, providers=["CPUExecutionProvider"], precision="float32")[1]
+    splits = load_splits(a.data, scheme=spec.validation_split)
+    data = load_arrays(splits, spec.input_size, spec.mean, spec.std, a.limit)
+    try:
+        _print_int8(export_int8(a.model, data))
+    except (ValueError, RuntimeError) as e:
+        sys.exit(f"python -m trainer quantize: {e}")
+
+
+def _print_int8(parity):
+    for split in ("val", "test"):
+        r = parity[split]
+        print(f"  int8 {split}: agreement {r['agreement']:.4f}, scope agreement "
+              f"{r['scope_agreement']:.4f}, accuracy {r['accuracy_int8']:.4f} (float32 "
+              f"{r['accuracy_float32']:.4f}), macro-F1 {r['macro_f1_int8']:.4f} (float32 "
+              f"{r['macro_f1_float32']:.4f})")
+
+
+def cmd_decoding(a):
+    from .decoding import MIN_AGREEMENT, record_parity
+    paths = sorted(str(p) for p in Path(a.scans).glob("**/*.jp*g"))
+    if not paths:
+        sys.exit(f"python -m trainer decoding: no JPEG scans under {a.scans}")
+    for precision, r in record_parity(a.model, paths).items():
+        print(f"  {precision}: {r['n']} scans (scaled by {r['scaled_by']}), agreement "
+              f"{r['agreement']:.4f} (needs {MIN_AGREEMENT}), scope agreement "
+              f"{r['scope_agreement']:.4f}, probability difference median "
+              f"{r['median_abs_probability_diff']:.4f}, max {r['max_abs_probability_diff']:.4f}")
 
 
 def cmd_report(a):
@@ -160,9 +200,13 @@ def main(argv=None):
     x.add_argument("--ensemble", type=int, default=3,
                    help="with --select: also consider ensembles of this many runs")
     x.add_argument("--out", required=True)
-    x.add_argument("--version", default="0.1.0")
+    x.add_argument("--version", default="unversioned",
+                   help="the model's version, recorded in its metadata (e.g. 2.0.0)")
     x.add_argument("--no-fp16", action="store_true",
                    help="do not write the float16 variant (name.fp16.onnx) used on CUDA")
+    x.add_argument("--no-int8", action="store_true",
+                   help="do not write the int8 variant (name.int8.onnx) used on CPUs with int8 "
+                        "dot products")
     x.add_argument("--save-checkpoint", metavar="PT",
                    help="also save the torch weights + config (for parity benchmarks)")
     x.set_defaults(fn=cmd_export)
@@ -172,6 +216,20 @@ def main(argv=None):
                              "(export fits it for new models)")
     sc.add_argument("--model", required=True)
     sc.set_defaults(fn=cmd_scope)
+
+    q = sub.add_parser("quantize", parents=[common],
+                       help="write the int8 variant of an exported model (export writes it for "
+                            "new models), gated on validation agreement")
+    q.add_argument("--model", required=True)
+    q.set_defaults(fn=cmd_quantize)
+
+    d = sub.add_parser("decoding", parents=[common],
+                       help="measure reduced-size JPEG decoding against full-size decoding on "
+                            "full-resolution scans and record it in the model's metadata")
+    d.add_argument("--model", required=True)
+    d.add_argument("--scans", default=str(Path(DATA_ROOT) / "fullres"),
+                   help="folder of full-resolution JPEG scans (default: the dataset's fullres/)")
+    d.set_defaults(fn=cmd_decoding)
 
     r = sub.add_parser("report", help="docs/experiments.md and plots from an experiments folder")
     r.add_argument("--grid", nargs="*", default=[], help="experiment folders")

@@ -1,12 +1,7 @@
 """Index of the chest X-ray dataset (published layout) and the patient-grouped validation split.
 
-Labels and patient ids come from file names:
-
-- ``PNEUMONIA/personN_bacteria_K.jpeg`` -> bacterial, patient ``personN``
-- ``PNEUMONIA/personN_virus_K[_J].jpeg`` -> viral, patient ``personN``
-- ``NORMAL/[NORMAL2-]IM-NNNN-KKKK[-JJJJ].jpeg`` -> normal, patient ``[NORMAL2-]IM-NNNN``
-
-A name matching none of these is an error, never a guess.
+Labels and patient ids come from file names (the scheme is ``xray_infer.groundtruth``'s); a
+name matching none of its patterns is an error, never a guess.
 """
 import os
 import re
@@ -15,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xray_infer import groundtruth
 from xray_infer.spec import CLASS_NAMES, NUM_CLASSES
 
 #: The dataset root (holds ``chest_xray/`` and ``fullres/``): ``$XRAY_DATA``, else
@@ -23,9 +19,6 @@ from xray_infer.spec import CLASS_NAMES, NUM_CLASSES
 DATA_ROOT = Path(os.environ.get("XRAY_DATA")
                  or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
 
-_NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)-\d+(?:-\d+)?\.jpe?g$", re.IGNORECASE)
-_PNEUMONIA = re.compile(r"^(person\d+)_(bacteria|virus)_\d+(?:_\d+)?\.jpe?g$", re.IGNORECASE)
-_KIND = {"bacteria": "bacterial", "virus": "viral"}
 
 
 @dataclass(frozen=True)
@@ -40,18 +33,14 @@ class Record:
 
 
 def parse_name(folder, name):
-    """(label, patient) for a file ``name`` inside class folder ``folder`` (NORMAL/PNEUMONIA)."""
-    if folder == "NORMAL":
-        m = _NORMAL.match(name)
-        if m:
-            return CLASS_NAMES.index("normal"), m.group(1)
-    elif folder == "PNEUMONIA":
-        m = _PNEUMONIA.match(name)
-        if m:
-            return CLASS_NAMES.index(_KIND[m.group(2).lower()]), m.group(1)
-    else:
+    """(label, patient) for a file ``name`` inside class folder ``folder`` (NORMAL/PNEUMONIA);
+    the naming scheme is ``xray_infer.groundtruth``'s."""
+    if folder not in ("NORMAL", "PNEUMONIA"):
         raise ValueError(f"unknown class folder {folder!r} (expected NORMAL or PNEUMONIA)")
-    raise ValueError(f"cannot derive label and patient from {folder}/{name}")
+    found = groundtruth.parse(folder, name)
+    if found is None:
+        raise ValueError(f"cannot derive label and patient from {folder}/{name}")
+    return CLASS_NAMES.index(found[0]), found[1]
 
 
 def scan_split(root):

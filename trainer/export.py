@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xray_infer.model import load_model, write_sidecar
+from xray_infer.model import load_model, sidecar_path, variant_path, write_sidecar
 from xray_infer.spec import CLASS_NAMES, ModelSpec
 
 from . import scope
@@ -98,7 +98,6 @@ def add_scope_gate(model_path, data):
     """Fit the scope gate of an exported model that has none and rewrite it in place (and its
     float16 variant, when there is one). ``data``: {train, val, test} arrays at its input size.
     Returns the new spec."""
-    from xray_infer.model import fp16_path
     sess, spec = load_model(model_path, providers=["CPUExecutionProvider"], precision="float32")
     if spec.scope_output:
         from .selection import RequestError
@@ -107,7 +106,7 @@ def add_scope_gate(model_path, data):
     spec = replace(spec, scope_output=scope.SCOPE_OUTPUT, scope=record,
                    population=scope.POPULATION)
     write_model(proto, spec, model_path)
-    if fp16_path(Path(model_path)).exists():
+    if variant_path(model_path, "float16").exists():
         export_fp16(model_path, data)
     return spec
 
@@ -188,7 +187,7 @@ def export(members, out_path, data, *, model_version, provenance):
                    provenance=dict(provenance, run_configs=[c.to_dict() for c in cfgs]))
     write_model(proto, spec, out_path)
     # Re-open what was written the way the library will, and check it still computes the same.
-    sess, written = load_model(out_path, providers=["CPUExecutionProvider"])
+    sess, written = load_model(out_path, providers=["CPUExecutionProvider"], precision="float32")
     diff = float(np.abs(ort_logits(sess, check) - ref).max())
     same = written.to_metadata() == spec.to_metadata()
     if not same or diff > PARITY_TOL:
@@ -203,7 +202,7 @@ FP16_MIN_AGREEMENT, FP16_MAX_ACCURACY_DROP = 0.995, 0.005
 
 
 def export_fp16(fp32_path, data):
-    """Write the float16 variant of an exported model beside it (``model.fp16_path``): float16
+    """Write the float16 variant of an exported model beside it (``model.variant_path``): float16
     weights and activations, float32 inputs and outputs, so the library's contract is the same.
 
     Its metadata is the float32 model's with ``precision`` float16, its own validation and test
@@ -215,7 +214,6 @@ def export_fp16(fp32_path, data):
 
     from onnxconverter_common import float16
 
-    from xray_infer.model import fp16_path
     fp32_path = Path(fp32_path)
     sess32, spec = load_model(fp32_path, providers=["CPUExecutionProvider"],
                               precision="float32")
@@ -224,7 +222,7 @@ def export_fp16(fp32_path, data):
         source = onnx.load(str(fp32_path))
         proto = float16.convert_float_to_float16(source, keep_io_types=True,
                                                  node_block_list=scope.scope_nodes(source))
-    out = fp16_path(fp32_path)
+    out = variant_path(fp32_path, "float16")
     tmp = out.with_suffix(".tmp.onnx")
     onnx.save(proto, str(tmp))
     sess16 = graph_session(tmp)
@@ -258,11 +256,12 @@ def export_fp16(fp32_path, data):
     return parity
 
 
-def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, checkpoint=None,
+def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, int8=True, checkpoint=None,
                 selection="explicit", command=""):
     """Export the runs whose result files are ``paths`` (one: a single model; several: an
-    ensemble) to ``out``, with their provenance; also the float16 variant (``fp16``) and the
-    torch checkpoint (``checkpoint``, a path). Returns (spec, float16 test parity or None)."""
+    ensemble) to ``out``, with their provenance; also the float16 and int8 variants (``fp16``,
+    ``int8``) and the torch checkpoint (``checkpoint``, a path). Returns (spec, float16 test
+    parity or None, int8 parity record or None)."""
     import subprocess
 
     from . import runs
@@ -286,10 +285,20 @@ def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, checkpoin
                   "trained_on": sorted({r.get("device", "") for r in results}),
                   "best_epochs": [r["best_epoch"] for r in results], "code_commit": commit}
     spec, _ = export(members, out, data, model_version=version, provenance=provenance)
+    for precision in ("float16", "int8"):  # a variant left from an earlier export is stale
+        variant_path(out, precision).unlink(missing_ok=True)
+        sidecar_path(variant_path(out, precision)).unlink(missing_ok=True)
     parity = export_fp16(out, data)["test"] if fp16 else None
+    if int8:
+        from .quantize import export_int8
+        int8 = export_int8(out, data)
+    scans = sorted(str(p) for p in (Path(data_root) / "fullres").glob("*/*.jpeg"))
+    if scans and not limit:
+        from .decoding import record_parity
+        record_parity(out, scans)
     if checkpoint:
         save_checkpoint(checkpoint, members, spec.metrics["temperatures"])
-    return spec, parity
+    return spec, parity, int8 or None
 
 
 def save_checkpoint(path, members, temperatures):

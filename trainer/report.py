@@ -173,7 +173,7 @@ def _model_probs(model_path):
     from .dataset import load_splits
     from .export import ort_logits
     from .metrics import softmax
-    sess, spec = load_model(model_path, providers=["CPUExecutionProvider"])
+    sess, spec = load_model(model_path, providers=["CPUExecutionProvider"], precision="float32")
     cfg = RunConfig.from_dict(spec.provenance["run_configs"][0])
     splits = load_splits(scheme=cfg.val_split)
     out = {}

@@ -12,7 +12,16 @@ from .errors import (DecodeError, ImageError, InputError, ModelError, ProviderEr
                      ProviderWarning, UsageError, XrayInferError, XrayInferWarning)
 from .spec import ModelSpec
 
-__version__ = "0.1.0"
+def _version():
+    """The installed distribution's version: ``pyproject.toml`` is its one source."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("xray-infer")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 # The public names that need ONNX Runtime or OpenCV load on first use, so that the command
 # line can check its arguments before paying for those imports.

@@ -34,60 +34,63 @@ def source_name(item, index):
     return f"<array {index}>"
 
 
-def decode_input(item, source):
-    """A ``Decoded`` scan for a path, encoded bytes, a 2-D array or a ``Decoded``."""
+def decode_input(item, source, target=None):
+    """A ``Decoded`` scan for a path, encoded bytes, a 2-D array or a ``Decoded``; ``target``
+    as in ``read_image``."""
     if isinstance(item, Decoded):
         return item
     if isinstance(item, Encoded):
-        return decode_bytes(bytes(item.data), item.name)
+        return decode_bytes(bytes(item.data), item.name, target)
     if isinstance(item, (str, os.PathLike)):
-        return read_image(item)
+        return read_image(item, target)
     if isinstance(item, ENCODED):
-        return decode_bytes(bytes(item), source)
+        return decode_bytes(bytes(item), source, target)
     if isinstance(item, np.ndarray):
         return Decoded(item, None)
     raise InputError(source, f"unsupported input type {type(item).__name__} (expected a path, "
                              f"bytes, Encoded, a 2-D array or Decoded)")
 
 
-def prepare_input(item, out, spec, source, gate=None):
-    """Decode, check and preprocess one input into ``out``.
+def prepare_input(item, out, spec, source, gate=None, reduced=True):
+    """Decode, check and preprocess one input into ``out``; ``reduced``: a large JPEG may be
+    decoded at a reduced size (``preprocess.jpeg_scale``), else always at full size.
 
     Returns ``(error, shape)``: ``(None, (height, width))`` of the scan, or ``(InputError,
     None)``, an ``OutOfScope`` where ``gate`` (a ``scope.Gate``) refused its DICOM metadata.
     Never raises for a bad input: one bad scan must not sink a batch.
     """
     try:
-        decoded = decode_input(item, source)
+        decoded = decode_input(item, source, spec.input_size if reduced else None)
         if gate is not None:  # the header first: cheapest, and it names what is wrong
             gate.check_metadata(decoded.attributes, source)
-        check_radiograph(decoded.pixels, source)
+        check_radiograph(decoded.pixels, source, decoded.shape)
         preprocess_into(decoded.pixels, out, mean=spec.mean, std=spec.std,
                         maxval=decoded.maxval, source=source)  # also checks shape and values
         if gate is not None:
             gate.check_image(decoded.pixels, source)
-        return None, decoded.pixels.shape
+        return None, decoded.shape
     except InputError as e:
         return e, None
     except Exception as e:  # anything else a decoder throws is still this input's failure
         return InputError(source, f"{type(e).__name__}: {e}"), None
 
 
-def preprocess_batch(items, spec, *, executor=None, start=0, gate=None):
+def preprocess_batch(items, spec, *, executor=None, start=0, gate=None, reduced=True):
     """Preprocess ``items`` into a new float32 ``(N, 1, S, S)`` batch for ``spec``.
 
     Returns ``(batch, errors, shapes)``: ``errors[i]`` is None, or the InputError for item ``i``
     (its slot in ``batch`` is then undefined; an OutOfScope where ``gate`` refused it);
     ``shapes[i]`` is the scan's ``(height, width)`` before resizing (None for a failed item).
     ``executor`` spreads the items over its threads (the kernel releases the GIL); ``start`` is
-    the index of ``items[0]`` in a longer input, for the ``<array i>`` names.
+    the index of ``items[0]`` in a longer input, for the ``<array i>`` names; ``reduced`` as in
+    ``prepare_input``.
     """
     size = spec.input_size
     batch = np.empty((len(items), 1, size, size), np.float32)
 
     def one(i):
         return prepare_input(items[i], batch[i, 0], spec, source_name(items[i], start + i),
-                             gate)
+                             gate, reduced)
 
     run = executor.map if executor is not None else map
     done = list(run(one, range(len(items))))

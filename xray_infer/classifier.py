@@ -12,9 +12,11 @@ import onnxruntime as ort
 from .batch import SINGLE_INPUT, preprocess_batch, source_name
 from .errors import ModelError, OutOfScope
 from .heatmap import upsample
-from .model import DEFAULT_MODEL, load_model
+from .model import DEFAULT_MODEL, choose_variant, load_model
+from . import providers as _providers
+from .providers import resolve
 from .scope import Gate, Scope, require_gate
-from .spec import DEFAULT_BATCH_SIZE, softmax
+from .spec import DECODE_MODES, DEFAULT_BATCH_SIZE, softmax
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,14 @@ class Classifier:
         Give every classified Result a ``heatmap`` (needs a model exported with class
         activation maps; ModelError otherwise). Off by default, and then it costs nothing.
     precision : str
-        ``"auto"`` (the model's float16 variant on CUDA where it exists), ``"float32"`` or
-        ``"float16"``; see ``xray_infer.load_model``.
+        ``"auto"``: the model's float16 variant on CUDA, its int8 variant on a CPU with int8
+        dot-product instructions (where the variants exist), else the model itself;
+        ``"float32"``, ``"float16"`` or ``"int8"``: that one. See ``xray_infer.load_model``;
+        ``variant`` says which runs and why.
+    decode : str
+        ``"reduced"`` (the default): a JPEG much larger than the model's input is decoded at
+        a reduced size (``preprocess.jpeg_scale``; measured against full-size decoding in
+        ``docs/benchmarks.md``); ``"full"``: every image at its full size.
     scope : bool or str
         On (the default): inputs the model was not made for get no label (``status``
         ``"out_of_scope"``): DICOM whose Modality, BodyPartExamined, ViewPosition or patient age
@@ -106,15 +114,25 @@ class Classifier:
     """
 
     def __init__(self, model=None, *, providers=None, batch_size=DEFAULT_BATCH_SIZE, threads=None,
-                 workers=None, heatmaps=False, precision="auto", scope=True, ages=None):
+                 workers=None, heatmaps=False, precision="auto", scope=True, ages=None,
+                 decode="reduced"):
         _check_count("batch_size", batch_size)
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        self.decode = decode
         _check_count("threads", threads, optional=True)
         _check_count("workers", workers, optional=True)
         self.model_path = Path(model) if model is not None else DEFAULT_MODEL
         self.batch_size = batch_size
         self.workers = workers or os.cpu_count() or 1
-        self.session, self.spec = load_model(self.model_path, providers=providers,
-                                             threads=threads, precision=precision)
+        requested = resolve(providers)
+        self.variant = choose_variant(self.model_path, requested, precision)
+        # On the CPU, ONNX Runtime's threads spin-wait between runs by default: with decoding
+        # threads on the same cores that cost 15% end to end (docs/benchmarks.md).
+        self.session, self.spec = load_model(
+            self.model_path, providers=requested, threads=threads,
+            precision=self.variant.precision,
+            spin=_providers.name(requested[0]) != "CPUExecutionProvider")
         self.providers = self.session.get_providers()
         # On CUDA a batch goes to the device once and the outputs stay there until the small
         # arrays are copied back (ONNX Runtime's I/O binding); elsewhere plain session.run.
@@ -231,7 +249,8 @@ class Classifier:
             for chunk in _chunks(inputs, n):
                 pending.append((start, chunk, batches.submit(preprocess_batch, chunk, self.spec,
                                                              executor=items, start=start,
-                                                             gate=self.gate)))
+                                                             gate=self.gate,
+                                                             reduced=self.decode == "reduced")))
                 start += len(chunk)
                 if len(pending) > 2:
                     yield from self._finish(*pending.popleft(), n)
@@ -246,7 +265,8 @@ class Classifier:
 
 
 def classify(paths, *, model=None, batch_size=DEFAULT_BATCH_SIZE, providers=None, threads=None,
-             workers=None, heatmaps=False, precision="auto", scope=True, ages=None):
+             workers=None, heatmaps=False, precision="auto", scope=True, ages=None,
+             decode="reduced"):
     """Classify images in one call; see ``Classifier`` for the parameters.
 
     Returns a list of ``Result`` in input order: a bad input gets ``error`` set and the rest are
@@ -254,5 +274,5 @@ def classify(paths, *, model=None, batch_size=DEFAULT_BATCH_SIZE, providers=None
     """
     clf = Classifier(model, providers=providers, batch_size=batch_size, threads=threads,
                      workers=workers, heatmaps=heatmaps, precision=precision, scope=scope,
-                     ages=ages)
+                     ages=ages, decode=decode)
     return clf.classify(paths)

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 
 from . import dicom
 from .errors import DecodeError
+from .preprocess import jpeg_scale
 
 #: Largest file read.
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -31,10 +32,18 @@ _FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 class Decoded(NamedTuple):
     """A decoded scan: 2-D ``pixels`` (uint8, uint16 or float32) and the declared maximum;
-    for DICOM, ``attributes`` holds the header values the scope gate reads."""
+    for DICOM, ``attributes`` holds the header values the scope gate reads. ``size``: the
+    scan's own (height, width) where ``pixels`` were decoded at a reduced size
+    (``preprocess.jpeg_scale``), else None."""
     pixels: np.ndarray
     maxval: float
     attributes: dict = None
+    size: tuple = None
+
+    @property
+    def shape(self):
+        """The scan's own (height, width), whatever size it was decoded at."""
+        return self.size or self.pixels.shape
 
 
 def sniff_format(data):
@@ -61,6 +70,13 @@ def _declared_size(data):
     if data[:2] == b"BM" and len(data) >= 26:
         width, height = struct.unpack("<ii", data[18:26])
         return abs(width), abs(height)
+    frame = jpeg_frame(data)
+    return frame[:2] if frame else None
+
+
+def jpeg_frame(data):
+    """(width, height, bits per sample, components, SOF marker) from a JPEG's frame header,
+    or None where there is none."""
     if data[:2] == b"\xff\xd8":
         i = 2
         while i + 9 < len(data):
@@ -74,8 +90,10 @@ def _declared_size(data):
             length = struct.unpack(">H", data[i + 2:i + 4])[0]
             # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
             if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                if i + 10 > len(data):
+                    return None
                 height, width = struct.unpack(">HH", data[i + 5:i + 9])
-                return width, height
+                return width, height, data[i + 4], data[i + 9], marker
             i += 2 + length
     return None
 
@@ -128,7 +146,25 @@ def _to_gray(img, path):
     raise DecodeError(path, f"unsupported image layout {img.shape}")
 
 
-def decode_bytes(data, source="<bytes>"):
+#: OpenCV's reduced-size grayscale decoding, by DCT-scaling denominator.
+_REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+            8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+
+
+def _jpeg_flags(data, target):
+    """OpenCV's decoding flags and the DCT-scaling denominator for a JPEG whose pixels will be
+    resized to ``target`` (``preprocess.jpeg_scale``). Only 8-bit grey or YCbCr frames of the
+    baseline, extended and progressive processes are scaled: libjpeg converts those to
+    luminance itself (the same BT.601 weights as ``_to_gray``)."""
+    frame = jpeg_frame(data) if target else None
+    if frame is None or frame[2] != 8 or frame[3] not in (1, 3) or frame[4] not in (0xC0, 0xC1,
+                                                                                    0xC2):
+        return _FLAGS, 1
+    d = jpeg_scale(frame[0], frame[1], target)
+    return (_REDUCED[d], d) if d > 1 else (_FLAGS, 1)
+
+
+def decode_bytes(data, source="<bytes>", target=None):
     """Decode an encoded image held in memory, named ``source`` in errors. See ``read_image``:
     the same checks and the same errors, whether the bytes came from a file here or not."""
     if len(data) == 0:
@@ -152,8 +188,9 @@ def decode_bytes(data, source="<bytes>"):
         raise DecodeError(source, "truncated JPEG (the data ends before its end-of-image marker)")
     # ANYDEPTH keeps 16-bit data, ANYCOLOR keeps grayscale single-channel; unlike UNCHANGED,
     # this applies the EXIF orientation as OpenCV's decoder defines it.
+    flags, scale = _jpeg_flags(data, target) if data[:2] == b"\xff\xd8" else (_FLAGS, 1)
     try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:  # OpenCV raises for some malformed headers instead of returning None
         reason = e.msg.strip() or "corrupt data"
         raise DecodeError(source, f"not a decodable image ({reason})") from None
@@ -165,7 +202,15 @@ def decode_bytes(data, source="<bytes>"):
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise DecodeError(source, f"{img.shape[1]}x{img.shape[0]} pixels is over the limit "
                                   f"of {MAX_PIXELS:,}")
-    return Decoded(np.ascontiguousarray(img), 255.0 if img.dtype == np.uint8 else 65535.0)
+    maxval = 255.0 if img.dtype == np.uint8 else 65535.0
+    if scale == 1:
+        return Decoded(np.ascontiguousarray(img), maxval)
+    # The scan's own size, in the decoded orientation (an EXIF rotation may swap the sides).
+    width, height = size
+    h, w = img.shape
+    full = (height, width) if (h, w) == (-(-height // scale), -(-width // scale)) else \
+        (width, height)
+    return Decoded(np.ascontiguousarray(img), maxval, size=full)
 
 
 def _too_large(source, size):
@@ -212,8 +257,10 @@ def check_file(path):
         raise _read_error(path, e) from None
 
 
-def read_image(path):
-    """Read ``path`` into a ``Decoded`` 2-D grayscale scan.
+def read_image(path, target=None):
+    """Read ``path`` into a ``Decoded`` 2-D grayscale scan; ``target``: the side of the square
+    its pixels will be resized to, which lets a large JPEG decode at a reduced size
+    (``preprocess.jpeg_scale``; ``Decoded.shape`` is still the scan's own).
 
     Colour is converted to luminance (ITU-R BT.601 weights, as OpenCV defines them); 8-bit
     data keeps maxval 255 and 16-bit data maxval 65535. DICOM files (``DICM`` magic or a
@@ -231,4 +278,4 @@ def read_image(path):
             data = f.read(MAX_FILE_BYTES + 1)  # a file that grew since the check stays bounded
     except OSError as e:
         raise _read_error(path, e) from None
-    return decode_bytes(data, path)
+    return decode_bytes(data, path, target)

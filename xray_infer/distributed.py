@@ -120,10 +120,11 @@ class ClassifyBatch:
     """
 
     def __init__(self, model=None, *, providers=None, batch_size=DEFAULT_BATCH_SIZE,
-                 threads=None, precision="auto", scheme=None, scope=True, ages=None):
+                 threads=None, precision="auto", scheme=None, scope=True, ages=None,
+                 decode="reduced"):
         self.clf = Classifier(model, providers=providers, batch_size=batch_size,
                               threads=threads, workers=threads, precision=precision,
-                              scope=scope, ages=ages)
+                              scope=scope, ages=ages, decode=decode)
         self.prefix = f"{scheme}://" if scheme else ""
         self.schema = arrow_schema(self.clf.class_names)
 
@@ -136,7 +137,7 @@ class ClassifyBatch:
 
 def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
                   cpus_per_worker=None, batch_size=DEFAULT_BATCH_SIZE, precision="auto",
-                  providers=None, scope=True, ages=None):
+                  providers=None, scope=True, ages=None, decode="reduced"):
     """The Ray Dataset of result rows for ``inputs`` (files or URIs of one filesystem, already
     expanded), in input order. For pipelines of your own, e.g. ``.write_parquet("s3://...")``
     spread over the workers. Needs a connected Ray (``connect``)."""
@@ -158,7 +159,7 @@ def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
         num_gpus=gpus_per_worker or None,
         fn_constructor_kwargs=dict(model=model, providers=providers, batch_size=batch_size,
                                    threads=max(1, round(cpus)), precision=precision,
-                                   scheme=scheme, scope=scope, ages=ages))
+                                   scheme=scheme, scope=scope, ages=ages, decode=decode))
 
 
 def _screen(inputs):

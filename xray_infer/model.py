@@ -2,6 +2,7 @@
 import hashlib
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import onnxruntime as ort
 
@@ -26,10 +27,52 @@ def write_sidecar(path):
     return digest
 
 
-def fp16_path(path):
-    """Where the float16 variant of a model lives: ``name.fp16.onnx`` beside ``name.onnx``."""
+#: File-name infix of each precision's variant: ``name.fp16.onnx`` beside ``name.onnx``.
+_INFIX = {"float32": "", "float16": ".fp16", "int8": ".int8"}
+
+
+def variant_path(path, precision):
+    """Where a model's variant in ``precision`` lives (``path`` itself for float32)."""
     path = Path(path)
-    return path.with_name(path.stem + ".fp16" + path.suffix)
+    return path.with_name(path.stem + _INFIX[precision] + path.suffix)
+
+
+class Variant(NamedTuple):
+    """The model file a session opens, its precision, and why it was chosen."""
+    path: Path
+    precision: str
+    reason: str
+
+
+def choose_variant(path, providers, precision="auto"):
+    """Which variant of the model at ``path`` to open for ``providers`` (as resolved by
+    ``providers.resolve``) and the requested ``precision``.
+
+    ``"auto"``: float16 on CUDA, int8 on the CPU where ``cpu.int8_dot_product`` finds the
+    instructions that make it faster, where those variants exist; float32 otherwise. An
+    explicit precision is that variant, or ModelError when it does not exist.
+    """
+    from .cpu import int8_dot_product
+    path = Path(path)
+    if precision not in ("auto", *PRECISIONS):
+        raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        chosen = variant_path(path, precision)
+        if precision != "float32" and not chosen.exists():
+            raise ModelError(f"{path}: no {precision} variant ({chosen.name}) beside it")
+        return Variant(chosen, precision, "requested")
+    first = _providers.name(providers[0])
+    if first == "CUDAExecutionProvider":
+        if variant_path(path, "float16").exists():
+            return Variant(variant_path(path, "float16"), "float16", "auto: float16 on CUDA")
+        return Variant(path, "float32", "auto: on CUDA, no float16 variant")
+    if first != "CPUExecutionProvider":
+        return Variant(path, "float32", f"auto: float32 on {first}")
+    if not variant_path(path, "int8").exists():
+        return Variant(path, "float32", "auto: on the CPU, no int8 variant")
+    fast, why = int8_dot_product()
+    return Variant(variant_path(path, "int8") if fast else path, "int8" if fast else "float32",
+                   f"auto: {why}")
 
 
 def _expected_digest(sidecar):
@@ -118,44 +161,41 @@ def check_signature(session, spec, source):
             raise ModelError(f"{source}: scope output {spec.scope_output!r} is not (N,)")
 
 
-def load_model(path=None, *, providers=None, threads=None, precision="auto"):
+def load_model(path=None, *, providers=None, threads=None, precision="auto", spin=True):
     """Open an exported model: ``(onnxruntime.InferenceSession, ModelSpec)``.
 
     ``path`` defaults to the bundled model, which must match its SHA-256 file; another model is
     checked against ``<model>.sha256`` where one exists. ``providers`` as in
     ``providers.resolve`` (default: CUDA when available, else CPU); ``threads`` sets ONNX
-    Runtime's intra-op thread count. ``precision``: ``"auto"`` opens the float16 variant
-    (``fp16_path``) when CUDA is among the providers and the variant exists, else the model
-    itself; ``"float32"`` always the model; ``"float16"`` the variant (ModelError without one).
-    Raises ModelError for a file that is missing, corrupted, not ONNX, without valid metadata,
-    or whose graph does not match its metadata.
+    Runtime's intra-op thread count; ``spin=False`` lets those threads sleep between runs
+    instead of spin-waiting (for a session that shares the CPUs with decoding threads).
+    ``precision`` picks the variant (``choose_variant``):
+    ``"auto"``, ``"float32"`` (the model itself), ``"float16"`` or ``"int8"`` (its variants
+    beside it, ``variant_path``). Raises ModelError for a file that is missing, corrupted, not
+    ONNX, without valid metadata, or whose graph does not match its metadata.
     """
     path = Path(path) if path is not None else DEFAULT_MODEL
     requested = _providers.resolve(providers)
-    if precision not in ("auto", *PRECISIONS):
-        raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
-    half = fp16_path(path)
-    on_cuda = "CUDAExecutionProvider" in [_providers.name(p) for p in requested]
-    if precision == "float16" and not half.exists():
-        raise ModelError(f"{path}: no float16 variant ({half.name}) beside it")
-    if precision == "float16" or (precision == "auto" and on_cuda and half.exists()):
-        path = half
-    else:
+    variant = choose_variant(path, requested, precision)
+    if variant.precision != "float16":
         requested = [_providers.strict_float32(p) for p in requested]
-    bundled = path.resolve() in (DEFAULT_MODEL, fp16_path(DEFAULT_MODEL))
-    data = read_model_bytes(path, require_digest=bundled)
+    bundled = path.resolve() == DEFAULT_MODEL
+    data = read_model_bytes(variant.path, require_digest=bundled)
     _providers.prepare(requested)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = int(threads)
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=requested)
     except Exception as e:  # onnxruntime raises several unrelated types for bad files
-        raise ModelError(f"{path}: not a loadable ONNX model: {e}") from None
+        raise ModelError(f"{variant.path}: not a loadable ONNX model: {e}") from None
     _providers.check_active(requested, session.get_providers())
-    spec = ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
-    check_signature(session, spec, path)
-    if path == half and spec.precision != "float16":
-        raise ModelError(f"{path}: named as a float16 variant, but its metadata says "
-                         f"{spec.precision}")
+    spec = ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map,
+                                   str(variant.path))
+    check_signature(session, spec, variant.path)
+    if variant.path != path and spec.precision != variant.precision:
+        raise ModelError(f"{variant.path}: named as the {variant.precision} variant, but its "
+                         f"metadata says {spec.precision}")
     return session, spec

@@ -1,7 +1,11 @@
 """What the model sees: the one definition of preprocessing, in two implementations.
 
 Definition. A decoded scan is a 2-D grayscale array (uint8, uint16 or float32) with a declared
-maximum value ``maxval`` (255 for 8-bit, ``2**bits - 1`` for deeper data). It is
+maximum value ``maxval`` (255 for 8-bit, ``2**bits - 1`` for deeper data). An 8-bit JPEG of at
+least twice the model's input on both sides is decoded at a reduced size (``jpeg_scale``:
+libjpeg's DCT scaling by 1/2, 1/4 or 1/8, never below twice the input), which skips most of the
+decoding work; step 1 then still averages at least two decoded pixels per output pixel along
+each axis. The decoded scan is
 
 1. resized to ``size x size`` **without keeping the aspect ratio** (the training images are whole
    radiographs squashed to a square), by *area* resampling: along each axis, output sample ``i``
@@ -28,6 +32,25 @@ MIN_SIDE = 64
 #: Largest ratio of the long side to the short one: chest films are 1:1 to about 1:1.5, and
 #: the model sees everything squashed to a square, so a strip is not a chest film.
 MAX_ASPECT = 3.0
+
+#: JPEG DCT-scaling denominators libjpeg (and so OpenCV's IMREAD_REDUCED_*) offers.
+JPEG_SCALES = (8, 4, 2)
+#: A reduced decoding keeps at least this many times the model's input on both sides. At 1
+#: (decode down to the input size itself) 2 of the 240 full-resolution scans changed label;
+#: at 2 none did (docs/benchmarks.md).
+JPEG_MIN_RATIO = 2
+
+
+def jpeg_scale(width, height, size):
+    """The reduced-size decoding rule: the largest denominator in ``JPEG_SCALES`` at which a
+    ``width x height`` JPEG still decodes to at least ``JPEG_MIN_RATIO * size`` pixels on both
+    sides (libjpeg rounds a scaled side up); 1 (full size) when none does, or ``size`` is None."""
+    for d in JPEG_SCALES if size else ():
+        least = JPEG_MIN_RATIO * size
+        if -(-width // d) >= least and -(-height // d) >= least:
+            return d
+    return 1
+
 
 _MAXVAL = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.float32): 1.0}
 
@@ -101,12 +124,13 @@ def check_image(image, source="<array>", maxval=None):
     return np.ascontiguousarray(image)
 
 
-def check_radiograph(image, source="<array>"):
+def check_radiograph(image, source="<array>", shape=None):
     """ImageError unless a 2-D image's shape could be a chest film (``MIN_SIDE``,
-    ``MAX_ASPECT``). Anything else about the array is ``check_image``'s to judge."""
+    ``MAX_ASPECT``); ``shape`` (height, width): the scan's own size where ``image`` was decoded
+    at a reduced one. Anything else about the array is ``check_image``'s to judge."""
     if not (isinstance(image, np.ndarray) and image.ndim == 2):
         return
-    h, w = image.shape
+    h, w = shape or image.shape
     if min(h, w) < MIN_SIDE:
         raise ImageError(source, f"{w}x{h} pixels is too small for a radiograph (shorter side "
                                  f"under {MIN_SIDE} px)")

@@ -28,7 +28,11 @@ COLOR_RULE = "luminance"
 DECISION_RULE = "argmax"
 
 #: Arithmetic precisions a model may be exported in (the first is the default).
-PRECISIONS = ("float32", "float16")
+PRECISIONS = ("float32", "float16", "int8")
+
+#: How the library may decode images: ``"reduced"`` lets a JPEG much larger than the model's
+#: input decode at a reduced size (``preprocess.jpeg_scale``), ``"full"`` never does.
+DECODE_MODES = ("reduced", "full")
 
 #: Images per inference call unless the caller says otherwise.
 DEFAULT_BATCH_SIZE = 32

@@ -19,11 +19,18 @@ from ._common import EXIT_USAGE
 def build_parser():
     p = argparse.ArgumentParser(prog="xray-infer", description="Classify pediatric chest X-rays "
                                 "(normal / bacterial / viral pneumonia). Not a diagnostic device.")
+    p.add_argument("--version", action="version", version=_version_line())
     subparsers = p.add_subparsers(dest="cmd", required=True)
     classify.add_parser(subparsers)
     node.add_parsers(subparsers)
     info.add_parser(subparsers)
     return p
+
+
+def _version_line():
+    """``xray-infer X.Y.Z``; the bundled model's own version is in ``xray-infer info``."""
+    from .. import __version__
+    return f"xray-infer {__version__}"
 
 
 def main(argv=None):

@@ -10,7 +10,7 @@ from ..inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
 from ..output import (FORMATS, TEXT_ERRORS, Existing, ResultWriter, format_for, header,
                       open_output, output_exists)
 from ..scope import Scope, parse_ages, require_gate
-from ..spec import DEFAULT_BATCH_SIZE
+from ..spec import DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
 from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE,
                       check_scope_options, checked, fail, positive, quiet_opencv, require,
                       setup_logging)
@@ -73,6 +73,12 @@ def check_arguments(args):
         raise UsageError("--resume and --overwrite contradict each other; choose one")
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed needs --resume")
+    if args.report is not None:
+        if is_uri(args.report):
+            raise UsageError(f"--report {args.report}: the page is written to a local file")
+        if os.path.isdir(args.report) or not os.path.isdir(os.path.dirname(
+                os.path.abspath(args.report))):
+            raise UsageError(f"--report {args.report}: not a file in an existing folder")
     if args.resume and not args.output:
         raise UsageError("--resume needs --output")
     if args.model and not os.path.isfile(args.model):
@@ -120,9 +126,11 @@ class Engine:
         self.args, self.providers = args, providers
         if args.engine == "ray":
             from .. import distributed
-            from ..model import DEFAULT_MODEL, load_model
+            from ..model import DEFAULT_MODEL, Variant, load_model
             self.clf = None
             self.spec = load_model(args.model, providers=["CPUExecutionProvider"])[1]
+            self.variant = Variant(args.model or DEFAULT_MODEL, args.precision,
+                                   "chosen by each Ray worker")
             require_gate(self.spec, Scope.of(args.scope, args.ages), args.model or DEFAULT_MODEL)
             # Ray Data's notices (plan, progress bars off) would land between our progress lines
             logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -133,8 +141,9 @@ class Engine:
             self.clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
                                   threads=args.threads, workers=args.workers,
                                   heatmaps=bool(args.heatmaps or args.dicom_out),
-                                  scope=args.scope, ages=args.ages)
-            self.spec = self.clf.spec
+                                  scope=args.scope, ages=args.ages, precision=args.precision,
+                                  decode=args.decode)
+            self.spec, self.variant = self.clf.spec, self.clf.variant
 
     def results(self, files):
         if self.clf is not None:
@@ -144,7 +153,8 @@ class Engine:
         return distributed.iter_results(
             files, address=a.address, model=a.model, workers=a.workers,
             gpus_per_worker=a.gpus_per_worker or 0.0, cpus_per_worker=a.cpus_per_worker,
-            batch_size=a.batch_size, providers=self.providers, scope=a.scope, ages=a.ages)
+            batch_size=a.batch_size, providers=self.providers, scope=a.scope, ages=a.ages,
+            precision=a.precision, decode=a.decode)
 
 
 @dataclass
@@ -208,9 +218,10 @@ def summary_line(tally, plan, *, repeats, args, overlays=None, dicom_out=None, w
     return msg
 
 
-def score(engine, files, writer, progress, extras):
-    """Write a row per input and return the Tally; KeyboardInterrupt and a failed Ray job pass
-    through (the rows written until then are complete)."""
+def score(engine, files, writer, progress, extras, page=None):
+    """Write a row per input (and to the results ``page``) and return the Tally;
+    KeyboardInterrupt and a failed Ray job pass through (the rows written until then are
+    complete)."""
     tally = Tally()
     for r in engine.results(files):
         writer.write(r)
@@ -225,6 +236,8 @@ def score(engine, files, writer, progress, extras):
             tally.classified += 1
             if extras:
                 write_extras(extras, r)
+        if page is not None:
+            page.add(r)
     return tally
 
 
@@ -263,8 +276,13 @@ def cmd_classify(args):
     writer = ResultWriter(stream, fmt, class_names, write_header=not appending)
     overlays = Overlays(args.heatmaps) if args.heatmaps else None
     dicom_out = DicomResults(args.dicom_out, engine.clf) if args.dicom_out else None
+    page = None
+    if args.report:
+        from .page import ResultsPage
+        page = ResultsPage(args.report, engine.spec, engine.variant, overlays)
     try:
-        tally = score(engine, files, writer, progress, [w for w in (overlays, dicom_out) if w])
+        tally = score(engine, files, writer, progress, [w for w in (overlays, dicom_out) if w],
+                      page)
     except KeyboardInterrupt:
         progress.close()
         return fail(f"interrupted after {progress.done} of {len(files)} inputs; rows written so "
@@ -279,6 +297,8 @@ def cmd_classify(args):
         writer.close()
         if stream is not sys.stdout:
             stream.close()
+        if page is not None:  # an interrupted run's page shows the rows written
+            page.close()
     progress.close()
     if not args.quiet:
         print(summary_line(tally, plan, repeats=repeats, args=args, overlays=overlays,
@@ -317,6 +337,14 @@ def add_parser(subparsers):
     c.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help="images per inference call")
     c.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    c.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="which variant of the model runs: auto (float16 on CUDA, int8 on a CPU "
+                        "with int8 dot products, where the variants exist; else float32) or "
+                        "that one (xray-infer info says which auto picks here)")
+    c.add_argument("--decode", choices=DECODE_MODES, default="reduced",
+                   help="reduced: a JPEG much larger than the model's input decodes at a "
+                        "reduced size (faster; see docs/benchmarks.md for its parity); full: "
+                        "every image at full size")
     c.add_argument("--workers", type=int,
                    help="decode/preprocess threads (default: CPUs); with --engine ray, the "
                         "number of Ray workers (default: one per GPU share, else per CPU)")
@@ -344,6 +372,10 @@ def add_parser(subparsers):
     c.add_argument("--ages", type=ages, metavar="LOW-HIGH",
                    help="with --scope on: accept DICOM patients of these ages in years "
                         "(default: the model's accepted range, its training range)")
+    c.add_argument("--report", metavar="HTML",
+                   help="also write a results page here: one self-contained HTML file (its "
+                        "thumbnails in HTML_files/ beside it) with a row per input of this run, "
+                        "filters, sorting and a summary")
     c.add_argument("--log", metavar="FILE",
                    help="write library warnings and per-input failures here")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")

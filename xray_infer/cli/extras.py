@@ -31,6 +31,7 @@ class Overlays:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.names, self.written, self.failed = Names(), 0, 0
+        self.paths = {}  # input -> its overlay, for the results page
 
     def write(self, r, scan):
         import cv2
@@ -42,6 +43,7 @@ class Overlays:
                                                   caption(r))):
                 raise OSError("OpenCV could not write the PNG")
             self.written += 1
+            self.paths[r.source] = path
         except Exception as e:  # the row is written; a missing picture is reported, not fatal
             self.failed += 1
             log.warning("%s: heatmap not written: %s", r.source, e)

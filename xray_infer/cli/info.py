@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from ..errors import XrayInferError
+from ..spec import PRECISIONS
 from ._common import EXIT_OK, EXIT_USAGE, fail
 
 
@@ -11,11 +12,23 @@ def cmd_info(args):
 
     from .. import _preprocess
     from ..classifier import Classifier
+    from ..model import variant_path
+    from ..preprocess import JPEG_MIN_RATIO, JPEG_SCALES
     try:
-        clf = Classifier(args.model, providers=["CPUExecutionProvider"], scope=False)
+        clf = Classifier(args.model, providers=["CPUExecutionProvider"], scope=False,
+                         precision=args.precision)
     except XrayInferError as e:
         return fail(e, EXIT_USAGE)
+    v = clf.variant
     info = {"model": str(clf.model_path), "spec": clf.spec.to_dict(),
+            "variant": {"path": str(v.path), "precision": v.precision, "reason": v.reason},
+            "variants": {p: str(variant_path(clf.model_path, p)) for p in PRECISIONS
+                         if variant_path(clf.model_path, p).exists()},
+            "reduced_decoding": {"rule": "8-bit JPEGs decode at "
+                                         + ", ".join(f"1/{d}" for d in JPEG_SCALES[::-1])
+                                         + f" size while both sides stay >= {JPEG_MIN_RATIO}x "
+                                           f"the model's input",
+                                 "parity": clf.spec.metrics.get("reduced_decoding")},
             "onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(),
             "kernel": {"module": _preprocess.__file__, "openmp": _preprocess.OPENMP}}
     if args.json:
@@ -24,6 +37,21 @@ def cmd_info(args):
     s = clf.spec
     print(f"model          {info['model']}")
     print(f"version        {s.model_version}")
+    print(f"variant        {v.precision} ({v.path.name}) on the CPU: {v.reason}; present: "
+          f"{', '.join(info['variants'])}")
+    q = s.metrics.get("int8_parity")
+    if q:
+        print(f"int8 parity    agreement with float32 {q['val']['agreement']:.4f} val, "
+              f"{q['test']['agreement']:.4f} test; scope decisions {q['val']['scope_agreement']:.4f}"
+              f" val; test accuracy {q['test']['accuracy_int8']:.4f} (float32 "
+              f"{q['test']['accuracy_float32']:.4f})")
+    d = info["reduced_decoding"]
+    print(f"decoding       {d['rule']}")
+    for precision, r in (d["parity"] or {}).items():
+        print(f"               {precision}: labels agree with full-size decoding on "
+              f"{r['agreement']:.4f} of {r['n']} full-resolution scans, scope decisions "
+              f"{r['scope_agreement']:.4f}, probability difference median "
+              f"{r['median_abs_probability_diff']:.4f}, max {r['max_abs_probability_diff']:.4f}")
     print(f"classes        {', '.join(s.class_names)}")
     print(f"input          1x{s.input_size}x{s.input_size} grayscale, resize {s.resize}, "
           f"(x/maxval - {s.mean}) / {s.std}")
@@ -54,5 +82,7 @@ def cmd_info(args):
 def add_parser(subparsers):
     i = subparsers.add_parser("info", help="show the model's metadata and the available providers")
     i.add_argument("--model")
+    i.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="describe this variant (default: the one auto picks on this CPU)")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(fn=cmd_info)
