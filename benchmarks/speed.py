@@ -245,13 +245,16 @@ def e2e(args):
         with ThreadPoolExecutor(os.cpu_count()) as pool:
             return list(pool.map(one, paths))
 
-    # Interleaved, so that drift in the machine's speed hits every path alike.
+    # Interleaved, so that drift in the machine's speed hits every path alike. The bound is
+    # timed at the start and the end of each round, each after an untimed pass: on this VM the
+    # first decoding pass after other work ran up to 2x slower than the next.
     times = {name: [] for name in clfs}
     t_dec = []
     for _ in range(args.repeat):
-        t_dec += timeit(decode_only, repeat=1, warmup=0)
+        t_dec += timeit(decode_only, repeat=1, warmup=1)
         for name, clf in clfs.items():
             times[name] += timeit(lambda: clf.classify(paths), repeat=1, warmup=0)
+        t_dec += timeit(decode_only, repeat=1, warmup=1)
     t_naive = timeit(naive, repeat=max(1, args.repeat // 2))
     n = len(paths)
     bound = n / median(t_dec)

@@ -64,6 +64,34 @@ def connect(address=None, **init_args):
     ray.init(address=address, configure_logging=False, log_to_driver=False, **init_args)
 
 
+def failure_reason(error):
+    """One line saying why a Ray job failed, for a person. Ray wraps a worker's exception in
+    its own, each carrying tracebacks in its message; this takes the chain's first message
+    line, or, where a worker could not import this package, says what to install there."""
+    import re
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        inner = getattr(error, "cause", None)
+        error = inner if isinstance(inner, BaseException) else error.__cause__
+    text = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for e in chain
+            for line in str(e).splitlines()]
+    missing = next((line for line in text if line.startswith(("ModuleNotFoundError",
+                                                               "ImportError"))
+                    and "xray_infer" in line), None)
+    if missing:
+        from . import __version__
+        return (f"the Ray workers could not start: they cannot import xray_infer ({missing}); "
+                f"install xray-infer {__version__} with the ray extra in the Python "
+                f"environment of every node")
+    for e in chain:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        if lines:
+            return f"{type(e).__name__}: {re.sub(chr(27) + r'[[0-9;]*m', '', lines[0]).strip()}"
+    return type(chain[0]).__name__
+
+
 def plan(workers=None, gpus_per_worker=0.0, cpus_per_worker=None):
     """``(workers, cpus_per_worker)`` for the connected cluster, node by node.
 

@@ -1,6 +1,7 @@
 """``xray-infer classify``: score files, folders and URIs; one row per input, in input order."""
 import logging
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,61 @@ def check_arguments(args):
     return fmt, existing
 
 
+class RayLines:
+    """Where Ray's terminal output goes while the Ray engine runs: each line to the log
+    (``--log``), none to the terminal, where the rows and the progress are; a failed job is
+    reported once, in one line."""
+
+    #: Ray's core (C++) log lines: ``[2026-12-02 00:23:29,708 E 29920 29920] file.cc:1: ...``
+    CORE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\]")
+
+    def __init__(self, forward=None):
+        self.pending, self.forward = "", forward
+
+    def write(self, text):
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            clean = re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip()
+            if self.forward is not None and not self.CORE.match(clean):
+                self.forward.write(line + "\n")  # not Ray's: through to the terminal
+                self.forward.flush()
+            elif clean:
+                log.info("ray: %s", clean)
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+def quiet_ray():
+    """Ray's terminal output off for the Ray engine. Ray Data's notices and errors are
+    silenced (the job's failure is reported in one line); the error messages Ray's driver
+    prints to ``sys.stdout`` (where rows may go) and the lines its core writes to file
+    descriptor 2 go to the log instead (RayLines). Python's own ``sys.stderr`` keeps the
+    terminal, and anything else written to descriptor 2 still reaches it."""
+    import threading
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    sys.stdout = RayLines()
+    try:
+        terminal = os.dup(2)
+    except OSError:  # no descriptor 2 to take over
+        return
+    sys.stderr.flush()
+    sys.stderr = open(terminal, "w", buffering=1, encoding=sys.stderr.encoding,
+                      errors=sys.stderr.errors)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+    lines = RayLines(forward=sys.stderr)
+
+    def pump():
+        with open(read, "r", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                lines.write(line)
+    threading.Thread(target=pump, name="xray-ray-stderr", daemon=True).start()
+
+
 class Engine:
     """Where the scoring runs: a Classifier in this process, or Ray workers (``--engine ray``:
     connected here, so that an unreachable cluster is reported before any output is touched).
@@ -132,8 +188,7 @@ class Engine:
             self.variant = Variant(args.model or DEFAULT_MODEL, args.precision,
                                    "chosen by each Ray worker")
             require_gate(self.spec, Scope.of(args.scope, args.ages), args.model or DEFAULT_MODEL)
-            # Ray Data's notices (plan, progress bars off) would land between our progress lines
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            quiet_ray()
             distributed.connect(args.address)
             distributed.plan(args.workers, args.gpus_per_worker or 0.0, args.cpus_per_worker)
         else:
@@ -251,6 +306,7 @@ def cmd_classify(args):
     providers = args.providers.split(",") if args.providers else None
     warnings = setup_logging(args.log, console=False)
     quiet_opencv()
+    stdout = sys.stdout  # the rows' stream, whatever the Ray engine does with sys.stdout
     try:
         engine = Engine(args, providers)  # loads the model: only after arguments are valid
     except (XrayInferError, ValueError) as e:
@@ -269,8 +325,8 @@ def cmd_classify(args):
             f.write(existing.without(plan.retried))
         os.replace(tmp, args.output)
     if not args.output:
-        sys.stdout.reconfigure(errors=TEXT_ERRORS)  # file names that are not UTF-8, as they are
-    stream = open_output(args.output, fmt, append=appending) if args.output else sys.stdout
+        stdout.reconfigure(errors=TEXT_ERRORS)  # file names that are not UTF-8, as they are
+    stream = open_output(args.output, fmt, append=appending) if args.output else stdout
     files = plan.files
     progress = Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
     writer = ResultWriter(stream, fmt, class_names, write_header=not appending)
@@ -290,12 +346,14 @@ def cmd_classify(args):
     except Exception as e:
         if args.engine != "ray":
             raise
+        from ..distributed import failure_reason
         progress.close()  # a read that failed for good, a lost worker node, a lost row
-        return fail(f"the Ray job failed after {progress.done} of {len(files)} inputs: {e}; "
-                    f"rows written so far are complete (rerun with --resume)", EXIT_JOB_FAILED)
+        return fail(f"the Ray job failed after {progress.done} of {len(files)} inputs: "
+                    f"{failure_reason(e)}; rows written so far are complete (rerun with "
+                    f"--resume)", EXIT_JOB_FAILED)
     finally:
         writer.close()
-        if stream is not sys.stdout:
+        if stream is not stdout:
             stream.close()
         if page is not None:  # an interrupted run's page shows the rows written
             page.close()
