@@ -128,7 +128,7 @@ class Classifier:
         requested = resolve(providers)
         self.variant = choose_variant(self.model_path, requested, precision)
         # On the CPU, ONNX Runtime's threads spin-wait between runs by default: with decoding
-        # threads on the same cores that cost 15% end to end (docs/benchmarks.md).
+        # threads on the same cores that cost 16% of the end-to-end rate (docs/benchmarks.md).
         self.session, self.spec = load_model(
             self.model_path, providers=requested, threads=threads,
             precision=self.variant.precision,

@@ -42,8 +42,8 @@ def cmd_info(args):
     q = s.metrics.get("int8_parity")
     if q:
         print(f"int8 parity    agreement with float32 {q['val']['agreement']:.4f} val, "
-              f"{q['test']['agreement']:.4f} test; scope decisions {q['val']['scope_agreement']:.4f}"
-              f" val; test accuracy {q['test']['accuracy_int8']:.4f} (float32 "
+              f"{q['test']['agreement']:.4f} test; scope decisions "
+              f"{q['val']['scope_agreement']:.4f} val; test accuracy {q['test']['accuracy_int8']:.4f} (float32 "
               f"{q['test']['accuracy_float32']:.4f})")
     d = info["reduced_decoding"]
     print(f"decoding       {d['rule']}")
