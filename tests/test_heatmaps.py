@@ -133,6 +133,8 @@ def test_dicom_results_read_back_and_reference_their_source(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "none for 1 non-DICOM input" in p.stderr
     rows = {Path(r["path"]).stem: r for r in map(json.loads, p.stdout.splitlines())}
+    from xray_infer.model import model_digest
+    variant = xray_infer.Classifier(scope=False).variant
     seen_uids = set()
     for src_path in sources:
         src = pydicom.dcmread(src_path)
@@ -155,6 +157,9 @@ def test_dicom_results_read_back_and_reference_their_source(tmp_path):
         for name, value in row["probabilities"].items():
             assert f"Probability of {_finding(name).lower()}" in text
         assert xray_infer.load_model()[1].model_version in text
+        # the report names the file that scored: the variant auto picked here, and its precision
+        assert f"model SHA-256 {model_digest(variant.path)}" in text
+        assert f"precision {variant.precision}" in text
     assert not (out / f"{jpeg.stem}.SR.dcm").exists()
 
 

@@ -115,7 +115,8 @@ def structured_report(source, result, spec, digest):
             uid=_device_uid(digest), name=ALGORITHM, manufacturer_name=MANUFACTURER,
             model_name=spec.model_version))
     algorithm = hd.sr.AlgorithmIdentification(
-        name=ALGORITHM, version=spec.model_version, parameters=[f"model SHA-256 {digest}"])
+        name=ALGORITHM, version=spec.model_version,
+        parameters=[f"model SHA-256 {digest}", f"precision {spec.precision}"])
     probabilities = [
         hd.sr.Measurement(
             name=hd.sr.CodedConcept(f"P-{name.upper()}", PRIVATE_SCHEME,

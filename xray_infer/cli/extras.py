@@ -57,7 +57,8 @@ class DicomResults:
         from ..model import model_digest
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.spec, self.digest = clf.spec, model_digest(clf.model_path)
+        # the variant that scores (int8, float16 or the model itself) is the one named
+        self.spec, self.digest = clf.spec, model_digest(clf.variant.path)
         self.names, self.written, self.not_dicom, self.failed = Names(), 0, 0, 0
 
     def write(self, r, scan):

@@ -85,7 +85,7 @@ class Node:
         self.metrics = NodeMetrics(lambda: len(self.spool.pending()), self._spool_writable)
         self.classifier = Classifier(model, heatmaps=True, batch_size=batch_size, workers=2,
                                      scope=scope, ages=ages)
-        self.digest = model_digest(self.classifier.model_path)
+        self.digest = model_digest(self.classifier.variant.path)  # the file that scores
         self._decoding = threading.Semaphore(limits.decoders)
         self._visits, self._visits_lock = {}, threading.Lock()
         self._retry = {}         # spool file name -> (refusals so far, not before monotonic)
