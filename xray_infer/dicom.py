@@ -39,8 +39,9 @@ def decode_dicom(data, source, max_pixels):
         return _pixels(ds, source, max_pixels), 1.0, _attributes(ds)
     except DecodeError:
         raise
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
-        # pydicom converts values lazily: a malformed IS/DS (e.g. '1A') surfaces here.
+    except Exception as e:
+        # pydicom converts values lazily: a malformed IS/DS (e.g. '1A') or a value
+        # representation it does not know (NotImplementedError) surfaces here, not in dcmread.
         raise DecodeError(source, f"malformed DICOM header value ({type(e).__name__}: "
                                   f"{e})") from None
 
