@@ -88,7 +88,8 @@ def test_cpu_detection_matches_the_kernel_flags():
     except (OSError, StopIteration):
         pytest.skip("no /proc/cpuinfo flags here")
     expected = bool({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"} & set(flags))
-    assert found == expected or found  # NumPy's detection may add what the flags lack
+    if expected:  # NumPy's detection may add what the flags lack, never take it away
+        assert found
     assert isinstance(why, str) and why
 
 

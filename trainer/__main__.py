@@ -89,28 +89,27 @@ def cmd_export(a):
               f"normal-vs-pneumonia accuracy {s['binary_accuracy']:.4f} AUC {s['binary_auc']:.4f}")
 
 
-def cmd_scope(a):
+def _model_arrays(a):
+    """{train, val, test} arrays for the exported model ``a.model``: its validation split, at
+    its input size and normalisation."""
     from xray_infer.model import load_model
-
-    from .export import add_scope_gate
     spec = load_model(a.model, providers=["CPUExecutionProvider"], precision="float32")[1]
     splits = load_splits(a.data, scheme=spec.validation_split)
-    data = load_arrays(splits, spec.input_size, spec.mean, spec.std, a.limit)
-    spec = add_scope_gate(a.model, data)
+    return load_arrays(splits, spec.input_size, spec.mean, spec.std, a.limit)
+
+
+def cmd_scope(a):
+    from .export import add_scope_gate
+    spec = add_scope_gate(a.model, _model_arrays(a))
     s = spec.scope
     print(f"wrote {a.model}: scope threshold {s['threshold']:.1f} ({s['threshold_rule']}; "
           f"{s['fitted_on']}), graph parity {s['parity_max_rel_diff']:.1e}")
 
 
 def cmd_quantize(a):
-    from xray_infer.model import load_model
-
     from .quantize import export_int8
-    spec = load_model(a.model, providers=["CPUExecutionProvider"], precision="float32")[1]
-    splits = load_splits(a.data, scheme=spec.validation_split)
-    data = load_arrays(splits, spec.input_size, spec.mean, spec.std, a.limit)
     try:
-        _print_int8(export_int8(a.model, data))
+        _print_int8(export_int8(a.model, _model_arrays(a)))
     except (ValueError, RuntimeError) as e:
         sys.exit(f"python -m trainer quantize: {e}")
 

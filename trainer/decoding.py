@@ -25,7 +25,7 @@ def decoding_parity(paths, model=None, precision="float32"):
     scales = collections.Counter()
     for p in paths:
         with open(p, "rb") as f:
-            frame = jpeg_frame(f.read(1 << 16))
+            frame = jpeg_frame(f.read())
         scales[jpeg_scale(frame[0], frame[1], full.spec.input_size) if frame else 1] += 1
     ok = [(x, y) for x, y in zip(a, b) if x.ok and y.ok]
     diff = [max(abs(x.probabilities[k] - y.probabilities[k]) for k in full.class_names)

@@ -63,13 +63,12 @@ def float_nodes(proto):
     return sorted(keep | {first.name})
 
 
-def quantize(fp32_path, calibration):
-    """The int8 QDQ graph of the model at ``fp32_path`` (an onnx.ModelProto, no metadata)."""
+def quantize(fp32_path, spec, calibration):
+    """The int8 QDQ graph of the model at ``fp32_path`` with ``spec`` (an onnx.ModelProto, no
+    metadata)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    _, spec = load_model(fp32_path, providers=["CPUExecutionProvider"], precision="float32")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -125,7 +124,7 @@ def export_int8(fp32_path, data):
     if not spec.scope_output:
         raise ValueError(f"{fp32_path}: quantise a model with its scope gate (python -m trainer "
                          f"scope first), so the gate's decisions can be checked")
-    proto = quantize(fp32_path, calibration_set(data["train"]))
+    proto = quantize(fp32_path, spec, calibration_set(data["train"]))
     sess8 = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     record, own = parity(spec, sess32, sess8, {k: data[k] for k in ("val", "test")})
     val = record["val"]

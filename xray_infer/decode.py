@@ -151,13 +151,12 @@ _REDUCED = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4
             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 
-def _jpeg_flags(data, target):
-    """OpenCV's decoding flags and the DCT-scaling denominator for a JPEG whose pixels will be
-    resized to ``target`` (``preprocess.jpeg_scale``). Only 8-bit grey or YCbCr frames of the
-    baseline, extended and progressive processes are scaled: libjpeg converts those to
-    luminance itself (the same BT.601 weights as ``_to_gray``)."""
-    frame = jpeg_frame(data) if target else None
-    if frame is None or frame[2] != 8 or frame[3] not in (1, 3) or frame[4] not in (0xC0, 0xC1,
+def _jpeg_flags(frame, target):
+    """OpenCV's decoding flags and the DCT-scaling denominator for a JPEG with this
+    ``jpeg_frame`` whose pixels will be resized to ``target`` (``preprocess.jpeg_scale``). Only
+    8-bit grey or YCbCr frames of the baseline, extended and progressive processes are scaled:
+    libjpeg converts those to luminance itself (the same BT.601 weights as ``_to_gray``)."""
+    if not target or frame is None or frame[2] != 8 or frame[3] not in (1, 3) or frame[4] not in (0xC0, 0xC1,
                                                                                     0xC2):
         return _FLAGS, 1
     d = jpeg_scale(frame[0], frame[1], target)
@@ -176,7 +175,8 @@ def decode_bytes(data, source="<bytes>", target=None):
     if sniff_format(data) is None:
         raise DecodeError(source, "not a decodable image (unrecognised format; JPEG, PNG, "
                                   "TIFF, BMP and DICOM are read)")
-    size = _declared_size(data)
+    frame = jpeg_frame(data)  # the JPEG frame header, read once for the checks and the scale
+    size = frame[:2] if frame else _declared_size(data)
     if size is not None:
         width, height = size
         if width == 0 or height == 0:
@@ -188,7 +188,7 @@ def decode_bytes(data, source="<bytes>", target=None):
         raise DecodeError(source, "truncated JPEG (the data ends before its end-of-image marker)")
     # ANYDEPTH keeps 16-bit data, ANYCOLOR keeps grayscale single-channel; unlike UNCHANGED,
     # this applies the EXIF orientation as OpenCV's decoder defines it.
-    flags, scale = _jpeg_flags(data, target) if data[:2] == b"\xff\xd8" else (_FLAGS, 1)
+    flags, scale = _jpeg_flags(frame, target)
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     except cv2.error as e:  # OpenCV raises for some malformed headers instead of returning None

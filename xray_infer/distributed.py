@@ -75,21 +75,19 @@ def failure_reason(error):
         chain.append(error)
         inner = getattr(error, "cause", None)
         error = inner if isinstance(inner, BaseException) else error.__cause__
-    text = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for e in chain
-            for line in str(e).splitlines()]
-    missing = next((line for line in text if line.startswith(("ModuleNotFoundError",
-                                                               "ImportError"))
+    # each exception's message lines, without the colour codes Ray puts in them
+    lines = [(e, [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).splitlines()
+                  if line.strip()]) for e in chain]
+    missing = next((line for _, text in lines for line in text
+                    if line.startswith(("ModuleNotFoundError", "ImportError"))
                     and "xray_infer" in line), None)
     if missing:
         from . import __version__
         return (f"the Ray workers could not start: they cannot import xray_infer ({missing}); "
                 f"install xray-infer {__version__} with the ray extra in the Python "
                 f"environment of every node")
-    for e in chain:
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        if lines:
-            return f"{type(e).__name__}: {re.sub(chr(27) + r'[[0-9;]*m', '', lines[0]).strip()}"
-    return type(chain[0]).__name__
+    first = next(((e, text[0]) for e, text in lines if text), None)
+    return f"{type(first[0]).__name__}: {first[1]}" if first else type(chain[0]).__name__
 
 
 def plan(workers=None, gpus_per_worker=0.0, cpus_per_worker=None):

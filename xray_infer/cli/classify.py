@@ -281,6 +281,7 @@ def score(engine, files, writer, progress, extras, page=None):
     for r in engine.results(files):
         writer.write(r)
         progress.update(r.status != "failed")
+        scan = None
         if r.status == "failed":
             tally.failures.append(r)
             log.info("%s: %s", r.source, r.error)
@@ -290,9 +291,9 @@ def score(engine, files, writer, progress, extras, page=None):
         else:
             tally.classified += 1
             if extras:
-                write_extras(extras, r)
+                scan = write_extras(extras, r)
         if page is not None:
-            page.add(r)
+            page.add(r, scan)  # the scan decoded for the extras, not decoded again
     return tally
 
 

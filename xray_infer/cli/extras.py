@@ -85,7 +85,8 @@ class DicomResults:
 
 def write_extras(writers, r):
     """Overlays and DICOM results of one classified input; they need the scan itself, decoded
-    again, once for all of them. A failure here is counted and logged, never fatal."""
+    again, once for all of them. A failure here is counted and logged, never fatal. Returns
+    the scan (for the results page), or None where it no longer decodes."""
     from ..decode import read_image
     from ..errors import DecodeError
     try:
@@ -94,6 +95,7 @@ def write_extras(writers, r):
         for w in writers:
             w.failed += 1
         log.warning("%s: no heatmap or DICOM results: %s", r.source, e.reason)
-        return
+        return None
     for w in writers:
         w.write(r, scan)
+    return scan

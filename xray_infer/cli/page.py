@@ -27,16 +27,18 @@ log = logging.getLogger("xray_infer.cli")
 THUMB = 160
 
 
-def _thumbnail(r):
+def _thumbnail(r, scan=None):
     """(grey thumbnail, heatmap thumbnail or None) as BGR/grey uint8 arrays, or None where the
-    input cannot be shown (a URI, or a file that no longer decodes)."""
+    input cannot be shown (a URI); ``scan``: the input already decoded, else it is read here
+    (a DecodeError where it no longer decodes)."""
     import cv2
     import numpy as np
 
     from ..decode import read_image
-    if is_uri(r.source):
-        return None
-    scan = read_image(r.source, THUMB)
+    if scan is None:
+        if is_uri(r.source):
+            return None
+        scan = read_image(r.source, THUMB)
     h, w = scan.pixels.shape
     k = THUMB / max(h, w)
     size = (max(1, round(w * k)), max(1, round(h * k)))
@@ -68,14 +70,15 @@ class ResultsPage:
             raise OSError(f"OpenCV could not write {path}")
         return f"{self.files.name}/{name}"
 
-    def add(self, r):
+    def add(self, r, scan=None):
+        """A row for Result ``r``; ``scan``: its decoded pixels where the caller has them."""
         i = len(self.rows)
         row = {"i": i, "path": r.source, "status": r.status, "label": r.label,
                "p": r.probabilities, "reason": r.reason, "truth": truth(r.source),
                "thumb": None, "heat": None, "overlay": None}
         if r.status != "failed":
             try:
-                pictures = _thumbnail(r)
+                pictures = _thumbnail(r, scan)
                 if pictures:
                     row["thumb"] = self._picture(f"{i:06d}.jpg", pictures[0])
                     if pictures[1] is not None:
