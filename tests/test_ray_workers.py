@@ -65,13 +65,20 @@ def cluster_without_the_package():
         time.sleep(2)  # the raylet registers after the GCS listens
         yield f"127.0.0.1:{port}", root, env
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # the head and everything it started
+        _kill_group(head, signal.SIGTERM)  # the head and everything it started
         try:
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+            _kill_group(head, signal.SIGKILL)
             head.wait(timeout=30)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_group(process, sig):
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:  # every process of the group has exited already
+        pass
 
 
 def test_workers_that_cannot_import_the_package_are_one_line_and_exit_3(
