@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 from trainer.dataset import DATA_ROOT
-from xray_infer.spec import DEFAULT_BATCH_SIZE
 
 from . import common
 from . import parity as _parity
@@ -42,7 +41,8 @@ def main(argv=None):
     p.add_argument("--providers", type=lambda s: s.split(","), default=["CPUExecutionProvider"])
     p.add_argument("--device", default="cpu", help="torch device for the baselines")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="e2e batch size")
+    p.add_argument("--batch-size", type=int,
+                   help="e2e batch size (default: the classifier's for the provider)")
     p.add_argument("--cycle", type=int, default=1,
                    help="e2e, ray: each timed pass goes over the scans this many times (a pass of a "
                         "few hundred scans on a fast machine is too short to time)")

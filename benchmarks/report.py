@@ -65,8 +65,10 @@ def _inference(d, title="## 3. Inference (`python -m benchmarks inference`)"):
                 extra.setdefault(name, {})[bs] = m
     out = [title, "",
            f"The shipped model (version {d.get('model_version', '?')}) on random inputs: ONNX "
-           f"Runtime ({', '.join(d['providers'])}, float32) against PyTorch eager on "
-           f"{d['device']} running the same weights (`models/default.pt`).", ""] + \
+           f"Runtime ({', '.join(d['providers'])}, float32; on the CPU one call on every "
+           f"core) against PyTorch eager on {d['device']} running the same weights "
+           f"(`models/default.pt`). The int8 row \"1 thread per core\" runs one one-thread "
+           f"call on each core side by side, as the classifier's CPU path does.", ""] + \
         _table(["batch", "ORT p50 ms", "ORT p95 ms", "ORT img/s", "torch p50 ms",
                 "torch p95 ms", "torch img/s", "ORT / torch"], rows) + [""]
     if extra:
@@ -91,9 +93,10 @@ def _e2e(d):
     lat = r["single_scan_latency"]
     return ["## 4. End to end (`python -m benchmarks e2e`)", "",
             f"Scoring {d['scans']} full-resolution scans x {d['cycle']} ({d['n']} inputs) with "
-            f"`Classifier.classify`, the path of `xray-infer classify` (threads decode and "
-            f"preprocess the next batches while ONNX Runtime runs the current one; batch "
-            f"{d['batch_size']}); every path and the bound are timed in turn in each of "
+            f"`Classifier.classify`, the path of `xray-infer classify` (on the CPU one worker "
+            f"thread per core decodes, preprocesses and scores batches of its own, one ONNX "
+            f"Runtime thread per call; batch {d['batch_size']}); every path and the bound are "
+            f"timed in turn in each of "
             f"{d.get('repeat', '?')} rounds of one run (medians).", ""] + \
         _table(["path", "variant", "decoding", "scans/s", "share of the decode bound"], rows) + \
         ["", f"The library's default runs at **{r['fraction_of_decode_bound']:.2f}** of the "
@@ -113,17 +116,18 @@ def _work_per_scan(parts):
         return []
     rule = next((v for k, v in decode["results"].items() if "reduced rule" in k), None)
     batch = str(e2e["batch_size"])
-    int8 = inference["results"].get(batch, {}).get("onnxruntime_int8")
+    int8 = inference["results"].get(batch, {}).get("onnxruntime_int8_1_thread_per_core")
     if rule is None or int8 is None:
         return []
     cores = inference["machine"]["cores"]
-    model_ms = cores * 1e3 / int8["img_per_s"]  # core-milliseconds: the session used every core
+    model_ms = cores * 1e3 / int8["img_per_s"]  # core-milliseconds: every core ran calls
     per_scan = rule["ms_per_scan_1_thread"] + model_ms
     ceiling = cores * 1e3 / per_scan
     bound = e2e["results"]["decode_bound"]
     return [f"Where the time goes: one scan costs {rule['ms_per_scan_1_thread']:.2f} ms of one "
             f"core to decode under the reduced rule (section 2) and {model_ms:.2f} core-ms of "
-            f"int8 inference at batch {batch} (section 3), so {cores} cores can score at most "
+            f"int8 inference at batch {batch}, a one-thread call on each core (section 3), so "
+            f"{cores} cores can score at most "
             f"{ceiling:.0f} scans/s, {ceiling / bound:.2f} of the decode bound measured here. "
             f"Decoding is most of it: DCT scaling skips the inverse transforms, not the entropy "
             f"decoding, so the rule decodes only "

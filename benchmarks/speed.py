@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from xray_infer import DEFAULT_MODEL, Classifier
+from xray_infer.spec import DEFAULT_BATCH_SIZE
 from xray_infer.decode import decode_bytes, read_image
 from xray_infer.model import load_model, variant_path
 from xray_infer.preprocess import preprocess_into, reference_preprocess
@@ -134,14 +135,19 @@ def inference(args):
     variant where it exists, on the CPU the int8 variant, and on CUDA torch in float16,
     channels-last.
     """
-    clf = Classifier(args.model, providers=args.providers, precision="float32")
+    cuda = args.device == "cuda"
+    threads = None if cuda else os.cpu_count()  # one call on every core, as torch's runs
+    clf = Classifier(args.model, providers=args.providers, precision="float32", threads=threads)
     model, torch = _torch_model(args, args.device)
     size, s = clf.spec.input_size, clf.spec
     half = (Classifier(args.model, providers=args.providers, precision="float16")
             if variant_path(clf.model_path, "float16").exists() else None)
-    int8 = (Classifier(args.model, providers=args.providers, precision="int8")
-            if variant_path(clf.model_path, "int8").exists() and not args.device == "cuda" else None)
-    cuda = args.device == "cuda"
+    int8, int8_1 = ((Classifier(args.model, providers=args.providers, precision="int8",
+                                threads=t) for t in (threads, 1))
+                    if variant_path(clf.model_path, "int8").exists() and not cuda
+                    else (None, None))
+    # What the classifier's CPU path runs: each core's worker thread its own one-thread call.
+    side_by_side = ThreadPoolExecutor(os.cpu_count())
     if cuda:
         model_half = copy.deepcopy(model).half().to(memory_format=torch.channels_last)
     rng = np.random.default_rng(0)
@@ -166,10 +172,13 @@ def inference(args):
             variants["onnxruntime_float16"] = lambda: half.predict(x)
         if int8 is not None:
             variants["onnxruntime_int8"] = lambda: int8.predict(x)
+            variants["onnxruntime_int8_1_thread_per_core"] = lambda: list(side_by_side.map(
+                lambda _: int8_1.predict(x), range(os.cpu_count())))
         if cuda:
             xh = xt.half().to(memory_format=torch.channels_last)
             variants["torch_float16_channels_last"] = lambda: torch_run(model_half, xh)
-        r = {name: _timing(timeit(fn, repeat=iters, warmup=2), bs)
+        r = {name: _timing(timeit(fn, repeat=iters, warmup=2),
+                           bs * (os.cpu_count() if name.endswith("per_core") else 1))
              for name, fn in variants.items()}
         r["speedup"] = r["onnxruntime"]["img_per_s"] / r["torch_eager"]["img_per_s"]
         results[bs] = r
@@ -178,6 +187,7 @@ def inference(args):
     print_table(f"inference: {size}x{size} input, ORT {clf.providers[0]} vs torch on "
                 f"{args.device} ({torch.get_num_threads()} torch threads); img/s (p50/p95 ms)",
                 ["batch", *variants, "ORT/torch"], rows)
+    side_by_side.shutdown()
     save(args.json, "inference", {"providers": clf.providers, "device": args.device,
                                   "model_version": clf.spec.model_version, "results": results})
     return results
@@ -191,17 +201,20 @@ E2E_PATHS = (("float32, full-size decoding", "float32", "full"),
              ("default (auto precision, reduced decoding)", "auto", "reduced"))
 
 
-def _spinning(clf):
-    """``clf`` with ONNX Runtime's threads spin-waiting, as sessions did before the library
-    turned it off next to its decoding threads (the thread-split row)."""
-    clf.session = load_model(clf.model_path, providers=clf.providers, spin=True,
-                             precision=clf.variant.precision)[0]
+def _handoff(clf, spin):
+    """``clf`` scoring as the library's CPU path did in 2.1.0: worker threads decode and
+    preprocess batches of 32, and one thread runs each batch through ONNX Runtime on all
+    cores, its threads spinning between runs (``spin``) or sleeping. The pipeline rows: since,
+    each worker scores batches of its own, one ONNX Runtime thread per call."""
+    clf.session = load_model(clf.model_path, providers=clf.providers, spin=spin,
+                             threads=os.cpu_count(), precision=clf.variant.precision)[0]
+    clf._on_cpu, clf.batch_size = False, DEFAULT_BATCH_SIZE  # the hand-off path
     return clf
 
 
 def e2e(args):
     """Scoring a folder of full-resolution scans, each path of the library (``E2E_PATHS``, and
-    the default with spinning threads) against the bound set by JPEG decoding alone at full
+    the default through the earlier pipelines) against the bound set by JPEG decoding alone at full
     size on all cores, a typical per-image loop and, where given, a baseline model; then the
     latency of one ``classify([path])``, what the DICOM node sees per instance."""
     from PIL import Image
@@ -212,10 +225,11 @@ def e2e(args):
             for name, precision, decode in E2E_PATHS
             if precision != "int8" or variant_path(args.model or DEFAULT_MODEL, "int8").exists()}
     default = clfs[E2E_PATHS[-1][0]]
-    spinning = "default, ONNX Runtime threads spin-waiting (before the thread fix)"
     if default.providers[0] == "CPUExecutionProvider":
-        clfs[spinning] = _spinning(Classifier(args.model, providers=args.providers,
-                                              batch_size=args.batch_size))
+        for name, spin in (("default, 2.1.0 pipeline (decoding threads hand batches to ONNX "
+                            "Runtime on all cores)", False),
+                           ("same, ONNX Runtime threads spin-waiting (2.0.0)", True)):
+            clfs[name] = _handoff(Classifier(args.model, providers=args.providers), spin)
     if args.baseline_model:
         name = "model v1.0.0 path (float32, full-size decoding)"
         clfs[name] = Classifier(args.baseline_model, providers=args.providers, scope=False,
@@ -286,6 +300,6 @@ def e2e(args):
     print_table("single-scan latency, classify([path])", ["path", "p50 ms", "p95 ms"],
                 [[k, f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}"] for k, v in latency.items()])
     save(args.json, "e2e", {"n": n, "scans": len(scans), "cycle": args.cycle,
-                            "batch_size": args.batch_size, "repeat": args.repeat,
+                            "batch_size": default.batch_size, "repeat": args.repeat,
                             "model_version": spec.model_version, "results": results})
     return results

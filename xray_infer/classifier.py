@@ -16,7 +16,7 @@ from .model import DEFAULT_MODEL, choose_variant, load_model
 from . import providers as _providers
 from .providers import resolve
 from .scope import Gate, Scope, require_gate
-from .spec import DECODE_MODES, DEFAULT_BATCH_SIZE, softmax
+from .spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, softmax
 
 
 @dataclass(frozen=True)
@@ -83,12 +83,14 @@ class Classifier:
     providers : list, optional
         ONNX Runtime execution providers. Default: CUDA when available (TensorRT first when its
         runtime is installed), then CPU.
-    batch_size : int
-        Images per inference call.
+    batch_size : int, optional
+        Images per inference call (default: ``CPU_BATCH_SIZE`` on the CPU, ``DEFAULT_BATCH_SIZE``
+        on a GPU).
     threads : int, optional
-        ONNX Runtime intra-op threads (default: ONNX Runtime's choice, all cores).
+        ONNX Runtime intra-op threads per inference call (default: 1 on the CPU, where the
+        workers run calls side by side; ONNX Runtime's choice on a GPU).
     workers : int, optional
-        Threads decoding and preprocessing upcoming batches while the current one runs
+        Threads decoding and preprocessing upcoming batches, and on the CPU scoring them too
         (default: the number of CPUs).
     heatmaps : bool
         Give every classified Result a ``heatmap`` (needs a model exported with class
@@ -113,27 +115,29 @@ class Classifier:
         model's ``population["accepted_ages"]``.
     """
 
-    def __init__(self, model=None, *, providers=None, batch_size=DEFAULT_BATCH_SIZE, threads=None,
+    def __init__(self, model=None, *, providers=None, batch_size=None, threads=None,
                  workers=None, heatmaps=False, precision="auto", scope=True, ages=None,
                  decode="reduced"):
-        _check_count("batch_size", batch_size)
+        _check_count("batch_size", batch_size, optional=True)
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         self.decode = decode
         _check_count("threads", threads, optional=True)
         _check_count("workers", workers, optional=True)
         self.model_path = Path(model) if model is not None else DEFAULT_MODEL
-        self.batch_size = batch_size
         self.workers = workers or os.cpu_count() or 1
         requested = resolve(providers)
         self.variant = choose_variant(self.model_path, requested, precision)
-        # On the CPU, ONNX Runtime's threads spin-wait between runs by default: with decoding
-        # threads on the same cores that cost 16% of the end-to-end rate (docs/benchmarks.md).
+        on_cpu = _providers.name(requested[0]) == "CPUExecutionProvider"
+        # On the CPU the workers run inference calls side by side, one thread each (see
+        # _submit); threads that ONNX Runtime added would only wait on each other, and by
+        # default they spin-wait between runs, which cost 16% end to end (docs/benchmarks.md).
         self.session, self.spec = load_model(
-            self.model_path, providers=requested, threads=threads,
-            precision=self.variant.precision,
-            spin=_providers.name(requested[0]) != "CPUExecutionProvider")
+            self.model_path, providers=requested, threads=threads or (1 if on_cpu else None),
+            precision=self.variant.precision, spin=not on_cpu)
         self.providers = self.session.get_providers()
+        self._on_cpu = self.providers[0] == "CPUExecutionProvider"
+        self.batch_size = batch_size or (CPU_BATCH_SIZE if self._on_cpu else DEFAULT_BATCH_SIZE)
         # On CUDA a batch goes to the device once and the outputs stay there until the small
         # arrays are copied back (ONNX Runtime's I/O binding); elsewhere plain session.run.
         self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else None
@@ -194,13 +198,23 @@ class Classifier:
         self.session.run_with_iobinding(binding)
         return [value.numpy() for value in binding.get_outputs()]
 
-    def _finish(self, start, chunk, prepared, rows):
-        batch, errors, shapes = prepared.result()
+    def _prepare(self, start, chunk, executor=None):
+        """(batch, errors, shapes) of ``preprocess_batch`` for a chunk of inputs."""
+        return preprocess_batch(chunk, self.spec, executor=executor, start=start, gate=self.gate,
+                                reduced=self.decode == "reduced")
+
+    def _infer(self, prepared, rows):
+        """(errors, shapes, indices of the good inputs, ``_run``'s outputs for them)."""
+        batch, errors, shapes = prepared
         good = [i for i, e in enumerate(errors) if e is None]
-        if len(good) == len(chunk):
-            probs, maps, dist = self._run(batch, rows)  # the common case: no copy
+        if len(good) == len(errors):
+            outputs = self._run(batch, rows)  # the common case: no copy
         else:
-            probs, maps, dist = self._run(batch[good], rows) if good else (None, None, None)
+            outputs = self._run(batch[good], rows) if good else (None, None, None)
+        return errors, shapes, good, outputs
+
+    def _results(self, start, chunk, scored):
+        errors, shapes, good, (probs, maps, dist) = scored
         row = dict(zip(good, range(len(good))))
         names, scope = self.spec.class_names, self.scope.label()
         for i, item in enumerate(chunk):
@@ -227,6 +241,21 @@ class Classifier:
             yield Result(source, label=names[k], heatmap=heatmap, scope=scope,
                          probabilities={n: float(v) for n, v in zip(names, p)})
 
+    def _submit(self, start, chunk, rows, workers, device_queue):
+        """Start scoring a chunk; returns a function that yields its Results.
+
+        On the CPU a worker takes the whole chunk: it decodes, preprocesses and scores it itself,
+        with one ONNX Runtime thread, so every core does every kind of work and none waits on a
+        hand-off between decoding and inference threads (docs/benchmarks.md). With another
+        provider the workers share the decoding of each upcoming chunk while it scores the
+        current one.
+        Results (with their scan-sized heatmaps) are built only as they are taken."""
+        if self._on_cpu:
+            scored = workers.submit(lambda: self._infer(self._prepare(start, chunk), rows))
+            return lambda: self._results(start, chunk, scored.result())
+        prepared = device_queue.submit(self._prepare, start, chunk, workers)
+        return lambda: self._results(start, chunk, self._infer(prepared.result(), rows))
+
     def iter_classify(self, inputs, batch_size=None):
         """Yield one Result per input, in input order, for any iterable of inputs.
 
@@ -235,27 +264,24 @@ class Classifier:
         ``Decoded`` (pixels with their declared maximum). Inputs that are
         not radiograph-shaped (``preprocess.MIN_SIDE``, ``preprocess.MAX_ASPECT``) or whose
         values leave the declared range get an error.
-        Upcoming batches are decoded and preprocessed on worker threads while the current
-        batch runs; at most two batches wait, so memory stays bounded for any input count.
+        Worker threads decode, preprocess and (on the CPU) score upcoming batches while the
+        current one is taken; a bounded number wait (two per worker on the CPU, two on a
+        device), so memory stays bounded for any input count.
         """
         n = batch_size or self.batch_size
         _check_count("batch_size", n)
+        ahead = 2 * self.workers if self._on_cpu else 2
         pending = deque()
-        # Items of a batch are spread over ``workers`` threads; a second, one-thread pool lets
-        # the next batches be prepared while this generator runs the current one.
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="xray-prep") as items, \
-                ThreadPoolExecutor(1, thread_name_prefix="xray-batch") as batches:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="xray-prep") as workers, \
+                ThreadPoolExecutor(1, thread_name_prefix="xray-batch") as device_queue:
             start = 0
             for chunk in _chunks(inputs, n):
-                pending.append((start, chunk, batches.submit(preprocess_batch, chunk, self.spec,
-                                                             executor=items, start=start,
-                                                             gate=self.gate,
-                                                             reduced=self.decode == "reduced")))
+                pending.append(self._submit(start, chunk, n, workers, device_queue))
                 start += len(chunk)
-                if len(pending) > 2:
-                    yield from self._finish(*pending.popleft(), n)
+                if len(pending) > ahead:
+                    yield from pending.popleft()()
             while pending:
-                yield from self._finish(*pending.popleft(), n)
+                yield from pending.popleft()()
 
     def classify(self, inputs, batch_size=None):
         """List of Results, one per input, in input order. See ``iter_classify``."""
@@ -264,7 +290,7 @@ class Classifier:
         return list(self.iter_classify(inputs, batch_size))
 
 
-def classify(paths, *, model=None, batch_size=DEFAULT_BATCH_SIZE, providers=None, threads=None,
+def classify(paths, *, model=None, batch_size=None, providers=None, threads=None,
              workers=None, heatmaps=False, precision="auto", scope=True, ages=None,
              decode="reduced"):
     """Classify images in one call; see ``Classifier`` for the parameters.

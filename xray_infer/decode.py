@@ -275,7 +275,13 @@ def read_image(path, target=None):
     path = os.fspath(path)
     try:
         with _open_checked(path) as f:
-            data = f.read(MAX_FILE_BYTES + 1)  # a file that grew since the check stays bounded
+            # As many bytes as the file holds (asking for the limit's worth allocated a buffer
+            # that large for every file), and one more to see whether it grew since the
+            # check; a file that did stays bounded by the limit.
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(size + 1)
+            if len(data) > size:
+                data += f.read(MAX_FILE_BYTES + 1 - len(data))
     except OSError as e:
         raise _read_error(path, e) from None
     return decode_bytes(data, path, target)

@@ -145,12 +145,10 @@ class ClassifyBatch:
     given.
     """
 
-    def __init__(self, model=None, *, providers=None, batch_size=DEFAULT_BATCH_SIZE,
-                 threads=None, precision="auto", scheme=None, scope=True, ages=None,
-                 decode="reduced"):
-        self.clf = Classifier(model, providers=providers, batch_size=batch_size,
-                              threads=threads, workers=threads, precision=precision,
-                              scope=scope, ages=ages, decode=decode)
+    def __init__(self, model=None, *, providers=None, batch_size=None, cpus=None,
+                 precision="auto", scheme=None, scope=True, ages=None, decode="reduced"):
+        self.clf = Classifier(model, providers=providers, batch_size=batch_size, workers=cpus,
+                              precision=precision, scope=scope, ages=ages, decode=decode)
         self.prefix = f"{scheme}://" if scheme else ""
         self.schema = arrow_schema(self.clf.class_names)
 
@@ -162,7 +160,7 @@ class ClassifyBatch:
 
 
 def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
-                  cpus_per_worker=None, batch_size=DEFAULT_BATCH_SIZE, precision="auto",
+                  cpus_per_worker=None, batch_size=None, precision="auto",
                   providers=None, scope=True, ages=None, decode="reduced"):
     """The Ray Dataset of result rows for ``inputs`` (files or URIs of one filesystem, already
     expanded), in input order. For pipelines of your own, e.g. ``.write_parquet("s3://...")``
@@ -180,11 +178,12 @@ def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
     ds.context.execution_options.preserve_order = True  # rows come back in input order
     ds.context.enable_progress_bars = False  # the caller reports progress
     return ds.map_batches(
-        ClassifyBatch, batch_size=batch_size * BATCHES_PER_CALL, batch_format="numpy",
+        ClassifyBatch, batch_size=(batch_size or DEFAULT_BATCH_SIZE) * BATCHES_PER_CALL,
+        batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
         num_gpus=gpus_per_worker or None,
         fn_constructor_kwargs=dict(model=model, providers=providers, batch_size=batch_size,
-                                   threads=max(1, round(cpus)), precision=precision,
+                                   cpus=max(1, round(cpus)), precision=precision,
                                    scheme=scheme, scope=scope, ages=ages, decode=decode))
 
 

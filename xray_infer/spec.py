@@ -34,8 +34,11 @@ PRECISIONS = ("float32", "float16", "int8")
 #: input decode at a reduced size (``preprocess.jpeg_scale``), ``"full"`` never does.
 DECODE_MODES = ("reduced", "full")
 
-#: Images per inference call unless the caller says otherwise.
+#: Images per inference call unless the caller says otherwise: on a GPU, enough to keep it
+#: busy; on the CPU, where each worker thread scores batches of its own, few enough that a
+#: batch's activations stay in the core's cache (docs/benchmarks.md, inference).
 DEFAULT_BATCH_SIZE = 32
+CPU_BATCH_SIZE = 8
 
 
 def softmax(logits):

@@ -11,7 +11,7 @@ from ..inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
 from ..output import (FORMATS, TEXT_ERRORS, Existing, ResultWriter, format_for, header,
                       open_output, output_exists)
 from ..scope import Scope, parse_ages, require_gate
-from ..spec import DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
+from ..spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
 from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE,
                       check_scope_options, checked, fail, positive, quiet_opencv, require,
                       setup_logging)
@@ -393,9 +393,11 @@ def add_parser(subparsers):
     c.add_argument("--model", help="ONNX model exported by the trainer (default: bundled)")
     c.add_argument("--providers", help="comma-separated ONNX Runtime providers, e.g. "
                                        "CUDAExecutionProvider,CPUExecutionProvider")
-    c.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                   help="images per inference call")
-    c.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    c.add_argument("--batch-size", type=int,
+                   help=f"images per inference call (default: {CPU_BATCH_SIZE} on the CPU, "
+                        f"{DEFAULT_BATCH_SIZE} on a GPU)")
+    c.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per inference "
+                                               "call (default: 1 on the CPU)")
     c.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                    help="which variant of the model runs: auto (float16 on CUDA, int8 on a CPU "
                         "with int8 dot products, where the variants exist; else float32) or "
