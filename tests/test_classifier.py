@@ -14,7 +14,7 @@ import xray_infer
 from xray_infer import Classifier, Decoded, Encoded, ModelError, ProviderError, classify
 from xray_infer.decode import read_image
 from xray_infer.preprocess import reference_preprocess
-from xray_infer.spec import METADATA_KEY, ModelSpec
+from xray_infer.spec import CPU_BATCH_SIZE, METADATA_KEY, ModelSpec
 from threads import run_threads  # tests/threads.py
 
 
@@ -116,6 +116,27 @@ def test_padded_batches_keep_one_shape_and_the_same_results(clf, scans, tmp_path
         if a.ok:
             assert a.label == b.label and np.array_equal(a.heatmap, b.heatmap)
             assert all(abs(a.probabilities[k] - b.probabilities[k]) < 1e-6 for k in a.probabilities)
+
+
+def test_a_short_list_is_split_across_the_workers_with_the_same_results(clf, scans, tmp_path):
+    """On the CPU each worker scores batches of its own: a list shorter than workers x batch
+    is cut so that every worker gets a part, and the results do not depend on the split."""
+    inputs = scans[:4] + [str(tmp_path / "missing.jpeg")] + scans[4:7]
+    want = clf.classify(inputs, batch_size=1)
+    for workers in (1, 2, 3):
+        split = Classifier(providers=["CPUExecutionProvider"], precision="float32",
+                           workers=workers)
+        assert split.batch_size == CPU_BATCH_SIZE
+        calls, run = [], split.session.run
+        split.session.run = lambda names, feed: calls.append(len(feed["image"])) or run(names,
+                                                                                      feed)
+        got = split.classify(inputs)
+        assert sorted(calls) == sorted({1: [7], 2: [3, 4], 3: [2, 2, 3]}[workers])
+        assert [r.source for r in got] == inputs and [r.error for r in got] == [r.error for r in want]
+        for a, b in zip(got, want):
+            if a.ok:
+                assert a.label == b.label
+                assert all(abs(a.probabilities[k] - b.probabilities[k]) < 1e-5 for k in a.probabilities)
 
 
 def test_all_bad_batch(clf, tmp_path):

@@ -2,6 +2,7 @@
 import itertools
 import os
 from collections import deque
+from collections.abc import Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +271,10 @@ class Classifier:
         """
         n = batch_size or self.batch_size
         _check_count("batch_size", n)
+        if self._on_cpu and isinstance(inputs, Sized):
+            # A short list split so that every worker gets a part (8 inputs in one batch would
+            # leave all cores but one idle), never into more parts than there are workers.
+            n = min(n, max(1, -(-len(inputs) // self.workers)))
         ahead = 2 * self.workers if self._on_cpu else 2
         pending = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="xray-prep") as workers, \
