@@ -84,12 +84,13 @@ def _e2e(d):
     r = d["results"]
     rows = [[f"**{name}**" if name == r["default"] else name, v["variant"], v["decode"],
              f"{v['scans_per_s']:.1f}", f"**{v['fraction_of_decode_bound']:.2f}**"
-             if name == r["default"] else f"{v['fraction_of_decode_bound']:.2f}"]
+             if name == r["default"] else f"{v['fraction_of_decode_bound']:.2f}",
+             f"{100 * v['cores_busy']:.0f}%" if "cores_busy" in v else "-"]
             for name, v in r["paths"].items()]
     rows += [["naive loop (Pillow + torch per image, shipped weights)", "float32", "full",
-              f"{r['naive_loop']:.1f}", f"{r['naive_loop'] / r['decode_bound']:.2f}"],
+              f"{r['naive_loop']:.1f}", f"{r['naive_loop'] / r['decode_bound']:.2f}", "-"],
              ["decode only, full size (OpenCV, all cores): **the bound**", "-", "full",
-              f"{r['decode_bound']:.1f}", "1.00"]]
+              f"{r['decode_bound']:.1f}", "1.00", "-"]]
     lat = r["single_scan_latency"]
     return ["## 4. End to end (`python -m benchmarks e2e`)", "",
             f"Scoring {d['scans']} full-resolution scans x {d['cycle']} ({d['n']} inputs) with "
@@ -97,8 +98,10 @@ def _e2e(d):
             f"thread per core decodes, preprocesses and scores batches of its own, one ONNX "
             f"Runtime thread per call; batch {d['batch_size']}); every path and the bound are "
             f"timed in turn in each of "
-            f"{d.get('repeat', '?')} rounds of one run (medians).", ""] + \
-        _table(["path", "variant", "decoding", "scans/s", "share of the decode bound"], rows) + \
+            f"{d.get('repeat', '?')} rounds of one run (medians). Cores busy: the process's CPU "
+            f"time over the cores' wall time during a pass (spin-waiting counts as busy).", ""] + \
+        _table(["path", "variant", "decoding", "scans/s", "share of the decode bound",
+                "cores busy"], rows) + \
         ["", f"The library's default runs at **{r['fraction_of_decode_bound']:.2f}** of the "
              f"full-size decode bound; {r['speedup_vs_naive']:.1f}x the naive loop.", "",
          "Single-scan latency, one `classify([path])` at a time (what the DICOM node does per "

@@ -2,6 +2,7 @@
 measured in the same run."""
 import copy
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -262,19 +263,24 @@ def e2e(args):
     # Interleaved, so that drift in the machine's speed hits every path alike. The bound is
     # timed at the start and the end of each round, each after an untimed pass: on this VM the
     # first decoding pass after other work ran up to 2x slower than the next.
-    times = {name: [] for name in clfs}
+    # Each pass also records how busy it kept the cores: the process's CPU time over the
+    # cores' wall time (spin-waiting counts as busy; idle cores do not).
+    times, busy = {name: [] for name in clfs}, {name: [] for name in clfs}
     t_dec = []
     for _ in range(args.repeat):
         t_dec += timeit(decode_only, repeat=1, warmup=1)
         for name, clf in clfs.items():
+            cpu = time.process_time()
             times[name] += timeit(lambda: clf.classify(paths), repeat=1, warmup=0)
+            busy[name].append((time.process_time() - cpu) / (times[name][-1] * os.cpu_count()))
         t_dec += timeit(decode_only, repeat=1, warmup=1)
     t_naive = timeit(naive, repeat=max(1, args.repeat // 2))
     n = len(paths)
     bound = n / median(t_dec)
     paths_out = {name: {"scans_per_s": n / median(t), "fraction_of_decode_bound":
                         n / median(t) / bound, "variant": clfs[name].variant.precision,
-                        "decode": clfs[name].decode} for name, t in times.items()}
+                        "decode": clfs[name].decode, "cores_busy": median(busy[name])}
+                 for name, t in times.items()}
     results = {"paths": paths_out, "decode_bound": bound,
                "naive_loop": len(scans) / median(t_naive), "default": E2E_PATHS[-1][0]}
     results["fraction_of_decode_bound"] = paths_out[E2E_PATHS[-1][0]]["fraction_of_decode_bound"]
@@ -288,15 +294,16 @@ def e2e(args):
         latency[name] = {"p50_ms": 1e3 * median(one), "p95_ms": 1e3 * percentile(one, 95),
                          "n": len(one)}
     results["single_scan_latency"] = latency
-    rows = [[name, f"{r['scans_per_s']:.1f}", f"{r['fraction_of_decode_bound']:.2f}"]
-            for name, r in paths_out.items()]
+    rows = [[name, f"{r['scans_per_s']:.1f}", f"{r['fraction_of_decode_bound']:.2f}",
+             f"{100 * r['cores_busy']:.0f}%"] for name, r in paths_out.items()]
     rows += [["naive loop (Pillow + torch per image)", f"{results['naive_loop']:.1f}",
-              f"{results['naive_loop'] / bound:.2f}"],
-             ["decode only at full size (OpenCV, all cores): the bound", f"{bound:.1f}", "1.00"]]
+              f"{results['naive_loop'] / bound:.2f}", ""],
+             ["decode only at full size (OpenCV, all cores): the bound", f"{bound:.1f}", "1.00",
+              ""]]
     print_table(f"end to end: {len(scans)} full-resolution scans x {args.cycle}, model "
                 f"{spec.model_version} ({spec.input_size}px), {os.cpu_count()} cores, providers "
                 f"{default.providers[0]}, median of {args.repeat}",
-                ["path", "scans/s", "of decode bound"], rows)
+                ["path", "scans/s", "of decode bound", "cores busy"], rows)
     print_table("single-scan latency, classify([path])", ["path", "p50 ms", "p95 ms"],
                 [[k, f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}"] for k, v in latency.items()])
     save(args.json, "e2e", {"n": n, "scans": len(scans), "cycle": args.cycle,

@@ -145,9 +145,10 @@ class ClassifyBatch:
     given.
     """
 
-    def __init__(self, model=None, *, providers=None, batch_size=None, cpus=None,
+    def __init__(self, model=None, *, providers=None, batch_size=None, threads=None,
                  precision="auto", scheme=None, scope=True, ages=None, decode="reduced"):
-        self.clf = Classifier(model, providers=providers, batch_size=batch_size, workers=cpus,
+        # ``threads``: the actor's CPUs, one worker thread each (Classifier's ``workers``)
+        self.clf = Classifier(model, providers=providers, batch_size=batch_size, workers=threads,
                               precision=precision, scope=scope, ages=ages, decode=decode)
         self.prefix = f"{scheme}://" if scheme else ""
         self.schema = arrow_schema(self.clf.class_names)
@@ -183,7 +184,7 @@ def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
         num_gpus=gpus_per_worker or None,
         fn_constructor_kwargs=dict(model=model, providers=providers, batch_size=batch_size,
-                                   cpus=max(1, round(cpus)), precision=precision,
+                                   threads=max(1, round(cpus)), precision=precision,
                                    scheme=scheme, scope=scope, ages=ages, decode=decode))
 
 
