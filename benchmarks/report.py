@@ -55,6 +55,9 @@ def _decode(d, title="## 2. Decoding (`python -m benchmarks decode`)"):
 
 def _inference(d, title="## 3. Inference (`python -m benchmarks inference`)"):
     rows, extra = [], {}
+    cpu = d["providers"][0] == "CPUExecutionProvider"
+    per_core = (" The int8 row \"1 thread per core\" runs a one-thread call on each core side "
+                "by side, as the classifier's CPU path does.")
     for bs, v in d["results"].items():
         o, t = v["onnxruntime"], v["torch_eager"]
         rows.append([bs, f"{o['p50_ms']:.1f}", f"{o['p95_ms']:.1f}", f"{o['img_per_s']:,.0f}",
@@ -65,10 +68,9 @@ def _inference(d, title="## 3. Inference (`python -m benchmarks inference`)"):
                 extra.setdefault(name, {})[bs] = m
     out = [title, "",
            f"The shipped model (version {d.get('model_version', '?')}) on random inputs: ONNX "
-           f"Runtime ({', '.join(d['providers'])}, float32; on the CPU one call on every "
-           f"core) against PyTorch eager on {d['device']} running the same weights "
-           f"(`models/default.pt`). The int8 row \"1 thread per core\" runs one one-thread "
-           f"call on each core side by side, as the classifier's CPU path does.", ""] + \
+           f"Runtime ({', '.join(d['providers'])}, float32{', one call on every core' if cpu else ''}) "
+           f"against PyTorch eager on {d['device']} running the same weights "
+           f"(`models/default.pt`).{per_core if cpu else ''}", ""] + \
         _table(["batch", "ORT p50 ms", "ORT p95 ms", "ORT img/s", "torch p50 ms",
                 "torch p95 ms", "torch img/s", "ORT / torch"], rows) + [""]
     if extra:

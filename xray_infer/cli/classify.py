@@ -407,7 +407,8 @@ def add_parser(subparsers):
                         "reduced size (faster; see docs/benchmarks.md for its parity); full: "
                         "every image at full size")
     c.add_argument("--workers", type=int,
-                   help="decode/preprocess threads (default: CPUs); with --engine ray, the "
+                   help="worker threads (default: CPUs; on the CPU each decodes and scores "
+                        "batches of its own); with --engine ray, the "
                         "number of Ray workers (default: one per GPU share, else per CPU)")
     c.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: in this process; ray: on Ray Data workers, this machine's or "
