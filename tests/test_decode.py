@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
+from xray_infer import decode
 from xray_infer.decode import MAX_PIXELS, decode_bytes, jpeg_complete, read_image
 from xray_infer.errors import DecodeError
 
@@ -77,6 +78,19 @@ def test_unreadable_file(tmp_path):
     p.chmod(0)
     with pytest.raises(DecodeError, match="permission"):
         read_image(p)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux's /proc")
+def test_a_file_holding_more_than_its_size_is_read_on_up_to_the_limit(monkeypatch):
+    """A file is read as the size it reports plus one byte; one that holds more (it grew since
+    the check, or reports 0 as /proc's files do) is read on, bounded by MAX_FILE_BYTES."""
+    status = "/proc/self/status"
+    assert os.stat(status).st_size == 0 and len(open(status, "rb").read()) > 100
+    with pytest.raises(DecodeError, match="unrecognised format"):
+        read_image(status)
+    monkeypatch.setattr(decode, "MAX_FILE_BYTES", 100)  # more than the 1 byte its size allows
+    with pytest.raises(DecodeError, match="over the limit of 100"):
+        read_image(status)
 
 
 def test_pixel_limit_is_checked_before_decoding():

@@ -246,8 +246,9 @@ class Classifier:
         """Start scoring a chunk; returns a function that yields its Results.
 
         On the CPU a worker takes the whole chunk: it decodes, preprocesses and scores it itself,
-        with one ONNX Runtime thread, so every core does every kind of work and none waits on a
-        hand-off between decoding and inference threads (docs/benchmarks.md). With another
+        with one ONNX Runtime thread, so a batch stays on one core and in its cache and no
+        call's threads wait on each other; one call on all cores, fed by decoding threads, was
+        11% slower end to end on two cores (docs/benchmarks.md). With another
         provider the workers share the decoding of each upcoming chunk while it scores the
         current one.
         Results (with their scan-sized heatmaps) are built only as they are taken."""
