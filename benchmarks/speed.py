@@ -202,6 +202,9 @@ E2E_PATHS = (("float32, full-size decoding", "float32", "full"),
              ("default (auto precision, reduced decoding)", "auto", "reduced"))
 
 
+HANDOFF = "default, 2.1.0 pipeline (decoding threads hand batches to ONNX Runtime on all cores)"
+
+
 def _handoff(clf, spin):
     """``clf`` scoring as the library's CPU path did in 2.1.0: worker threads decode and
     preprocess batches of 32, and one thread runs each batch through ONNX Runtime on all
@@ -227,8 +230,7 @@ def e2e(args):
             if precision != "int8" or variant_path(args.model or DEFAULT_MODEL, "int8").exists()}
     default = clfs[E2E_PATHS[-1][0]]
     if default.providers[0] == "CPUExecutionProvider":
-        for name, spin in (("default, 2.1.0 pipeline (decoding threads hand batches to ONNX "
-                            "Runtime on all cores)", False),
+        for name, spin in ((HANDOFF, False),
                            ("same, ONNX Runtime threads spin-waiting (2.0.0)", True)):
             clfs[name] = _handoff(Classifier(args.model, providers=args.providers), spin)
     if args.baseline_model:
@@ -287,7 +289,9 @@ def e2e(args):
     results["speedup_vs_naive"] = paths_out[E2E_PATHS[-1][0]]["scans_per_s"] / results["naive_loop"]
     # Single-scan latency: one classify([path]) at a time, as the DICOM node calls it.
     latency = {}
-    for name in (E2E_PATHS[0][0], E2E_PATHS[-1][0]):
+    for name in (E2E_PATHS[0][0], E2E_PATHS[-1][0], HANDOFF):
+        if name not in clfs:
+            continue
         clf = clfs[name]
         one = [timeit(lambda p=p: clf.classify([p]), repeat=1, warmup=0)[0]
                for p in scans[:max(20, min(len(scans), 10 * args.repeat))]]
