@@ -1,6 +1,7 @@
 """The xray-infer command line, end to end on real files (a subprocess per run)."""
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -247,8 +248,11 @@ def test_info():
     info = json.loads(p.stdout)
     assert info["spec"]["class_names"] == ["normal", "bacterial", "viral"]
     assert "CPUExecutionProvider" in info["available_providers"]
+    assert info["pipeline"] == {"workers": os.cpu_count(), "batch_size": 8, "threads_per_call": 1}
     p = run("info")
     assert p.returncode == 0 and "test metrics" in p.stdout
+    assert f"on the CPU {os.cpu_count()} worker thread(s), each decoding and scoring batches of 8 " \
+           f"with 1 ONNX Runtime thread(s) per call" in p.stdout
 
 
 @pytest.mark.parametrize("text,reason", [("localhost", "not HOST:PORT"), ("h:0", "port must be"),

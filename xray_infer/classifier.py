@@ -133,8 +133,9 @@ class Classifier:
         # On the CPU the workers run inference calls side by side, one thread each (see
         # _submit); threads that ONNX Runtime added would only wait on each other, and by
         # default they spin-wait between runs, which cost 16% end to end (docs/benchmarks.md).
+        self.threads = threads or (1 if on_cpu else None)  # None: ONNX Runtime's choice
         self.session, self.spec = load_model(
-            self.model_path, providers=requested, threads=threads or (1 if on_cpu else None),
+            self.model_path, providers=requested, threads=self.threads,
             precision=self.variant.precision, spin=not on_cpu)
         self.providers = self.session.get_providers()
         self._on_cpu = self.providers[0] == "CPUExecutionProvider"

@@ -29,6 +29,8 @@ def cmd_info(args):
                                          + f" size while both sides stay >= {JPEG_MIN_RATIO}x "
                                            f"the model's input",
                                  "parity": clf.spec.metrics.get("reduced_decoding")},
+            "pipeline": {"workers": clf.workers, "batch_size": clf.batch_size,
+                         "threads_per_call": clf.threads},
             "onnxruntime": ort.__version__, "available_providers": ort.get_available_providers(),
             "kernel": {"module": _preprocess.__file__, "openmp": _preprocess.OPENMP}}
     if args.json:
@@ -72,6 +74,9 @@ def cmd_info(args):
               f"fitted on {s.scope['fitted_on']})")
     else:
         print("scope gate     none (classify with --scope off)")
+    print(f"pipeline       on the CPU {clf.workers} worker thread(s), each decoding and scoring "
+          f"batches of {clf.batch_size} with {clf.threads} ONNX Runtime thread(s) per call "
+          f"(classify: --workers, --batch-size, --threads)")
     print(f"onnxruntime    {info['onnxruntime']}; providers: "
           f"{', '.join(info['available_providers'])}")
     print(f"kernel         {'OpenMP' if _preprocess.OPENMP else 'serial'} build, "
