@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.dataset import DATA_ROOT
+from trainer.dataset import DATA_ROOT, fullres_scans
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Where the scans are read from: ``trainer.dataset.DATA_ROOT`` unless ``--data`` says otherwise.
@@ -84,7 +84,7 @@ def save(path, name, payload):
 
 
 def fullres_paths(limit=0):
-    paths = sorted(str(p) for p in (DATA / "fullres").glob("*/*.jpeg"))
+    paths = fullres_scans(DATA / "fullres")
     if not paths:
         raise SystemExit(f"no full-resolution scans under {DATA / 'fullres'} (set --data)")
     return paths[:limit] if limit else paths

@@ -58,7 +58,7 @@ def parity(args):
     from xray_infer.model import variant_path
     variants = [p for p in ("float32", "int8") if variant_path(clf.model_path, p).exists()]
     decoding = {p: decoding_parity(full, args.model, precision=p) for p in variants}
-    table = {k: v for k, v in res.items()}
+    table = dict(res)
     for p, r in decoding.items():
         table[f"reduced vs full decoding, {p}: label agreement (n={r['n']})"] = r["agreement"]
         table[f"reduced vs full decoding, {p}: scope decisions agree"] = r["scope_agreement"]

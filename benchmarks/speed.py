@@ -208,8 +208,8 @@ HANDOFF = "default, 2.1.0 pipeline (decoding threads hand batches to ONNX Runtim
 def _handoff(clf, spin):
     """``clf`` scoring as the library's CPU path did in 2.1.0: worker threads decode and
     preprocess batches of 32, and one thread runs each batch through ONNX Runtime on all
-    cores, its threads spinning between runs (``spin``) or sleeping. The pipeline rows: since,
-    each worker scores batches of its own, one ONNX Runtime thread per call."""
+    cores, its threads spinning between runs (``spin``) or sleeping. Since then each worker
+    scores batches of its own, one ONNX Runtime thread per call."""
     clf.session = load_model(clf.model_path, providers=clf.providers, spin=spin,
                              threads=os.cpu_count(), precision=clf.variant.precision)[0]
     clf._on_cpu, clf.batch_size = False, DEFAULT_BATCH_SIZE  # the hand-off path

@@ -53,16 +53,18 @@ def cluster_without_the_package():
                             cwd=root, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        # Up once the cluster reports the node's CPUs: the raylet registers after the GCS
+        # listens, so an open port alone is not enough.
         deadline = time.monotonic() + 90
         while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            status = subprocess.run([python, "-m", "ray.scripts.scripts", "status", "--address",
+                                     f"127.0.0.1:{port}"], capture_output=True, text=True,
+                                    cwd=root, env=env, timeout=60)
+            if "/2.0 CPU" in status.stdout:
                 break
-            except OSError:
-                assert head.poll() is None, "ray start exited"
-                assert time.monotonic() < deadline, "the head node did not come up"
-                time.sleep(0.5)
-        time.sleep(2)  # the raylet registers after the GCS listens
+            assert head.poll() is None, "ray start exited"
+            assert time.monotonic() < deadline, "the head node did not come up"
+            time.sleep(0.5)
         yield f"127.0.0.1:{port}", root, env
     finally:
         _kill_group(head, signal.SIGTERM)  # the head and everything it started

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .arrays import load_arrays
-from .dataset import DATA_ROOT, VAL_SPLITS, load_splits
+from .dataset import DATA_ROOT, VAL_SPLITS, fullres_scans, load_splits
 from .train import RunConfig, train_run
 
 
@@ -125,7 +125,7 @@ def _print_int8(parity):
 
 def cmd_decoding(a):
     from .decoding import MIN_AGREEMENT, record_parity
-    paths = sorted(str(p) for p in Path(a.scans).glob("**/*.jp*g"))
+    paths = fullres_scans(a.scans)
     if not paths:
         sys.exit(f"python -m trainer decoding: no JPEG scans under {a.scans}")
     for precision, r in record_parity(a.model, paths).items():

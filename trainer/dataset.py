@@ -32,6 +32,12 @@ class Record:
         return CLASS_NAMES[self.label]
 
 
+def fullres_scans(folder):
+    """The full-resolution JPEG scans under ``folder`` (the dataset's ``fullres/``, its class
+    folders, or any folder of JPEGs), sorted."""
+    return sorted(str(p) for p in Path(folder).glob("**/*.jp*g"))
+
+
 def parse_name(folder, name):
     """(label, patient) for a file ``name`` inside class folder ``folder`` (NORMAL/PNEUMONIA);
     the naming scheme is ``xray_infer.groundtruth``'s."""

@@ -20,7 +20,7 @@ from xray_infer.model import load_model, sidecar_path, variant_path, write_sidec
 from xray_infer.spec import CLASS_NAMES, ModelSpec
 
 from . import scope
-from .dataset import VAL_SPLITS
+from .dataset import VAL_SPLITS, fullres_scans
 from .metrics import softmax, summarize
 from .model import build
 
@@ -292,7 +292,7 @@ def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, int8=True
     if int8:
         from .quantize import export_int8
         int8 = export_int8(out, data)
-    scans = sorted(str(p) for p in (Path(data_root) / "fullres").glob("*/*.jpeg"))
+    scans = fullres_scans(Path(data_root) / "fullres")
     if scans and not limit:
         from .decoding import record_parity
         record_parity(out, scans)

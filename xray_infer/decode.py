@@ -64,14 +64,14 @@ def sniff_format(data):
 
 
 def _declared_size(data):
-    """(width, height) from a PNG, BMP or JPEG header, or None where none is found."""
+    """(width, height) from a PNG or BMP header, or None where none is found (a JPEG's is in
+    its ``jpeg_frame``)."""
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
         return struct.unpack(">II", data[16:24])
     if data[:2] == b"BM" and len(data) >= 26:
         width, height = struct.unpack("<ii", data[18:26])
         return abs(width), abs(height)
-    frame = jpeg_frame(data)
-    return frame[:2] if frame else None
+    return None
 
 
 def jpeg_frame(data):
@@ -156,8 +156,8 @@ def _jpeg_flags(frame, target):
     ``jpeg_frame`` whose pixels will be resized to ``target`` (``preprocess.jpeg_scale``). Only
     8-bit grey or YCbCr frames of the baseline, extended and progressive processes are scaled:
     libjpeg converts those to luminance itself (the same BT.601 weights as ``_to_gray``)."""
-    if not target or frame is None or frame[2] != 8 or frame[3] not in (1, 3) or frame[4] not in (0xC0, 0xC1,
-                                                                                    0xC2):
+    if (not target or frame is None or frame[2] != 8 or frame[3] not in (1, 3)
+            or frame[4] not in (0xC0, 0xC1, 0xC2)):
         return _FLAGS, 1
     d = jpeg_scale(frame[0], frame[1], target)
     return (_REDUCED[d], d) if d > 1 else (_FLAGS, 1)
