@@ -9,6 +9,7 @@ the rows back in input order and checks that every input came back exactly once.
     >>> from xray_infer.distributed import classify_dataset
     >>> classify_dataset(["s3://bucket/scans/"], output="results.parquet", gpus_per_worker=1)
 """
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 
@@ -64,11 +65,14 @@ def connect(address=None, **init_args):
     ray.init(address=address, configure_logging=False, log_to_driver=False, **init_args)
 
 
+#: The terminal colour codes Ray puts in its messages and log lines.
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def failure_reason(error):
     """One line saying why a Ray job failed, for a person. Ray wraps a worker's exception in
     its own, each carrying tracebacks in its message; this takes the chain's first message
     line, or, where a worker could not import this package, says what to install there."""
-    import re
     chain, seen = [], set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -76,7 +80,7 @@ def failure_reason(error):
         inner = getattr(error, "cause", None)
         error = inner if isinstance(inner, BaseException) else error.__cause__
     # each exception's message lines, without the colour codes Ray puts in them
-    lines = [(e, [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).splitlines()
+    lines = [(e, [COLOUR.sub("", line).strip() for line in str(e).splitlines()
                   if line.strip()]) for e in chain]
     missing = next((line for _, text in lines for line in text
                     if line.startswith(("ModuleNotFoundError", "ImportError"))

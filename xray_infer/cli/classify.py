@@ -127,13 +127,14 @@ class RayLines:
     CORE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\]")
 
     def __init__(self, forward=None):
-        self.pending, self.forward = "", forward
+        from ..distributed import COLOUR  # the Ray engine only: Ray is installed
+        self.pending, self.forward, self.colour = "", forward, COLOUR
 
     def write(self, text):
         self.pending += text
         *lines, self.pending = self.pending.split("\n")
         for line in lines:
-            clean = re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip()
+            clean = self.colour.sub("", line).rstrip()
             if self.forward is not None and not self.CORE.match(clean):
                 self.forward.write(line + "\n")  # not Ray's: through to the terminal
                 self.forward.flush()
