@@ -348,8 +348,11 @@ def cmd_classify(args):
     except Exception as e:
         if args.engine != "ray":
             raise
-        from ..distributed import failure_reason
+        from ..distributed import COLOUR, failure_reason
         progress.close()  # a read that failed for good, a lost worker node, a lost row
+        # The whole account (workers' tracebacks included) into the log: what Ray prints of it
+        # on its own may still be in transit when the process exits.
+        log.error("the Ray job failed: %s", COLOUR.sub("", str(e)))
         return fail(f"the Ray job failed after {progress.done} of {len(files)} inputs: "
                     f"{failure_reason(e)}; rows written so far are complete (rerun with "
                     f"--resume)", EXIT_JOB_FAILED)
