@@ -283,9 +283,8 @@ def test_parquet_and_uri_outputs(folder, tmp_path):
     assert again.returncode == 2 and "exists" in again.stderr
     p = run("classify", folder, "-q", "-o", f"file://{tmp_path}/r.jsonl")
     assert p.returncode == 0 and len((tmp_path / "r.jsonl").read_text().splitlines()) == 4
-    for target in (uri, tmp_path / "x.parquet"):  # neither can be appended to
-        bad = run("classify", folder, "-q", "--resume", "-o", target)
-        assert bad.returncode == 2 and "--resume appends to a local" in bad.stderr, bad.stderr
+    bad = run("classify", folder, "-q", "--resume", "-o", uri)  # an object is written whole
+    assert bad.returncode == 2 and "--resume works on a local" in bad.stderr, bad.stderr
 
 
 def test_empty_sources_are_a_usage_error(tmp_path):

@@ -44,7 +44,7 @@ def _same(got, want):
 def test_fullres_scans_and_corrupt_files_equal_the_in_process_engine(data, tmp_path):
     sources = [str(data / "fullres"), str(_bad_files(tmp_path / "bad"))]
     got = distributed.classify_dataset(sources, recursive=True)
-    inputs, _ = collect_inputs(sources, recursive=True)
+    inputs = collect_inputs(sources, recursive=True).files
     want = Classifier(providers=["CPUExecutionProvider"]).classify(inputs)
     assert len(got) == len(inputs) == 240 + 6
     _same(got, want)
@@ -94,7 +94,7 @@ def test_a_killed_worker_is_replaced_and_every_input_appears_once(data, tmp_path
     links.mkdir()
     for i in range(3000):
         (links / f"{i:05d}.jpeg").symlink_to(scans[i % len(scans)])
-    inputs, _ = collect_inputs([links])
+    inputs = collect_inputs([links]).files
     rows, killed = [], None
     for r in distributed.iter_results(inputs):
         rows.append(r)

@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import bitdepth
 from .decode import Decoded, decode_bytes, read_image
 from .errors import InputError
 from .preprocess import check_radiograph, preprocess_into
@@ -34,33 +35,37 @@ def source_name(item, index):
     return f"<array {index}>"
 
 
-def decode_input(item, source, target=None):
+def decode_input(item, source, target=None, max_value=None):
     """A ``Decoded`` scan for a path, encoded bytes, a 2-D array or a ``Decoded``; ``target``
-    as in ``read_image``."""
+    and ``max_value`` as in ``read_image`` (a uint16 array declares no range: it gets the same
+    rule as a 16-bit file that declares none)."""
     if isinstance(item, Decoded):
         return item
     if isinstance(item, Encoded):
-        return decode_bytes(bytes(item.data), item.name, target)
+        return decode_bytes(bytes(item.data), item.name, target, max_value)
     if isinstance(item, (str, os.PathLike)):
-        return read_image(item, target)
+        return read_image(item, target, max_value)
     if isinstance(item, ENCODED):
-        return decode_bytes(bytes(item), source, target)
+        return decode_bytes(bytes(item), source, target, max_value)
     if isinstance(item, np.ndarray):
+        if item.dtype == np.uint16 and item.size:
+            return Decoded(item, bitdepth.maxval(item, None, max_value, source))
         return Decoded(item, None)
     raise InputError(source, f"unsupported input type {type(item).__name__} (expected a path, "
                              f"bytes, Encoded, a 2-D array or Decoded)")
 
 
-def prepare_input(item, out, spec, source, gate=None, reduced=True):
+def prepare_input(item, out, spec, source, gate=None, reduced=True, max_value=None):
     """Decode, check and preprocess one input into ``out``; ``reduced``: a large JPEG may be
-    decoded at a reduced size (``preprocess.jpeg_scale``), else always at full size.
+    decoded at a reduced size (``preprocess.jpeg_scale``), else always at full size;
+    ``max_value``: the maximum of 16-bit inputs that declare none (``xray_infer.bitdepth``).
 
     Returns ``(error, shape)``: ``(None, (height, width))`` of the scan, or ``(InputError,
     None)``, an ``OutOfScope`` where ``gate`` (a ``scope.Gate``) refused its DICOM metadata.
     Never raises for a bad input: one bad scan must not sink a batch.
     """
     try:
-        decoded = decode_input(item, source, spec.input_size if reduced else None)
+        decoded = decode_input(item, source, spec.input_size if reduced else None, max_value)
         if gate is not None:  # the header first: cheapest, and it names what is wrong
             gate.check_metadata(decoded.attributes, source)
         check_radiograph(decoded.pixels, source, decoded.shape)
@@ -75,22 +80,23 @@ def prepare_input(item, out, spec, source, gate=None, reduced=True):
         return InputError(source, f"{type(e).__name__}: {e}"), None
 
 
-def preprocess_batch(items, spec, *, executor=None, start=0, gate=None, reduced=True):
+def preprocess_batch(items, spec, *, executor=None, start=0, gate=None, reduced=True,
+                     max_value=None):
     """Preprocess ``items`` into a new float32 ``(N, 1, S, S)`` batch for ``spec``.
 
     Returns ``(batch, errors, shapes)``: ``errors[i]`` is None, or the InputError for item ``i``
     (its slot in ``batch`` is then undefined; an OutOfScope where ``gate`` refused it);
     ``shapes[i]`` is the scan's ``(height, width)`` before resizing (None for a failed item).
     ``executor`` spreads the items over its threads (the kernel releases the GIL); ``start`` is
-    the index of ``items[0]`` in a longer input, for the ``<array i>`` names; ``reduced`` as in
-    ``prepare_input``.
+    the index of ``items[0]`` in a longer input, for the ``<array i>`` names; ``reduced`` and
+    ``max_value`` as in ``prepare_input``.
     """
     size = spec.input_size
     batch = np.empty((len(items), 1, size, size), np.float32)
 
     def one(i):
         return prepare_input(items[i], batch[i, 0], spec, source_name(items[i], start + i),
-                             gate, reduced)
+                             gate, reduced, max_value)
 
     run = executor.map if executor is not None else map
     done = list(run(one, range(len(items))))

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .batch import SINGLE_INPUT, preprocess_batch, source_name
+from .bitdepth import check_max_value
 from .errors import ModelError, OutOfScope
 from .heatmap import upsample
 from .model import DEFAULT_MODEL, choose_variant, load_model
@@ -105,6 +106,11 @@ class Classifier:
         ``"reduced"`` (the default): a JPEG much larger than the model's input is decoded at
         a reduced size (``preprocess.jpeg_scale``; measured against full-size decoding in
         ``docs/benchmarks.md``); ``"full"``: every image at its full size.
+    max_value : float, optional
+        The maximum of 16-bit inputs (PNG, TIFF, uint16 arrays) that declare no range of their
+        own, e.g. 4095 for 12-bit values; without it the range is inferred as DICOM's
+        BitsStored would (``xray_infer.bitdepth``, docs/inputs.md). 8-bit images and DICOM are
+        not affected.
     scope : bool or str
         On (the default): inputs the model was not made for get no label (``status``
         ``"out_of_scope"``): DICOM whose Modality, BodyPartExamined, ViewPosition or patient age
@@ -118,8 +124,9 @@ class Classifier:
 
     def __init__(self, model=None, *, providers=None, batch_size=None, threads=None,
                  workers=None, heatmaps=False, precision="auto", scope=True, ages=None,
-                 decode="reduced"):
+                 decode="reduced", max_value=None):
         _check_count("batch_size", batch_size, optional=True)
+        self.max_value = None if max_value is None else check_max_value(max_value)
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         self.decode = decode
@@ -203,7 +210,7 @@ class Classifier:
     def _prepare(self, start, chunk, executor=None):
         """(batch, errors, shapes) of ``preprocess_batch`` for a chunk of inputs."""
         return preprocess_batch(chunk, self.spec, executor=executor, start=start, gate=self.gate,
-                                reduced=self.decode == "reduced")
+                                reduced=self.decode == "reduced", max_value=self.max_value)
 
     def _infer(self, prepared, rows):
         """(errors, shapes, indices of the good inputs, ``_run``'s outputs for them)."""
@@ -299,7 +306,7 @@ class Classifier:
 
 def classify(paths, *, model=None, batch_size=None, providers=None, threads=None,
              workers=None, heatmaps=False, precision="auto", scope=True, ages=None,
-             decode="reduced"):
+             decode="reduced", max_value=None):
     """Classify images in one call; see ``Classifier`` for the parameters.
 
     Returns a list of ``Result`` in input order: a bad input gets ``error`` set and the rest are
@@ -307,5 +314,5 @@ def classify(paths, *, model=None, batch_size=None, providers=None, threads=None
     """
     clf = Classifier(model, providers=providers, batch_size=batch_size, threads=threads,
                      workers=workers, heatmaps=heatmaps, precision=precision, scope=scope,
-                     ages=ages, decode=decode)
+                     ages=ages, decode=decode, max_value=max_value)
     return clf.classify(paths)

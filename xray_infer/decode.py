@@ -20,8 +20,10 @@ os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from . import dicom
+from . import bitdepth, dicom
+from .formats import dicom_kind, sniff_format
 from .errors import DecodeError
+from .inputs import DICOM_EXTENSIONS
 from .preprocess import jpeg_scale
 
 #: Largest file read.
@@ -44,23 +46,6 @@ class Decoded(NamedTuple):
     def shape(self):
         """The scan's own (height, width), whatever size it was decoded at."""
         return self.size or self.pixels.shape
-
-
-def sniff_format(data):
-    """'jpeg', 'png', 'tiff' or 'bmp' from the leading bytes, else None.
-
-    Only these formats reach OpenCV: radiographs are not exported in its other ones, and some of
-    those (Radiance HDR, PFM, ...) decode to float images of up to 12 bytes a pixel.
-    """
-    if data[:2] == b"\xff\xd8":
-        return "jpeg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if data[:2] == b"BM":
-        return "bmp"
-    return None
 
 
 def _declared_size(data):
@@ -163,18 +148,21 @@ def _jpeg_flags(frame, target):
     return (_REDUCED[d], d) if d > 1 else (_FLAGS, 1)
 
 
-def decode_bytes(data, source="<bytes>", target=None):
+def decode_bytes(data, source="<bytes>", target=None, max_value=None):
     """Decode an encoded image held in memory, named ``source`` in errors. See ``read_image``:
     the same checks and the same errors, whether the bytes came from a file here or not."""
     if len(data) == 0:
         raise DecodeError(source, "empty file (0 bytes)")
     if len(data) > MAX_FILE_BYTES:
         raise _too_large(source, len(data))
-    if dicom.is_dicom(data, source):
-        return Decoded(*dicom.decode_dicom(data, source, MAX_PIXELS))
+    kind = dicom_kind(data)
+    if kind:
+        return Decoded(*dicom.decode_dicom(data, source, MAX_PIXELS, bare=kind == "bare"))
     if sniff_format(data) is None:
-        raise DecodeError(source, "not a decodable image (unrecognised format; JPEG, PNG, "
-                                  "TIFF, BMP and DICOM are read)")
+        named = " (named as DICOM, but it holds no DICOM data set)" if \
+            str(source).lower().endswith(DICOM_EXTENSIONS) else ""
+        raise DecodeError(source, f"not a decodable image{named}: unrecognised format; JPEG, "
+                                  f"PNG, TIFF, BMP and DICOM are read, whatever the file's name")
     frame = jpeg_frame(data)  # the JPEG frame header, read once for the checks and the scale
     size = frame[:2] if frame else _declared_size(data)
     if size is not None:
@@ -202,7 +190,8 @@ def decode_bytes(data, source="<bytes>", target=None):
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise DecodeError(source, f"{img.shape[1]}x{img.shape[0]} pixels is over the limit "
                                   f"of {MAX_PIXELS:,}")
-    maxval = 255.0 if img.dtype == np.uint8 else 65535.0
+    maxval = 255.0 if img.dtype == np.uint8 else \
+        bitdepth.maxval(img, bitdepth.declared(data), max_value, source)
     if scale == 1:
         return Decoded(np.ascontiguousarray(img), maxval)
     # The scan's own size, in the decoded orientation (an EXIF rotation may swap the sides).
@@ -257,14 +246,15 @@ def check_file(path):
         raise _read_error(path, e) from None
 
 
-def read_image(path, target=None):
+def read_image(path, target=None, max_value=None):
     """Read ``path`` into a ``Decoded`` 2-D grayscale scan; ``target``: the side of the square
     its pixels will be resized to, which lets a large JPEG decode at a reduced size
     (``preprocess.jpeg_scale``; ``Decoded.shape`` is still the scan's own).
 
     Colour is converted to luminance (ITU-R BT.601 weights, as OpenCV defines them); 8-bit
-    data keeps maxval 255 and 16-bit data maxval 65535. DICOM files (``DICM`` magic or a
-    ``.dcm`` name) go through ``xray_infer.dicom`` and come back as float32 in [0, 1].
+    data keeps maxval 255; 16-bit data gets the maximum its header declares, else
+    ``max_value``, else the one inferred as DICOM's BitsStored would (``xray_infer.bitdepth``).
+    DICOM files (recognised by content, ``formats.dicom_kind``, whatever their name) go through ``xray_infer.dicom`` and come back as float32 in [0, 1].
 
     Raises
     ------
@@ -284,4 +274,4 @@ def read_image(path, target=None):
                 data += f.read(MAX_FILE_BYTES + 1 - len(data))
     except OSError as e:
         raise _read_error(path, e) from None
-    return decode_bytes(data, path, target)
+    return decode_bytes(data, path, target, max_value)

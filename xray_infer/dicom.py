@@ -12,7 +12,7 @@ import io
 import numpy as np
 
 from .errors import DecodeError
-from .inputs import DICOM_EXTENSIONS
+from .formats import dicom_kind
 
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 #: Colour images (scanned films, secondary captures) are converted to luminance; pydicom
@@ -20,19 +20,24 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 
 
-def is_dicom(data, path=""):
-    return data[128:132] == b"DICM" or str(path).lower().endswith(DICOM_EXTENSIONS)
+def is_dicom(data):
+    """Whether a file's leading bytes are DICOM's (with or without the preamble)."""
+    return dicom_kind(data) is not None
 
 
-def decode_dicom(data, source, max_pixels):
-    """(pixels float32 in [0, 1], maxval 1.0, the scope gate's attributes)."""
+def decode_dicom(data, source, max_pixels, bare=False):
+    """(pixels float32 in [0, 1], maxval 1.0, the scope gate's attributes); ``bare``: a data
+    set without the preamble and marker (``formats.dicom_kind``), which pydicom reads only when
+    told to."""
     try:
         import pydicom
     except ImportError:
         raise DecodeError(source, "DICOM file, but pydicom is not installed: "
                                   "pip install 'xray-infer[dicom]'") from None
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data), force=bare)
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+            _declare_encoding(ds)
     except Exception as e:  # pydicom raises several types for malformed files
         raise DecodeError(source, f"unreadable DICOM: {e}") from None
     try:
@@ -44,6 +49,18 @@ def decode_dicom(data, source, max_pixels):
         # representation it does not know (NotImplementedError) surfaces here, not in dcmread.
         raise DecodeError(source, f"malformed DICOM header value ({type(e).__name__}: "
                                   f"{e})") from None
+
+
+def _declare_encoding(ds):
+    """A data set read without file meta (no preamble) gets the uncompressed transfer syntax
+    it was read in, so that its pixel data can be decoded."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    implicit, little = ds.original_encoding
+    meta = ds.get("file_meta") or FileMetaDataset()
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else \
+        ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    ds.file_meta = meta
 
 
 def _attributes(ds):

@@ -150,10 +150,12 @@ class ClassifyBatch:
     """
 
     def __init__(self, model=None, *, providers=None, batch_size=None, threads=None,
-                 precision="auto", scheme=None, scope=True, ages=None, decode="reduced"):
+                 precision="auto", scheme=None, scope=True, ages=None, decode="reduced",
+                 max_value=None):
         # ``threads``: the actor's CPUs, one worker thread each (Classifier's ``workers``)
         self.clf = Classifier(model, providers=providers, batch_size=batch_size, workers=threads,
-                              precision=precision, scope=scope, ages=ages, decode=decode)
+                              precision=precision, scope=scope, ages=ages, decode=decode,
+                              max_value=max_value)
         self.prefix = f"{scheme}://" if scheme else ""
         self.schema = arrow_schema(self.clf.class_names)
 
@@ -166,7 +168,7 @@ class ClassifyBatch:
 
 def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
                   cpus_per_worker=None, batch_size=None, precision="auto",
-                  providers=None, scope=True, ages=None, decode="reduced"):
+                  providers=None, scope=True, ages=None, decode="reduced", max_value=None):
     """The Ray Dataset of result rows for ``inputs`` (files or URIs of one filesystem, already
     expanded), in input order. For pipelines of your own, e.g. ``.write_parquet("s3://...")``
     spread over the workers. Needs a connected Ray (``connect``)."""
@@ -189,7 +191,8 @@ def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
         num_gpus=gpus_per_worker or None,
         fn_constructor_kwargs=dict(model=model, providers=providers, batch_size=batch_size,
                                    threads=max(1, round(cpus)), precision=precision,
-                                   scheme=scheme, scope=scope, ages=ages, decode=decode))
+                                   scheme=scheme, scope=scope, ages=ages, decode=decode,
+                                   max_value=max_value))
 
 
 def _screen(inputs):
@@ -244,9 +247,9 @@ def classify_dataset(sources, *, output=None, format=None, recursive=False, addr
     returns ``(classified, failed)``. Options as ``build_dataset``; ``address`` as ``connect``.
     An empty input or a source that does not exist is a UsageError before any work starts.
     """
-    inputs, _ = collect_inputs(sources, recursive)
+    inputs = collect_inputs(sources, recursive).files
     if not inputs:
-        raise UsageError("no inputs: the sources hold no files with an image extension")
+        raise UsageError("no inputs: the sources hold no images or DICOM files")
     results = iter_results(inputs, address=address, **options)
     if output is None:
         return list(results)

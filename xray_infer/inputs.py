@@ -5,13 +5,15 @@ Both engines (in-process and Ray) start from this list, so they score the same i
 the same names.
 """
 import os
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from .errors import UsageError
+from .formats import HEAD_BYTES, recognise
 
-#: Names that say a file is DICOM (it may also say so by its ``DICM`` marker alone).
+#: Names that say a file is DICOM (it is read as what its content is, whatever its name).
 DICOM_EXTENSIONS = (".dcm", ".dicom")
-#: File extensions collected when scanning folders (matched case-insensitively).
+#: File extensions collected when scanning folders whatever their content (matched
+#: case-insensitively); other files are collected when their content is an image or DICOM.
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", *DICOM_EXTENSIONS)
 
 
@@ -31,13 +33,64 @@ def _has_image_extension(name):
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _expand_local(p, recursive):
-    if os.path.isdir(p):
-        walker = Path(p).rglob("*") if recursive else Path(p).iterdir()
-        return sorted(str(f) for f in walker if _has_image_extension(f.name))
-    if os.path.lexists(p):
-        return [p]
-    raise UsageError(f"{p}: no such file or directory")
+@dataclass
+class Inputs:
+    """A run's inputs: ``files`` in order, how many ``repeats`` were dropped, the folder
+    entries ``skipped`` as ``(path, reason)``, and how many ``subfolders`` were not descended
+    into (without ``recursive``)."""
+    files: list = field(default_factory=list)
+    repeats: int = 0
+    skipped: list = field(default_factory=list)
+    subfolders: int = 0
+
+
+def _head(path):
+    """A file's first bytes (``formats.HEAD_BYTES``), or None where it cannot be read; opened
+    without blocking, so a named pipe cannot hang the listing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, HEAD_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _walk(folder, recursive, found):
+    """Fill ``found`` (an Inputs) with the images and DICOM files of ``folder``, by name or,
+    for files without an image extension, by content."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        found.skipped.append((folder, f"folder cannot be listed: {e.strerror or e}"))
+        return
+    for entry in entries:
+        try:
+            is_dir = entry.is_dir()
+            is_link = entry.is_symlink()
+        except OSError:
+            is_dir = is_link = False
+        if is_dir and _has_image_extension(entry.name):
+            found.files.append(entry.path)  # a folder named like an image: an error row
+        if is_dir:
+            if not recursive:
+                found.subfolders += 1
+            elif is_link:
+                found.skipped.append((entry.path, "a symbolic link to a folder: not followed "
+                                                  "(name it on the command line to score it)"))
+            else:
+                _walk(entry.path, recursive, found)
+        elif _has_image_extension(entry.name):
+            found.files.append(entry.path)  # by name: one that is no image gets an error row
+        elif not entry.is_file():
+            found.skipped.append((entry.path, "not a regular file"))
+        elif recognise(_head(entry.path) or b""):
+            found.files.append(entry.path)
+        else:
+            found.skipped.append((entry.path, "not an image or DICOM file (by its content)"))
 
 
 def _expand_uri(uri, recursive):
@@ -59,46 +112,37 @@ def _expand_uri(uri, recursive):
     return [f"{scheme}://{p}" for p in paths]
 
 
-def dicom_files(sources, recursive=False):
-    """Files in the folders among ``sources`` that have no image extension but start as DICOM
-    files do (128 bytes, then ``DICM``): archives often name instances by their UID alone."""
-    found = []
-    for source in map(os.fspath, sources):
-        if is_uri(source) or not os.path.isdir(source):
-            continue
-        walker = Path(source).rglob("*") if recursive else Path(source).iterdir()
-        for f in sorted(walker):
-            if _has_image_extension(f.name) or not f.is_file():
-                continue
-            try:
-                with open(f, "rb") as fh:
-                    if fh.read(132)[128:] == b"DICM":
-                        found.append(str(f))
-            except OSError:
-                pass
-    return found
-
-
 def collect_inputs(sources, recursive=False):
-    """Expand files, folders and URIs into a list of inputs (folders: sorted, by extension).
+    """Expand files, folders and URIs into the run's ``Inputs``.
 
-    A path named explicitly is always included, whatever its extension, so that a bad file
-    given by name gets an error row instead of vanishing; so is anything in a folder whose name
-    has an image extension, a folder named ``x.jpeg`` included (it gets an error row). An input
-    reached twice (named twice, or named and inside a named folder) is kept once.
-    Returns (inputs, number of repeats dropped). Raises UsageError for a source that does not
-    exist or cannot be listed.
+    A path named explicitly is always included, whatever it holds, so that a bad file given by
+    name gets an error row instead of vanishing. A folder contributes, sorted, its files with an
+    image extension (a folder named ``x.jpeg`` too: it gets an error row) and its other files
+    whose leading bytes are an image's or DICOM's (archives name instances by UID alone);
+    everything else in it is skipped and listed with the reason. An input reached twice (named
+    twice, or named and inside a named folder) is kept once. Raises UsageError for a source
+    that does not exist or cannot be listed.
     """
-    files, seen, repeats = [], set(), 0
+    out, seen = Inputs(), set()
     for source in sources:
         source = os.fspath(source)
-        found = _expand_uri(source, recursive) if is_uri(source) else \
-            _expand_local(source, recursive)
+        if is_uri(source):
+            found = _expand_uri(source, recursive)
+        elif os.path.isdir(source):
+            walked = Inputs()
+            _walk(source, recursive, walked)
+            found = sorted(walked.files)
+            out.skipped += walked.skipped
+            out.subfolders += walked.subfolders
+        elif os.path.lexists(source):
+            found = [source]
+        else:
+            raise UsageError(f"{source}: no such file or directory")
         for f in found:
             key = input_key(f)
             if key in seen:
-                repeats += 1
+                out.repeats += 1
                 continue
             seen.add(key)
-            files.append(f)
-    return files, repeats
+            out.files.append(f)
+    return out

@@ -93,12 +93,16 @@ def open_output(output, fmt, append=False):
 
 
 def output_exists(output):
-    """Whether ``output`` (a path or URI) is already there."""
+    """Whether ``output`` (a path or URI) is already there; UsageError for a URI that no
+    filesystem of pyarrow's writes (``http://`` ...) or one that cannot be reached."""
     if not is_uri(output):
         return os.path.exists(output)
     import pyarrow.fs as pafs
-    fs, path = pafs.FileSystem.from_uri(os.fspath(output))
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    try:
+        fs, path = pafs.FileSystem.from_uri(os.fspath(output))
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except (OSError, ValueError) as e:  # an unknown scheme, no credentials, unreachable
+        raise UsageError(f"--output {output}: cannot write there: {e}") from None
 
 
 class ResultWriter:
@@ -106,18 +110,21 @@ class ResultWriter:
     each row so that a crash loses nothing; Parquet goes to ``stream``, a path or URI, in row
     groups, and is complete only after ``close``."""
 
-    def __init__(self, stream, fmt, class_names, write_header=True):
-        # stream: from open_output (text for CSV and JSON Lines, binary for Parquet)
+    def __init__(self, stream, fmt, class_names, write_header=True, earlier=None):
+        # stream: from open_output (text for CSV and JSON Lines, binary for Parquet);
+        # earlier: for Parquet, a table of rows kept from an earlier run, written first
         self.stream, self.fmt, self.names = stream, fmt, list(class_names)
+        self.written, self.last = 0, None  # rows of this run, and the last one's Result
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
             if write_header:
                 self.csv.writerow(header(class_names))
                 stream.flush()
         elif fmt == "parquet":
-            self._parquet_open(stream)
+            self._parquet_open(stream, earlier)
 
     def write(self, r):
+        self.written, self.last = self.written + 1, r
         if self.fmt == "csv":
             probs = ([f"{r.probabilities[n]:.6f}" for n in self.names] if r.ok
                      else [""] * len(self.names))
@@ -138,13 +145,15 @@ class ResultWriter:
             self._writer.close()
 
     # -- Parquet ---------------------------------------------------------------------------------
-    def _parquet_open(self, stream):
+    def _parquet_open(self, stream, earlier):
         import pyarrow as pa
         import pyarrow.parquet as pq
         self._pa = pa
         self.schema = arrow_schema(self.names)
         self._writer = pq.ParquetWriter(stream, self.schema)
         self._rows = []
+        if earlier is not None:
+            self._writer.write_table(earlier.cast(self.schema))
 
     def _parquet_flush(self):
         if not self._rows:
@@ -156,16 +165,29 @@ class ResultWriter:
         self._rows = []
 
 
+def _is_parquet(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
 class Existing:
     """An earlier output file, read for ``--resume`` without changing it.
 
     ``fmt`` and ``columns`` come from the file itself; ``complete`` is the text up to its last
     newline (a row cut by an interruption is dropped); ``rows`` maps each input's key to
-    whether its row holds an error.
+    whether its row holds an error; ``paths`` are the rows' paths as written. A Parquet file
+    (written whole, by row groups) is read as a ``table``: resuming writes it again, with the
+    new rows after its own.
     """
 
     def __init__(self, path):
-        self.path = path
+        self.path, self.paths, self.table = path, [], None
+        if _is_parquet(path):
+            self._read_parquet(path)
+            return
         try:
             text = Path(path).read_text(encoding="utf-8", errors=TEXT_ERRORS)
         except (OSError, UnicodeDecodeError) as e:
@@ -182,6 +204,7 @@ class Existing:
                 try:
                     row = json.loads(line)
                     self.rows[input_key(row["path"])] = row["status"] == "failed"
+                    self.paths.append(row["path"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise UsageError(f"{path}, line {n}: not a row this program wrote; "
                                      f"refusing to append to it") from None
@@ -201,6 +224,27 @@ class Existing:
                                      f"{len(self.columns)}; refusing to append to it")
                 self.rows[input_key(csv_value(row[0]))] = row[status] not in ("classified",
                                                                    "out_of_scope", "")
+                self.paths.append(csv_value(row[0]))
+
+    def _read_parquet(self, path):
+        import pyarrow.parquet as pq
+        try:
+            self.table = pq.read_table(path)
+        except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
+            raise UsageError(f"{path}: cannot read the Parquet file to resume: {e}") from None
+        self.fmt, self.complete, self.partial = "parquet", "", ""
+        self.columns = self.table.column_names
+        if self.columns[:2] != ["path", "label"] or "status" not in self.columns:
+            raise UsageError(f"{path}: not a results file of this program; refusing to resume")
+        self.paths = self.table.column("path").to_pylist()
+        statuses = self.table.column("status").to_pylist()
+        self.rows = {input_key(p): s == "failed" for p, s in zip(self.paths, statuses)}
+
+    def kept_table(self, keys):
+        """The Parquet rows with the rows of ``keys`` left out."""
+        import pyarrow as pa
+        keep = [input_key(p) not in keys for p in self.paths]
+        return self.table.filter(pa.array(keep, pa.bool_()))
 
     def without(self, keys):
         """The complete text with the rows of ``keys`` left out."""

@@ -5,10 +5,14 @@ import importlib
 import logging
 import os
 import sys
+import tempfile
 
 from ..errors import UsageError
+from ..inputs import is_uri
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: A closed standard output (``| head``): the status of a tool ended by SIGPIPE, as others end.
+EXIT_PIPE_CLOSED = 141
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Libraries whose messages quote values from the objects they read (patient data).
 CHATTY = ("pydicom", "highdicom", "pynetdicom", "py.warnings")
@@ -49,6 +53,47 @@ whole, port, readable_file = map(checked, (_whole_number, _port_number, _readabl
 def positive(name, value):
     if value is not None and value < 1:
         raise UsageError(f"{name} must be at least 1, got {value}")
+
+
+def _probe(option, path, folder):
+    """UsageError unless a file can be created in ``folder`` (a real try: permissions, a
+    read-only or full filesystem, root or not)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise UsageError(f"{option} {path}: cannot write in {folder}: {e.strerror or e}") \
+            from None
+
+
+def check_writable_file(option, path):
+    """UsageError unless ``path`` is a local file this run can write: not a URL, not a
+    folder, in an existing folder where files can be created."""
+    if is_uri(path):
+        raise UsageError(f"{option} {path}: a local file is expected, not a URL")
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"{option} {path}: the folder {folder} does not exist")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise UsageError(f"{option} {path}: not writable")
+    _probe(option, path, folder)
+
+
+def check_writable_folder(option, path):
+    """UsageError unless ``path`` is a local folder this run can write into (created when it
+    does not exist: its nearest existing parent must then be a writable folder)."""
+    if is_uri(path):
+        raise UsageError(f"{option} {path}: a local folder is expected, not a URL")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {path}: exists and is not a directory")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"{option} {path}: {parent} is a file, so the folder cannot be made")
+    _probe(option, path, parent)
 
 
 def check_scope_options(args):

@@ -4,21 +4,25 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import UsageError, XrayInferError
 from ..inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
 from ..output import (FORMATS, TEXT_ERRORS, Existing, ResultWriter, format_for, header,
                       open_output, output_exists)
+from ..bitdepth import check_max_value
 from ..scope import Scope, parse_ages, require_gate
 from ..spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
-from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK, EXIT_USAGE,
-                      check_scope_options, checked, fail, positive, quiet_opencv, require,
+from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK,
+                      EXIT_PIPE_CLOSED, EXIT_USAGE, check_scope_options, check_writable_file,
+                      check_writable_folder, checked, fail, positive, quiet_opencv, require,
                       setup_logging)
 from .extras import DicomResults, Overlays, write_extras
 
 log = logging.getLogger("xray_infer.cli")
 ages = checked(parse_ages)
+max_value = checked(check_max_value)
 
 
 class Progress:
@@ -74,21 +78,19 @@ def check_arguments(args):
         raise UsageError("--resume and --overwrite contradict each other; choose one")
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed needs --resume")
-    if args.report is not None:
-        if is_uri(args.report):
-            raise UsageError(f"--report {args.report}: the page is written to a local file")
-        if os.path.isdir(args.report) or not os.path.isdir(os.path.dirname(
-                os.path.abspath(args.report))):
-            raise UsageError(f"--report {args.report}: not a file in an existing folder")
     if args.resume and not args.output:
         raise UsageError("--resume needs --output")
     if args.model and not os.path.isfile(args.model):
         raise UsageError(f"--model {args.model}: no such file")
-    if args.log and os.path.isdir(args.log):
-        raise UsageError(f"--log {args.log}: is a directory")
+    # every path the run writes, before the model loads
+    for option, path in (("--report", args.report), ("--log", args.log)):
+        if path is not None:
+            check_writable_file(option, path)
+    if args.output and not is_uri(args.output):
+        check_writable_file("--output", args.output)
     for option, folder in (("--heatmaps", args.heatmaps), ("--dicom-out", args.dicom_out)):
-        if folder and os.path.exists(folder) and not os.path.isdir(folder):
-            raise UsageError(f"{option} {folder}: exists and is not a directory")
+        if folder is not None:
+            check_writable_folder(option, folder)
     if args.dicom_out:
         require(["pydicom", "highdicom"], "--dicom-out", "xray-infer[dicom]")
     fmt = args.format or (format_for(args.output) if args.output else "csv")
@@ -97,9 +99,9 @@ def check_arguments(args):
         require(["pyarrow"], "Parquet output and URI outputs", "pyarrow")
     if fmt == "parquet" and not args.output:
         raise UsageError("Parquet output needs --output FILE")
-    if args.resume and (fmt == "parquet" or remote):
-        raise UsageError("--resume appends to a local CSV or JSON Lines file; Parquet files "
-                         "and objects in a store are written whole")
+    if args.resume and remote:
+        raise UsageError("--resume works on a local output file; an object in a store is "
+                         "written whole (--overwrite replaces it)")
     existing = None
     if args.output:
         if not remote and os.path.isdir(args.output):
@@ -198,7 +200,7 @@ class Engine:
                                   threads=args.threads, workers=args.workers,
                                   heatmaps=bool(args.heatmaps or args.dicom_out),
                                   scope=args.scope, ages=args.ages, precision=args.precision,
-                                  decode=args.decode)
+                                  decode=args.decode, max_value=args.max_value)
             self.spec, self.variant = self.clf.spec, self.clf.variant
 
     def results(self, files):
@@ -210,7 +212,7 @@ class Engine:
             files, address=a.address, model=a.model, workers=a.workers,
             gpus_per_worker=a.gpus_per_worker or 0.0, cpus_per_worker=a.cpus_per_worker,
             batch_size=a.batch_size, providers=self.providers, scope=a.scope, ages=a.ages,
-            precision=a.precision, decode=a.decode)
+            precision=a.precision, decode=a.decode, max_value=a.max_value)
 
 
 @dataclass
@@ -244,7 +246,7 @@ class Tally:
     failures: list = field(default_factory=list)
 
 
-def summary_line(tally, plan, *, repeats, args, overlays=None, dicom_out=None, warnings=0):
+def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, warnings=0):
     """The run's one-line summary (stderr)."""
     msg = (f"xray-infer: {tally.classified} classified, {tally.out_of_scope} out of scope, "
            f"{len(tally.failures)} failed")
@@ -256,8 +258,13 @@ def summary_line(tally, plan, *, repeats, args, overlays=None, dicom_out=None, w
                 f"again))" if plan.skipped_failed else ")")
     if plan.retried:
         msg += f", {len(plan.retried)} failed earlier and retried"
-    if repeats:
-        msg += f", {repeats} repeated input(s) scored once"
+    if inputs.repeats:
+        msg += f", {inputs.repeats} repeated input(s) scored once"
+    if inputs.skipped:
+        reasons = Counter(why.split(":")[0].split(" (")[0] for _, why in inputs.skipped)
+        msg += (f"; {len(inputs.skipped)} file(s) in folders skipped (" +
+                ", ".join(f"{n} {why}" for why, n in reasons.most_common()) +
+                ("; --log lists them)" if not args.log else f"; listed in {args.log})"))
     if overlays:
         msg += f"; {overlays.written} heatmap(s) in {args.heatmaps}"
         if overlays.failed:
@@ -277,36 +284,92 @@ def summary_line(tally, plan, *, repeats, args, overlays=None, dicom_out=None, w
 def score(engine, files, writer, progress, extras, page=None):
     """Write a row per input (and to the results ``page``) and return the Tally;
     KeyboardInterrupt and a failed Ray job pass through (the rows written until then are
-    complete)."""
+    complete, and the page holds each of them)."""
     tally = Tally()
+    max_value = engine.args.max_value
     for r in engine.results(files):
         writer.write(r)
-        progress.update(r.status != "failed")
         scan = None
-        if r.status == "failed":
-            tally.failures.append(r)
-            log.info("%s: %s", r.source, r.error)
-        elif r.status == "out_of_scope":
-            tally.out_of_scope += 1
-            log.info("%s: %s", r.source, r.refusal)
-        else:
-            tally.classified += 1
-            if extras:
-                scan = write_extras(extras, r)
-        if page is not None:
-            page.add(r, scan)  # the scan decoded for the extras, not decoded again
+        try:
+            progress.update(r.status != "failed")
+            if r.status == "failed":
+                tally.failures.append(r)
+                log.info("%s: %s", r.source, r.error)
+            elif r.status == "out_of_scope":
+                tally.out_of_scope += 1
+                log.info("%s: %s", r.source, r.refusal)
+            else:
+                tally.classified += 1
+                if extras:
+                    scan = write_extras(extras, r, max_value)
+        finally:
+            if page is not None:
+                page.add(r, scan)  # the scan decoded for the extras, not decoded again
     return tally
+
+
+def no_inputs(args, inputs):
+    """The usage error for a run that found nothing to score, with what would find more."""
+    msg = f"no inputs: {', '.join(args.paths)} hold(s) no images or DICOM files"
+    if inputs.subfolders:
+        msg += f" ({inputs.subfolders} sub-folder(s) not searched: -r descends into them)"
+    if inputs.skipped:
+        msg += f"; {len(inputs.skipped)} file(s) skipped, e.g. {inputs.skipped[0][0]}: " \
+               f"{inputs.skipped[0][1]}"
+    return UsageError(msg)
+
+
+def check_resume_names(existing, files):
+    """UsageError where the earlier output names this run's inputs relative to another folder:
+    its relative paths resolve from here to other files, and resuming would score every input
+    again and write it twice."""
+    keys = {input_key(f) for f in files}
+    tails = {}
+    for k in keys:
+        tails.setdefault(os.path.basename(k), []).append(k)
+    for path in existing.paths:
+        if is_uri(path) or os.path.isabs(path) or input_key(path) in keys:
+            continue
+        rel = os.path.normpath(path)
+        for k in tails.get(os.path.basename(rel), ()):
+            if k.endswith(os.sep + rel):
+                raise UsageError(
+                    f"--resume: {existing.path} names its inputs relative to the folder the "
+                    f"earlier run started in ({path} there is {k}; from here it would be "
+                    f"{input_key(path)}): run from that folder, or write a new output")
+
+
+class Page:
+    """The results page, if asked for: it holds a row for every row written, and says when the
+    run was interrupted."""
+
+    def __init__(self, args, engine, overlays):
+        self.page = None
+        if args.report:
+            from .page import ResultsPage
+            self.page = ResultsPage(args.report, engine.spec, engine.variant, overlays)
+
+    def close(self, writer, interrupted=None):
+        if self.page is None:
+            return
+        if len(self.page.rows) < writer.written:  # interrupted between the two
+            self.page.add(writer.last, picture=False)
+        self.page.close(interrupted)
 
 
 def cmd_classify(args):
     fmt, existing = check_arguments(args)
-    files, repeats = collect_inputs(args.paths, args.recursive)
+    inputs = collect_inputs(args.paths, args.recursive)
+    files = inputs.files
     if not files:
-        raise UsageError(f"no inputs: {', '.join(args.paths)} hold(s) no files ending in "
-                         f"{', '.join(IMAGE_EXTENSIONS)}")
+        raise no_inputs(args, inputs)
+    if existing is not None and existing.fmt:
+        check_resume_names(existing, files)
     plan = resume_plan(files, existing, args.retry_failed)
     providers = args.providers.split(",") if args.providers else None
     warnings = setup_logging(args.log, console=False)
+    for path, why in inputs.skipped:
+        log.info("%s: skipped: %s", path, why)
     quiet_opencv()
     stdout = sys.stdout  # the rows' stream, whatever the Ray engine does with sys.stdout
     try:
@@ -319,7 +382,13 @@ def cmd_classify(args):
         return fail(f"{args.output} has columns {','.join(existing.columns)}; this model writes "
                     f"{','.join(header(class_names))}. Resume with the model that wrote it, or "
                     f"write a new file", EXIT_USAGE)
-    if appending and (existing.partial or plan.retried):
+    earlier, target = None, args.output
+    if appending and fmt == "parquet":
+        # Parquet is written whole: the earlier rows (less those retried) and the new ones go
+        # to a new file, which replaces the old one when the run ends, interrupted or not.
+        earlier = existing.kept_table(plan.retried)
+        target = f"{args.output}.tmp{os.getpid()}"
+    elif appending and (existing.partial or plan.retried):
         # Drop a row cut by an interruption, and the failed rows about to be retried, by
         # replacing the file in one step.
         tmp = f"{args.output}.tmp{os.getpid()}"
@@ -328,43 +397,48 @@ def cmd_classify(args):
         os.replace(tmp, args.output)
     if not args.output:
         stdout.reconfigure(errors=TEXT_ERRORS)  # file names that are not UTF-8, as they are
-    stream = open_output(args.output, fmt, append=appending) if args.output else stdout
+    stream = open_output(target, fmt, append=appending and fmt != "parquet") if args.output \
+        else stdout
     files = plan.files
     progress = Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
-    writer = ResultWriter(stream, fmt, class_names, write_header=not appending)
+    writer = ResultWriter(stream, fmt, class_names, write_header=not appending, earlier=earlier)
     overlays = Overlays(args.heatmaps) if args.heatmaps else None
     dicom_out = DicomResults(args.dicom_out, engine.clf) if args.dicom_out else None
-    page = None
-    if args.report:
-        from .page import ResultsPage
-        page = ResultsPage(args.report, engine.spec, engine.variant, overlays)
+    page, interrupted = Page(args, engine, overlays), None
     try:
         tally = score(engine, files, writer, progress, [w for w in (overlays, dicom_out) if w],
-                      page)
+                      page.page)
     except KeyboardInterrupt:
         progress.close()
-        return fail(f"interrupted after {progress.done} of {len(files)} inputs; rows written so "
-                    f"far are complete (rerun with --resume)", EXIT_INTERRUPTED)
+        interrupted = f"interrupted after {progress.done} of {len(files)} inputs"
+        return fail(f"{interrupted}; rows written so far are complete ("
+                    f"{resume_hint(args)})", EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        return pipe_closed()
     except Exception as e:
         if args.engine != "ray":
             raise
         from ..distributed import COLOUR, failure_reason
         progress.close()  # a read that failed for good, a lost worker node, a lost row
+        interrupted = f"the Ray job failed after {progress.done} of {len(files)} inputs"
         # The whole account (workers' tracebacks included) into the log: what Ray prints of it
         # on its own may still be in transit when the process exits.
         log.error("the Ray job failed: %s", COLOUR.sub("", str(e)))
-        return fail(f"the Ray job failed after {progress.done} of {len(files)} inputs: "
-                    f"{failure_reason(e)}; rows written so far are complete (rerun with "
-                    f"--resume)", EXIT_JOB_FAILED)
+        return fail(f"{interrupted}: {failure_reason(e)}; rows written so far are complete "
+                    f"({resume_hint(args)})", EXIT_JOB_FAILED)
     finally:
-        writer.close()
-        if stream is not stdout:
-            stream.close()
-        if page is not None:  # an interrupted run's page shows the rows written
-            page.close()
+        try:
+            writer.close()
+            if stream is not stdout:
+                stream.close()
+        except BrokenPipeError:
+            pass  # reported above
+        if target != args.output:
+            os.replace(target, args.output)
+        page.close(writer, interrupted)  # an interrupted run's page shows the rows written
     progress.close()
     if not args.quiet:
-        print(summary_line(tally, plan, repeats=repeats, args=args, overlays=overlays,
+        print(summary_line(tally, plan, inputs=inputs, args=args, overlays=overlays,
                            dicom_out=dicom_out, warnings=warnings.count), file=sys.stderr)
     for r in tally.failures[:20]:
         print(f"  {r.source}: {r.error}", file=sys.stderr)
@@ -374,12 +448,32 @@ def cmd_classify(args):
     return EXIT_INPUT_FAILED if tally.failures else EXIT_OK
 
 
+def resume_hint(args):
+    """What carries on after a run that stopped early."""
+    if not args.output:
+        return "write to a file with -o to be able to resume"
+    if is_uri(args.output):
+        return "an object in a store is written whole: rerun with --overwrite"
+    return "rerun with --resume"
+
+
+def pipe_closed():
+    """Standard output was closed by its reader (``| head``): stop quietly, as other tools do;
+    what Python would flush into the closed pipe at exit goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
+
+
 def add_parser(subparsers):
     c = subparsers.add_parser("classify", help="classify image files and folders",
-                       description=f"Folders contribute files ending in "
-                                   f"{', '.join(IMAGE_EXTENSIONS)} (any case); files named "
-                                   f"explicitly are always read. A PATH may be a URI that "
-                                   f"pyarrow reads (s3://, gs://, file://; needs pyarrow).")
+                              description=f"Folders contribute files ending in "
+                                          f"{', '.join(IMAGE_EXTENSIONS)} (any case) and other "
+                                          f"files whose content is an image or DICOM; files "
+                                          f"named explicitly are always read. A PATH may be a "
+                                          f"URI that pyarrow reads (s3://, gs://, file://; "
+                                          f"needs pyarrow).")
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     c.add_argument("-o", "--output", help="write results here, a path or a URI such as "
@@ -410,6 +504,10 @@ def add_parser(subparsers):
                    help="reduced: a JPEG much larger than the model's input decodes at a "
                         "reduced size (faster; see docs/benchmarks.md for its parity); full: "
                         "every image at full size")
+    c.add_argument("--max-value", type=max_value, metavar="N",
+                   help="the maximum of 16-bit PNG and TIFF inputs that declare no bit depth of "
+                        "their own, e.g. 4095 for 12-bit values (default: inferred as DICOM's "
+                        "BitsStored would; docs/inputs.md)")
     c.add_argument("--workers", type=int,
                    help="worker threads (default: CPUs; on the CPU each decodes and scores "
                         "batches of its own); with --engine ray, the "

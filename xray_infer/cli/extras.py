@@ -1,6 +1,7 @@
 """What ``classify`` writes beside the rows for each classified input: overlay PNGs
 (``--heatmaps``) and DICOM SR + Secondary Capture (``--dicom-out``)."""
 import logging
+import os
 from pathlib import Path
 
 from ..inputs import input_key
@@ -18,8 +19,8 @@ class Names:
     def __call__(self, source):
         import hashlib
         name = Path(source).stem
-        if name in self.used:
-            name += "-" + hashlib.sha1(input_key(source).encode()).hexdigest()[:8]
+        if name in self.used:  # the key's bytes: a name that is not UTF-8 has no other
+            name += "-" + hashlib.sha1(os.fsencode(input_key(source))).hexdigest()[:8]
         self.used.add(name)
         return name
 
@@ -39,9 +40,12 @@ class Overlays:
         from ..heatmap import caption, overlay
         try:
             path = self.folder / f"{self.names(r.source)}.png"
-            if not cv2.imwrite(str(path), overlay(scan.pixels, scan.maxval, r.heatmap,
-                                                  caption(r))):
-                raise OSError("OpenCV could not write the PNG")
+            ok, png = cv2.imencode(".png", overlay(scan.pixels, scan.maxval, r.heatmap,
+                                                   caption(r)))
+            if not ok:
+                raise OSError("OpenCV could not encode the PNG")
+            # Python writes the file, whatever bytes its name holds (OpenCV takes UTF-8 text)
+            path.write_bytes(png.tobytes())
             self.written += 1
             self.paths[r.source] = path
         except Exception as e:  # the row is written; a missing picture is reported, not fatal
@@ -69,7 +73,7 @@ class DicomResults:
         try:
             with open(r.source, "rb") as f:
                 head = f.read(132)
-            if not is_dicom(head, r.source):
+            if not is_dicom(head):
                 self.not_dicom += 1
                 return
             source = pydicom.dcmread(r.source, stop_before_pixels=True)
@@ -83,14 +87,15 @@ class DicomResults:
             log.warning("%s: DICOM results not written: %s", r.source, e)
 
 
-def write_extras(writers, r):
+def write_extras(writers, r, max_value=None):
     """Overlays and DICOM results of one classified input; they need the scan itself, decoded
-    again, once for all of them. A failure here is counted and logged, never fatal. Returns
-    the scan (for the results page), or None where it no longer decodes."""
+    again (with the run's ``max_value``), once for all of them. A failure here is counted and
+    logged, never fatal. Returns the scan (for the results page), or None where it no longer
+    decodes."""
     from ..decode import read_image
     from ..errors import DecodeError
     try:
-        scan = read_image(r.source)
+        scan = read_image(r.source, max_value=max_value)
     except DecodeError as e:  # changed on disk since it was scored
         for w in writers:
             w.failed += 1

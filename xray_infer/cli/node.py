@@ -6,7 +6,7 @@ import sys
 import threading
 
 from ..errors import UsageError, XrayInferError
-from ..inputs import collect_inputs, dicom_files
+from ..inputs import collect_inputs
 from ..node.policy import (DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE, DEFAULT_HOST, Allowlist, Caller,
                            Limits, check_ae_title)
 from ..peer import Peer
@@ -36,17 +36,10 @@ def _tls(args, prefix, server):
         raise UsageError(f"{', '.join(flags)}: {e}") from None
 
 
-def _dicom_files(paths, recursive):
-    """The files ``send`` sends: those collect_inputs finds, and in folders also files without
-    an image extension that carry the DICM marker (archives often name them by UID alone)."""
-    files, _ = collect_inputs(paths, recursive)
-    extra = dicom_files(paths, recursive)
-    return files + [f for f in extra if f not in set(files)]
-
-
 def cmd_send(args):
     require(NETWORKING, "DICOM networking", "xray-infer[dicom]")
-    files = _dicom_files(args.paths, args.recursive)
+    # folders by content too: archives often name instances by their UID alone
+    files = collect_inputs(args.paths, args.recursive).files
     if not files:
         raise UsageError(f"no files to send: {', '.join(args.paths)} hold(s) no DICOM files")
     tls = _tls(args, "", server=False)

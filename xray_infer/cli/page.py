@@ -66,17 +66,21 @@ class ResultsPage:
     def _picture(self, name, image):
         import cv2
         path = self.files / name
-        if not cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 82]):
-            raise OSError(f"OpenCV could not write {path}")
+        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 82])
+        if not ok:
+            raise OSError(f"OpenCV could not encode {path}")
+        path.write_bytes(jpeg.tobytes())
         return f"{self.files.name}/{name}"
 
-    def add(self, r, scan=None):
-        """A row for Result ``r``; ``scan``: its decoded pixels where the caller has them."""
+    def add(self, r, scan=None, picture=True):
+        """A row for Result ``r``; ``scan``: its decoded pixels where the caller has them;
+        ``picture``: False for none (the row stands alone)."""
         i = len(self.rows)
         row = {"i": i, "path": r.source, "status": r.status, "label": r.label,
                "p": r.probabilities, "reason": r.reason, "truth": truth(r.source),
                "thumb": None, "heat": None, "overlay": None}
-        if r.status != "failed":
+        self.rows.append(row)  # first: an interruption while drawing keeps the row
+        if picture and r.status != "failed":
             try:
                 pictures = _thumbnail(r, scan)
                 if pictures:
@@ -88,7 +92,6 @@ class ResultsPage:
                 log.warning("%s: no thumbnail in the report: %s", r.source, e)
         if self.overlays is not None and r.source in self.overlays.paths:
             row["overlay"] = os.path.relpath(self.overlays.paths[r.source], self.path.parent)
-        self.rows.append(row)
 
     def summary(self):
         """Counts by status and label, and the confusion table (truth x result) of the inputs
@@ -106,10 +109,12 @@ class ResultsPage:
                 "labels": {k: labels.get(k, 0) for k in names}, "confusion": confusion,
                 "with_truth": len(known)}
 
-    def close(self):
+    def close(self, interrupted=None):
+        """Write the page; ``interrupted``: how the run stopped early, said at its top."""
         from .. import __version__
         meta = {"model_version": self.spec.model_version, "precision": self.variant.precision,
                 "package": __version__, "classes": list(self.spec.class_names),
+                "interrupted": interrupted,
                 "command": " ".join(shlex.quote(a) for a in ["xray-infer", *sys.argv[1:]]),
                 "written": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         data = {"meta": meta, "summary": self.summary(), "rows": self.rows}
@@ -156,6 +161,7 @@ th,td{border:1px solid #dde1e6;padding:4px 8px;text-align:left;vertical-align:mi
 <body>
 <header><h1>xray-infer results</h1><p id="meta"></p></header>
 <div class="warn">Research software, not a diagnostic device: labels are not findings.</div>
+<div class="warn" id="interrupted" hidden></div>
 <main>
 <div class="cards" id="cards"></div>
 <div id="confusion-box"></div>
@@ -187,6 +193,11 @@ function el(tag, props, ...kids) {
 const m = DATA.meta, s = DATA.summary;
 $("meta").textContent = `model ${m.model_version} (${m.precision}), xray-infer ${m.package}, ` +
   `written ${m.written}; command: ${m.command}`;
+if (m.interrupted) {
+  $("interrupted").hidden = false;
+  $("interrupted").textContent = `This run stopped early (${m.interrupted}): the page shows ` +
+    "the rows written until then; the inputs after them have no row.";
+}
 const cards = [["inputs", s.n], ...Object.entries(s.status).map(([k, v]) => [k.replace(/_/g, " "), v]),
   ...Object.entries(s.labels).map(([k, v]) => ["labelled " + k, v])];
 for (const [k, v] of cards) $("cards").append(el("div", {className: "card"}, el("b", {textContent: v}), k));
@@ -234,6 +245,8 @@ function apply() {
   }
   const body = document.querySelector("#rows tbody");
   body.replaceChildren(...shown.map(({tr}) => tr));
+  if (!shown.length) body.append(el("tr", {id: "no-rows"}, el("td", {colSpan: 7, className: "none",
+    textContent: ROWS.length ? "No input matches these filters." : "This run wrote no rows."})));
   $("shown").textContent = `${shown.length} of ${ROWS.length} shown`;
   const params = new URLSearchParams();
   if (status) params.set("status", status);

@@ -1,0 +1,168 @@
+"""The command line's rough edges: paths it writes checked before the model loads, a closed
+standard output, names that are not UTF-8, inputs recognised by content, skipped files
+counted, and resume that cannot duplicate a row."""
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pydicom
+import pytest
+
+from dicomnet import chest_dicoms
+from helpers import SAMPLES
+from helpers import run_cli as run
+
+
+def rows(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--log", "missing/run.log", "does not exist"),
+    ("-o", "missing/out.csv", "does not exist"),
+    ("-o", "/proc/out.csv", "cannot write in /proc"),
+    ("--report", "missing/page.html", "does not exist"),
+    ("--dicom-out", "http://host/dicom-web", "not a URL"),
+    ("--heatmaps", "https://host/overlays", "not a URL"),
+    ("--log", "http://host/log", "not a URL"),
+    ("-o", "http://host/out.csv", "cannot write there"),
+    ("--heatmaps", "a-file/overlays", "is a file"),
+])
+def test_every_path_a_run_writes_is_checked_before_the_model_loads(tmp_path, option, value,
+                                                                   says):
+    (tmp_path / "a-file").write_text("")
+    p = run("classify", SAMPLES[0], option, value, cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and says in p.stderr and "Traceback" not in p.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]  # nothing made: no "http:" folder
+
+
+def test_a_closed_standard_output_ends_the_run_quietly(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(3000):  # error rows: far more than a pipe holds, so writes outlive `head`
+        (folder / f"{i:05d}.jpeg").write_bytes(b"")
+    p = subprocess.run(f"{sys.executable} -m xray_infer classify {folder} | head -2; "
+                       f"echo \"status ${{PIPESTATUS[0]}}\" >&2", shell=True,
+                       executable="/bin/bash", capture_output=True, text=True, timeout=300)
+    assert p.stdout.count("\n") == 2
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
+    assert "status 141" in p.stderr
+
+
+def test_heatmaps_are_written_for_names_that_are_not_utf8(tmp_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    name = os.fsencode(folder) + b"/scan-\xff\xfe.jpeg"
+    shutil.copy(SAMPLES[0], name)
+    shutil.copy(SAMPLES[1], folder / "other.jpeg")
+    p = run("classify", folder, "--heatmaps", tmp_path / "overlays", "-q", errors="surrogateescape")
+    assert p.returncode == 0, p.stderr
+    written = sorted(os.listdir(os.fsencode(tmp_path / "overlays")))
+    assert written == [b"other.png", b"scan-\xff\xfe.png"]
+
+
+def dicom_folder(tmp_path):
+    """A folder as archives and exports leave them: DICOM named by UID alone, DICOM without
+    its preamble, a JPEG named .dcm, a note and an empty sub-folder."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    made = chest_dicoms(tmp_path / "made", 2, "CONTENT")
+    shutil.copy(made[0], folder / pydicom.dcmread(made[0]).SOPInstanceUID)
+    ds = pydicom.dcmread(made[1])
+    ds.preamble = None
+    del ds.file_meta
+    with open(folder / "bare-instance", "wb") as f:
+        pydicom.dcmwrite(f, ds, enforce_file_format=False, implicit_vr=True)
+    shutil.copy(SAMPLES[2], folder / "photo.dcm")
+    (folder / "README").write_text("exported by a viewer")
+    (folder / "empty-sub").mkdir()
+    return folder
+
+
+def test_inputs_are_recognised_by_content_and_skipped_files_are_counted(tmp_path):
+    folder = dicom_folder(tmp_path)
+    log = tmp_path / "run.log"
+    p = run("classify", folder, "-f", "jsonl", "--log", log)
+    assert p.returncode == 0, p.stderr
+    got = {os.path.basename(r["path"]): r for r in map(json.loads, p.stdout.splitlines())}
+    assert sorted(got) == sorted([pydicom.dcmread(f).SOPInstanceUID for f in folder.iterdir()
+                                  if f.name not in ("README", "photo.dcm", "bare-instance",
+                                                    "empty-sub")] +
+                                 ["bare-instance", "photo.dcm"])
+    assert all(r["status"] == "classified" for r in got.values()), got
+    assert "1 file(s) in folders skipped (1 not an image or DICOM file" in p.stderr
+    assert "README: skipped: not an image or DICOM file" in log.read_text()
+    named = run("classify", folder / "photo.dcm", "-q")  # no advice to pass force=True
+    assert named.returncode == 0 and "force" not in named.stderr
+
+
+def test_a_file_that_is_neither_says_so_whatever_its_name(tmp_path):
+    fake = tmp_path / "scan.dcm"
+    fake.write_bytes(b"this is text, not DICOM" * 20)
+    p = run("classify", fake, "-f", "jsonl", "-q")
+    error = json.loads(p.stdout)["error"]
+    assert p.returncode == 1 and "named as DICOM, but it holds no DICOM data set" in error
+    assert "force" not in error
+
+
+def test_no_inputs_suggests_recursive_and_symlinked_folders_are_reported(tmp_path):
+    top = tmp_path / "top"
+    (top / "patient1").mkdir(parents=True)
+    shutil.copy(SAMPLES[0], top / "patient1")
+    p = run("classify", top)
+    assert p.returncode == 2 and "1 sub-folder(s) not searched: -r descends" in p.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(SAMPLES[1], elsewhere)
+    os.symlink(elsewhere, top / "linked")
+    p = run("classify", top, "-r")
+    assert p.returncode == 0 and len(rows(p.stdout)) == 1, p.stderr
+    assert "1 a symbolic link to a folder" in p.stderr
+
+
+def test_resume_from_another_folder_is_refused_rather_than_duplicated(tmp_path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for f in SAMPLES[:3]:
+        shutil.copy(f, scans)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    out = tmp_path / "out.csv"
+    assert run("classify", "scans/" + SAMPLES[0].name, "-o", out, "-q",
+               cwd=tmp_path).returncode == 0
+    before = out.read_text()
+    p = run("classify", "../scans", "-o", out, "--resume", cwd=sub)
+    assert p.returncode == 2 and "relative to the folder the earlier run started in" in p.stderr
+    assert out.read_text() == before
+    p = run("classify", "scans", "-o", out, "--resume", "-q", cwd=tmp_path)  # from there
+    assert p.returncode == 0, p.stderr
+    paths = [r["path"] for r in rows(out.read_text())]
+    assert len(paths) == 3 and len(set(paths)) == 3
+
+
+def test_parquet_output_resumes_and_retries(tmp_path):
+    import pyarrow.parquet as pq
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for f in SAMPLES[:2]:
+        shutil.copy(f, scans)
+    (scans / "broken.jpeg").write_bytes(b"\xff\xd8\xff")
+    out = tmp_path / "out.parquet"
+    assert run("classify", scans, "-o", out, "-q").returncode == 1
+    for f in SAMPLES[2:4]:
+        shutil.copy(f, scans)
+    p = run("classify", scans, "-o", out, "--resume")
+    assert p.returncode == 0 and "3 skipped" in p.stderr, p.stderr
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 5 and len({t["path"] for t in table}) == 5
+    shutil.copy(SAMPLES[4], scans / "broken.jpeg")  # repaired
+    p = run("classify", scans, "-o", out, "--resume", "--retry-failed")
+    assert p.returncode == 0, p.stderr
+    table = pq.read_table(out).to_pylist()
+    assert len(table) == 5 and all(t["status"] == "classified" for t in table)
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
