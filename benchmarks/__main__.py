@@ -7,6 +7,8 @@
     python -m benchmarks parity       # torch vs ORT, kernel vs reference, full-res vs 224 copies
     python -m benchmarks ray --cycle 10  # Ray engine vs in-process over 2,400 inputs (ray extra)
     python -m benchmarks scope        # the scope gate: kept, refused per collection, its cost
+    python -m benchmarks robustness --json docs/bench/robustness.json --out docs/robustness.md
+                                      # label and scope agreement under real exports' changes
     python -m benchmarks all --json-dir docs/bench --baseline-model benchmarks/models/v1.0.0.onnx
     python -m benchmarks report      # docs/benchmarks.md from docs/bench/*.json
 """
@@ -28,7 +30,7 @@ COMMANDS = {"preprocess": speed.preprocess, "decode": speed.decode, "inference":
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=[*COMMANDS, "ray", "scope", "all", "report"])
+    p.add_argument("which", choices=[*COMMANDS, "ray", "scope", "robustness", "all", "report"])
     p.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/, fullres/)")
     p.add_argument("--limit", type=int, default=0, help="use only N inputs (smoke runs)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
@@ -51,12 +53,14 @@ def main(argv=None):
                         "(e.g. benchmarks/models/v1.0.0.onnx)")
     p.add_argument("--gpu-note", default=str(ROOT / "docs" / "bench" / "gpu.md"),
                    help="report: Markdown for the GPU section")
-    p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"),
-                   help="report: the Markdown file to write")
+    p.add_argument("--out", default=None,
+                   help="report: the Markdown file to write (default docs/benchmarks.md); "
+                        "robustness: its docs page")
     a = p.parse_args(argv)
     if a.which == "report":
         from .report import write
-        print(f"wrote {write(a.json_dir or ROOT / 'docs' / 'bench', a.out, a.gpu_note)}")
+        out = a.out or str(ROOT / "docs" / "benchmarks.md")
+        print(f"wrote {write(a.json_dir or ROOT / 'docs' / 'bench', out, a.gpu_note)}")
         return
     common.set_data_root(a.data)
     if a.which == "ray":  # not in "all": it needs the ray extra
@@ -65,6 +69,10 @@ def main(argv=None):
     if a.which == "scope":  # not in "all": an evaluation more than a speed benchmark
         from .scope import scope
         scope(a)
+        return
+    if a.which == "robustness":  # likewise
+        from .robustness import robustness
+        robustness(a)
         return
     names = list(COMMANDS) if a.which == "all" else [a.which]
     json_path = a.json

@@ -166,3 +166,35 @@ def test_parquet_output_resumes_and_retries(tmp_path):
     table = pq.read_table(out).to_pylist()
     assert len(table) == 5 and all(t["status"] == "classified" for t in table)
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+@pytest.mark.slow
+def test_an_interrupted_runs_page_holds_every_row_written_and_says_it_stopped(tmp_path):
+    """SIGINT mid-run with --report: the page has exactly the output's rows and says the run
+    stopped early. The output is a named pipe this test stops reading, so the run blocks on it
+    long before its 400 rows are out, however fast the machine."""
+    import fcntl
+    import re
+    import signal
+    scans = tmp_path / "many"
+    scans.mkdir()
+    for i in range(400):
+        os.symlink(SAMPLES[i % len(SAMPLES)], scans / f"{i:04d}.jpeg")
+    out, page = tmp_path / "rows.csv", tmp_path / "page.html"
+    os.mkfifo(out)
+    proc = subprocess.Popen([sys.executable, "-m", "xray_infer", "classify", str(scans), "-o",
+                             str(out), "--overwrite", "--report", str(page), "--batch-size",
+                             "4", "-q"], stderr=subprocess.PIPE, text=True)
+    with open(out) as pipe:
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 4096)
+        head = [pipe.readline() for _ in range(13)]  # the header and 12 rows
+        proc.send_signal(signal.SIGINT)
+        rest = pipe.read()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err, err
+    written = rows("".join(head) + rest)
+    assert 12 <= len(written) < 400
+    data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>',
+                                page.read_text(), re.S).group(1).replace("<\\/", "</"))
+    assert [r["path"] for r in data["rows"]] == [r["path"] for r in written]
+    assert data["meta"]["interrupted"].startswith("interrupted after")

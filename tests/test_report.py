@@ -91,6 +91,8 @@ def test_filters_and_sorting(mixed):
     assert confidence == sorted(confidence) and len(confidence) == 7
     dom, _ = render(page, "#q=bacteria")
     assert len(rows(dom)) == sum("bacteria" in row["path"] for row in table)
+    dom, _ = render(page, "#q=no-such-input")  # a filter nothing matches says so
+    assert rows(dom) == [] and ">0 of 9 shown<" in dom and "No input matches these filters." in dom
 
 
 def test_summary_and_confusion_table_from_the_file_names(mixed):

@@ -46,8 +46,14 @@ def test_int8_agrees_with_float32_and_keeps_heatmaps_and_the_gate():
         assert a.status == b.status == "classified"
         assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) < 0.15
         assert a.heatmap.shape == b.heatmap.shape
-    # one of the six samples lies near the bacterial/viral boundary (0.99 agreement is not 1)
-    assert sum(a.label == b.label for a, b in pairs) >= len(pairs) - 1
+    # Two samples lie near the bacterial/viral boundary. With int8 dot products (what the
+    # variant was gated on) at most one of them tips over; ONNX Runtime's int8 kernels for CPUs
+    # without them (why `auto` picks float32 there) may tip both, but never a clear case.
+    if int8_dot_product()[0]:
+        assert sum(a.label == b.label for a, b in pairs) >= len(pairs) - 1
+    for a, b in pairs:
+        top, second = sorted(b.probabilities.values())[::-1][:2]
+        assert a.label == b.label or top - second < 0.1, (a, b)
     noise = np.random.default_rng(0).integers(0, 256, (400, 400), dtype=np.uint8)
     assert fast.classify([noise])[0].status == "out_of_scope"
 

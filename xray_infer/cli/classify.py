@@ -156,6 +156,12 @@ def quiet_ray():
     terminal, and anything else written to descriptor 2 still reaches it."""
     import threading
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    # Ray's own Python log lines (its notices about starting a local cluster among them) go
+    # where ours do, to --log, not to the terminal its handler writes to
+    ray_log = logging.getLogger("ray")
+    for handler in list(ray_log.handlers):
+        ray_log.removeHandler(handler)
+    ray_log.propagate = True
     sys.stdout = RayLines()
     try:
         terminal = os.dup(2)
@@ -368,14 +374,14 @@ def cmd_classify(args):
     plan = resume_plan(files, existing, args.retry_failed)
     providers = args.providers.split(",") if args.providers else None
     warnings = setup_logging(args.log, console=False)
-    for path, why in inputs.skipped:
-        log.info("%s: skipped: %s", path, why)
     quiet_opencv()
     stdout = sys.stdout  # the rows' stream, whatever the Ray engine does with sys.stdout
     try:
         engine = Engine(args, providers)  # loads the model: only after arguments are valid
     except (XrayInferError, ValueError) as e:
         return fail(e, EXIT_USAGE)
+    for path, why in inputs.skipped:  # once the run is sure to go ahead
+        log.info("%s: skipped: %s", path, why)
     class_names = engine.spec.class_names
     appending = existing is not None and existing.fmt is not None
     if appending and fmt == "csv" and existing.columns != header(class_names):
