@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from xray_infer import Classifier
+from xray_infer.cpu import int8_dot_product
 from xray_infer.decode import read_image
 
 from . import common
@@ -140,13 +141,15 @@ def robustness(a):
     header = ["set", "condition", "variant", "label agrees", "scope agrees", "newly refused",
               "newly admitted", "failed"]
     common.print_table("Agreement with the original file", header, table)
-    common.save(a.json, "robustness", {"rows": rows, "seconds": round(time.time() - t0)})
+    dot = int8_dot_product()[0]
+    common.save(a.json, "robustness", {"rows": rows, "int8_dot_product": dot,
+                                       "seconds": round(time.time() - t0)})
     if a.out and a.json:
-        Path(a.out).write_text(markdown(rows, common.machine()))
+        Path(a.out).write_text(markdown(rows, common.machine(), dot))
         print(f"wrote {a.out}")
 
 
-def markdown(rows, machine):
+def markdown(rows, machine, int8_dot=True):
     """The docs page: one table per set, a row per condition, the two variants side by side."""
     lines = ["# Presentation robustness", "",
              "Does a scan keep its label and its scope decision when it arrives as real exports "
@@ -157,7 +160,10 @@ def markdown(rows, machine):
              "let in. The full-resolution originals are training images: agreement only, never "
              "accuracy.", "",
              f"Measured on {machine['cpu']} ({machine['cores']} cores), onnxruntime "
-             f"{machine['onnxruntime']}, OpenCV {machine['opencv']}. Made by:", "",
+             f"{machine['onnxruntime']}, OpenCV {machine['opencv']}" +
+             ("" if int8_dot else "; this CPU has no int8 dot-product instructions, so the "
+              "int8 rows are ONNX Runtime's kernels for such CPUs (where `auto` picks float32)") +
+             ". Made by:", "",
              "```bash",
              "python -m benchmarks robustness --json docs/bench/robustness.json "
              "--out docs/robustness.md",
