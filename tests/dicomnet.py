@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import RLELossless, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
 from test_dicom import write_dicom
 
 from helpers import SAMPLES
@@ -18,6 +19,7 @@ from orthanc import free_port
 from xray_infer.decode import read_image
 
 NODE_AET = "XRAYINFER"
+DX = DigitalXRayImageStorageForPresentation
 
 
 def chest_dicoms(folder, n, patient):
@@ -103,9 +105,9 @@ class Destination:
     with ``answer(dataset)``'s status (0x0000 when None). ``abort_after``: abort the
     association once that many instances arrived on it."""
 
-    def __init__(self, aet="DEST", answer=None, abort_after=None, port=None):
+    def __init__(self, aet="DEST", answer=None, abort_after=None, port=None, abort_on=None):
         self.aet, self.port, self.answer = aet, port or free_port(), answer
-        self.abort_after = abort_after
+        self.abort_after, self.abort_on = abort_after, abort_on
         self.stored, self.calls, self._lock = [], [], threading.Lock()
         self._per_assoc = {}
         ae = AE(ae_title=aet)
@@ -119,7 +121,8 @@ class Destination:
         with self._lock:
             self.calls.append(ds)
             n = self._per_assoc[event.assoc] = self._per_assoc.get(event.assoc, 0) + 1
-        if self.abort_after is not None and n > self.abort_after:
+        if (self.abort_after is not None and n > self.abort_after) or \
+                (self.abort_on is not None and self.abort_on(ds)):
             event.assoc.abort()
             return 0xA700
         status = self.answer(ds) if self.answer else None
@@ -143,3 +146,52 @@ def status(code, comment=""):
     if comment:
         ds.ErrorComment = comment
     return ds
+
+
+def dataset(tmp_path, patient="SEC", **changes):
+    """A valid DX instance of a sample scan; ``changes`` set attributes (None deletes one)."""
+    ds = pydicom.dcmread(chest_dicoms(tmp_path / generate_uid()[-12:], 1, patient)[0])
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def ae(title="XRAYINFER"):
+    a = AE(ae_title=title)
+    a.add_requested_context(DX, pydicom.uid.ExplicitVRLittleEndian)
+    a.add_requested_context(DX, RLELossless)
+    a.add_requested_context(Verification)
+    a.acse_timeout = a.dimse_timeout = a.network_timeout = 30
+    return a
+
+
+def store(datasets, port, calling="XRAYINFER", called=NODE_AET, bind=None):
+    """Send ``datasets`` on one association; their (status, comment) pairs, or "rejected" /
+    "no association"."""
+    kwargs = {"bind_address": (bind, 0)} if bind else {}
+    assoc = ae(calling).associate("127.0.0.1", port, ae_title=called, **kwargs)
+    if not assoc.is_established:
+        return "rejected" if assoc.is_rejected else "no association"
+    out = []
+    try:
+        for ds in datasets:
+            rsp = assoc.send_c_store(ds)
+            out.append((int(rsp.Status), str(rsp.get("ErrorComment", ""))) if rsp and "Status"
+                       in rsp else (None, ""))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out
+
+
+def log_since(node, mark):
+    return node.log.read_text()[mark:]
+
+
+def peak_rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024

@@ -88,7 +88,8 @@ def test_monochrome1_is_inverted(samples, tmp_path):
     (dict(NumberOfFrames=2), "multi-frame"),
     (dict(photometric="ARGB", SamplesPerPixel=4), "4 samples per pixel"),
     (dict(photometric="PALETTE COLOR"), "photometric interpretation"),
-    (dict(syntax=JPEG2000Lossless), "transfer syntax"),
+    # a codestream that is none: refused by what its (garbage) SIZ declares, before decoding
+    (dict(syntax=JPEG2000Lossless), "refused before decoding: the JPEG 2000 codestream"),
 ])
 def test_unsupported_dicom_is_rejected(tmp_path, kw, reason):
     pixels = np.zeros((8, 8), np.uint8)
@@ -279,3 +280,23 @@ def test_colour_dicom_becomes_luminance(clf, tmp_path, samples, photometric, syn
     assert np.abs(got * 255 - gray).max() <= (2.0 if photometric == "YBR_FULL" else 0.51)
     a, b = clf.classify([str(p), str(samples / SCANS[2])])
     assert a.label == b.label
+
+
+def test_compressed_pixel_data_must_declare_the_image_its_header_does():
+    """A decoder sizes its output by the codestream: what it declares is checked first."""
+    import struct
+
+    from xray_infer import codestream
+    jpeg_ls = "1.2.840.10008.1.2.4.80"
+    sof55 = b"\xff\xd8\xff\xf7\x00\x0b\x08" + struct.pack(">HH", 16384, 16384) + b"\x01\x01\x11\x00"
+    assert "declares 16384x16384 pixels where Rows x Columns say 512x512" in \
+        codestream.problem(jpeg_ls, sof55, 512, 512, 1, 8)
+    assert codestream.problem(jpeg_ls, sof55, 16384, 16384, 1, 8) is None
+    assert "declares no image size" in codestream.problem(jpeg_ls, b"\xff\xd8\xff\xd9", 8, 8)
+    rle = "1.2.840.10008.1.2.5"
+    run = bytes([257 - 128, 0])  # 2 bytes that expand to 128
+    header = struct.pack("<16L", 1, 64, *[0] * 14)
+    assert codestream.problem(rle, header + run * 32, 64, 64, 1, 8) is None  # 4,096 bytes
+    assert "expands beyond 64x64" in codestream.problem(rle, header + run * 4000, 64, 64, 1, 8)
+    assert "2 RLE segments" in codestream.problem(
+        rle, struct.pack("<16L", 2, 64, 66, *[0] * 13) + run * 2, 64, 64, 1, 8)

@@ -37,8 +37,8 @@ def make_ca(folder, name):
             cwd=folder)
 
 
-def make_leaf(folder, name, ca):
-    (folder / "leaf.ext").write_text(LEAF)
+def make_leaf(folder, name, ca, extensions=LEAF):
+    (folder / "leaf.ext").write_text(extensions)
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
             f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
     openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
@@ -54,6 +54,9 @@ def pki(tmp_path_factory):
         make_leaf(d, name, "ca")
     make_ca(d, "rogue-ca")
     make_leaf(d, "rogue", "rogue-ca")
+    # signed by the trusted CA, but itself a CA (CA:TRUE), or not for client authentication
+    make_leaf(d, "ca-as-client", "ca", LEAF.replace("CA:FALSE", "CA:TRUE"))
+    make_leaf(d, "server-only", "ca", LEAF.replace("serverAuth,clientAuth", "serverAuth"))
     return d
 
 
@@ -99,6 +102,16 @@ def test_a_peer_needs_a_certificate_signed_by_the_trusted_ca(tls_node, pki):
     wait_for(lambda: "TLS handshake failed" in tls_node.log.read_text(), timeout=30,
              what="the refusal logged")
     assert echo(tls_node.port, client_context(pki, "client"), title="EVIL") is None
+
+
+def test_a_client_certificate_must_be_a_leaf_for_client_authentication(tls_node, pki):
+    mark = len(tls_node.log.read_text())
+    assert echo(tls_node.port, client_context(pki, "ca-as-client")) is None
+    assert echo(tls_node.port, client_context(pki, "server-only")) is None
+    # the first by the node's own check, the second by OpenSSL's purpose check already
+    wait_for(lambda: "a CA certificate (CA:TRUE), not a client's" in
+             tls_node.log.read_text()[mark:], timeout=30, what="the refusal logged")
+    assert echo(tls_node.port, client_context(pki, "client")) == 0
 
 
 def test_dcmtk_storescu_over_tls(tls_node, pki, tmp_path):

@@ -21,6 +21,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from . import bitdepth, dicom
+from .codestream import jpeg_frame
 from .formats import dicom_kind, sniff_format
 from .errors import DecodeError
 from .inputs import DICOM_EXTENSIONS
@@ -56,30 +57,6 @@ def _declared_size(data):
     if data[:2] == b"BM" and len(data) >= 26:
         width, height = struct.unpack("<ii", data[18:26])
         return abs(width), abs(height)
-    return None
-
-
-def jpeg_frame(data):
-    """(width, height, bits per sample, components, SOF marker) from a JPEG's frame header,
-    or None where there is none."""
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                i += 1
-                continue
-            marker = data[i + 1]
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-                i += 1 if marker == 0xFF else 2
-                continue
-            length = struct.unpack(">H", data[i + 2:i + 4])[0]
-            # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                if i + 10 > len(data):
-                    return None
-                height, width = struct.unpack(">HH", data[i + 5:i + 9])
-                return width, height, data[i + 4], data[i + 9], marker
-            i += 2 + length
     return None
 
 

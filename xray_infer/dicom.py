@@ -11,6 +11,7 @@ import io
 
 import numpy as np
 
+from . import codestream
 from .errors import DecodeError
 from .formats import dicom_kind
 
@@ -63,6 +64,24 @@ def _declare_encoding(ds):
     ds.file_meta = meta
 
 
+def _check_codestream(ds, source, rows, cols):
+    """DecodeError unless compressed pixel data declares the image the header does
+    (``codestream.problem``), before a decoder sizes its output by the codestream."""
+    from pydicom.encaps import generate_frames
+    ts = ds.file_meta.get("TransferSyntaxUID", None)
+    if ts is None or not ts.is_compressed or ts.is_deflated:
+        return
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    except Exception as e:  # malformed encapsulation: pydicom raises several types
+        raise DecodeError(source, f"malformed encapsulated pixel data "
+                                  f"({type(e).__name__})") from None
+    why = codestream.problem(ts, frame, rows, cols, int(ds.get("SamplesPerPixel", 1)),
+                             int(ds.get("BitsAllocated", 16)))
+    if why:
+        raise DecodeError(source, f"refused before decoding: {why}")
+
+
 def _attributes(ds):
     """The header values the scope gate reads, as stripped strings ('' when absent)."""
     from .scope import ATTRIBUTES
@@ -99,6 +118,7 @@ def _pixels(ds, source, max_pixels):
     if rows * cols > max_pixels:
         raise DecodeError(source, f"DICOM declares {cols}x{rows} pixels, over the limit of "
                                   f"{max_pixels:,}")
+    _check_codestream(ds, source, rows, cols)
     try:
         stored = ds.pixel_array
     except Exception as e:

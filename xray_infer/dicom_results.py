@@ -5,6 +5,7 @@ For a classified DICOM scan: a Comprehensive SR following the measurement report
 model SHA-256; and a Secondary Capture of the heatmap overlay, labelled not for diagnostic use.
 Both carry the source's patient and study, reference the source instance, and start new series.
 """
+import re
 
 import highdicom as hd
 import numpy as np
@@ -44,6 +45,11 @@ COPIED_TYPE_2 = ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "
                  "AccessionNumber", "ReferringPhysicianName", "StudyID")
 
 
+#: What a LO value may not hold: backslash and control characters (ESC starts a character set
+#: switch, which LO allows; CR, LF, NUL and the rest are not text).
+_NOT_LO = re.compile(r"[\\\x00-\x1a\x1c-\x1f\x7f]")
+
+
 def source_problem(source, is_uid):
     """Why results cannot be built for ``source`` (a reason that names no value), or None."""
     for keyword in REQUIRED_UIDS:
@@ -51,7 +57,14 @@ def source_problem(source, is_uid):
             return f"no {keyword}"
         if not is_uid(str(source[keyword].value)):
             return f"{keyword} is not a valid UID (PS3.5 9.1)"
-    if not str(source.get("PatientID", "") or "").strip():
+    patient = source.get("PatientID", "")  # a backslash made it several values (VM > 1)
+    patient = "" if patient is None else patient
+    if not isinstance(patient, str) or len(patient) > 64 or _NOT_LO.search(patient):
+        # PS3.5 6.2, LO: one value of at most 64 characters, no backslash (it separates
+        # values) and no control characters; forwarded as sent, such a value would corrupt
+        # the PACS's record
+        return "PatientID not a valid LO: one value, 64 chars, no controls"
+    if not patient.strip():
         return "no PatientID: a result could not be filed with its patient"
     if not str(source.get("Modality", "") or "").strip():
         return "no Modality"

@@ -8,8 +8,8 @@ import threading
 from ..errors import UsageError, XrayInferError
 from ..inputs import collect_inputs
 from ..node.policy import (DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE, DEFAULT_HOST, Allowlist, Caller,
-                           Limits, check_ae_title)
-from ..peer import Peer
+                           Limits)
+from ..peer import Peer, check_ae_title
 from ._common import (EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE, check_scope_options, checked, fail,
                       port, positive, quiet_opencv, readable_file, require, setup_logging, whole)
 from .classify import ages
@@ -73,8 +73,13 @@ def _listen_plan(args):
     except ValueError as e:
         raise UsageError(str(e)) from None
     limits = Limits(max_associations=args.max_associations, max_per_peer=args.max_per_peer,
-                    max_object_mb=args.max_object_mb, min_free_mb=args.min_free_mb,
-                    max_refusals=args.max_refusals, network_timeout=args.idle_timeout)
+                    max_pending=args.max_pending, max_object_mb=args.max_object_mb,
+                    max_inflight_mb=args.max_inflight_mb, min_free_mb=args.min_free_mb,
+                    max_refusals=args.max_refusals, network_timeout=args.idle_timeout,
+                    setup_timeout=args.setup_timeout, stall_seconds=args.stall_timeout)
+    if limits.max_inflight_mb < limits.max_object_mb:
+        raise UsageError(f"--max-inflight-mb {limits.max_inflight_mb} is below --max-object-mb "
+                         f"{limits.max_object_mb}: no object could ever be received")
     try:
         Spool(args.spool, limits.min_free_mb * 2 ** 20).check_writable()
     except OSError as e:
@@ -93,7 +98,7 @@ def cmd_listen(args):
         node = Node(args.port, args.forward, args.spool, allow, ae_title=args.ae_title,
                     host=args.host, batch_size=args.batch_size, model=args.model, limits=limits,
                     tls=tls, forward_tls=forward_tls, metrics_port=args.metrics_port,
-                    scope=args.scope, ages=args.ages)
+                    metrics_host=args.metrics_host, scope=args.scope, ages=args.ages)
     except XrayInferError as e:
         return fail(e, EXIT_USAGE)
     stopping = []
@@ -158,9 +163,16 @@ def add_parsers(subparsers):
                     help=f"associations open at once, all callers (default {d.max_associations})")
     li.add_argument("--max-per-peer", type=whole, default=d.max_per_peer,
                     help=f"connections open at once from one address (default {d.max_per_peer})")
+    li.add_argument("--max-pending", type=whole, default=d.max_pending,
+                    help=f"connections not yet associated, all addresses together (default "
+                         f"{d.max_pending}; {d.max_pending_per_peer} from one address)")
     li.add_argument("--max-object-mb", type=whole, default=d.max_object_mb,
                     help=f"largest data set received, and declared image (default "
                          f"{d.max_object_mb})")
+    li.add_argument("--max-inflight-mb", type=whole, default=d.max_inflight_mb,
+                    help=f"data sets being received at once, all associations together, in "
+                         f"units of --max-object-mb; beyond it a peer waits (default "
+                         f"{d.max_inflight_mb})")
     li.add_argument("--min-free-mb", type=int, default=d.min_free_mb,
                     help=f"disk space kept free in the spool; below it instances are refused "
                          f"as retryable (default {d.min_free_mb})")
@@ -168,10 +180,19 @@ def add_parsers(subparsers):
                     help=f"times the destination may refuse an instance's results before it is "
                          f"quarantined in the spool's failed/ (default {d.max_refusals})")
     li.add_argument("--idle-timeout", type=whole, default=int(d.network_timeout),
-                    help=f"seconds an association may stay silent before it is closed "
-                         f"(default {d.network_timeout:g})")
+                    help=f"seconds an association has to complete each message, counted from "
+                         f"the last one (default {d.network_timeout:g})")
+    li.add_argument("--setup-timeout", type=whole, default=int(d.setup_timeout),
+                    help=f"seconds a connection has to associate, TLS handshake included "
+                         f"(default {d.setup_timeout:g})")
+    li.add_argument("--stall-timeout", type=whole, default=int(d.stall_seconds),
+                    help=f"/healthz says 503 when instances wait and none has moved on for "
+                         f"this many seconds (default {d.stall_seconds:g})")
     li.add_argument("--metrics-port", type=port,
-                    help="serve Prometheus /metrics and /healthz on this port (on --host)")
+                    help="serve Prometheus /metrics and /healthz on this port")
+    li.add_argument("--metrics-host", default=DEFAULT_HOST,
+                    help=f"interface the metrics listen on (default {DEFAULT_HOST}, whatever "
+                         f"--host says)")
     _tls_options(li)
     _tls_options(li, "forward-", "the forward connection")
     li.add_argument("--scope", choices=("on", "off"), default="on",

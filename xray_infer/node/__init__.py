@@ -2,11 +2,16 @@
 forwards the results (a Structured Report and a Secondary Capture of the heatmap) to a PACS;
 and the sender used to feed it. Networking by pynetdicom (the ``dicom`` extra).
 
-- ``policy``: who may associate, resource limits and their defaults, identifier checks;
-- ``network``: TLS, associating, what counts as stored, the bounded association server;
-- ``spool``: where acknowledged instances wait for their results to be delivered;
-- ``scp``: the node (receiving, checking, classifying, forwarding); ``sender``: ``send``;
-- ``metrics``: Prometheus metrics and ``/healthz``.
+- ``policy``: who may associate, every limit and its default (``Limits``), identifier checks;
+- ``refusals``: every reason for a refusal, its status or reject code and what the peer is
+  told; the log that sums refusals of connections;
+- ``network``: TLS, associating, what counts as stored, the association server that holds
+  each connection to a deadline;
+- ``receiver``: associations and C-STORE: what each PDU may cost, the checks before an
+  acknowledgement; ``spool``: where acknowledged instances wait;
+- ``forwarder``: the supervised worker that classifies the spool and delivers the results;
+- ``scp``: the node, which puts them together; ``sender``: ``send``;
+- ``metrics``: Prometheus metrics and ``/healthz`` on a bounded, local server.
 
 Durability: an instance is written to the spool atomically before it is acknowledged, and
 leaves it only after the destination stored both results. Result UIDs are derived from the

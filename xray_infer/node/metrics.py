@@ -1,6 +1,13 @@
 """The node's Prometheus metrics and its ``/healthz``, on one small HTTP server
-(``prometheus_client`` renders the metrics; each node has a registry of its own)."""
+(``prometheus_client`` renders the metrics; each node has a registry of its own).
+
+The server binds 127.0.0.1 unless told otherwise (``--metrics-host``), holds at most
+``limits.metrics_connections`` connections and gives each request ``limits.metrics_timeout``
+seconds from connect to answer: idle connections cannot exhaust the node's file descriptors.
+"""
 import json
+import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -8,19 +15,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
                                generate_latest)
 
-#: Why an association or an instance was refused: the ``reason`` label's values (a fixed set,
-#: so a peer cannot grow the metrics).
-REFUSAL_REASONS = ("unknown_peer", "called_ae", "busy", "sop_class", "identifiers",
-                   "too_large", "undecodable", "spool_full", "spool_error", "memory")
+from .refusals import Refusal
+
+log = logging.getLogger("xray_infer.node")
 
 
 class NodeMetrics:
-    def __init__(self, spool_depth, spool_writable):
+    def __init__(self, spool_depth):
         r = self.registry = CollectorRegistry()
         p = "xray_infer_node_"
         self.received = Counter(p + "received", "Instances acknowledged (spooled)", registry=r)
-        self.refused = Counter(p + "refused", "Associations and instances refused",
-                               ["reason"], registry=r)
+        self.refused = Counter(p + "refused", "Connections, associations and instances "
+                               "refused", ["reason"], registry=r)
         self.own_results = Counter(p + "own_results", "Results of this model received back, "
                                    "acknowledged and not classified", registry=r)
         self.classified = Counter(p + "classified", "Instances classified", registry=r)
@@ -29,37 +35,54 @@ class NodeMetrics:
                                     "refused them", ["gate"], registry=r)
         self.forwarded = Counter(p + "forwarded", "Instances whose results the destination "
                                  "stored", registry=r)
-        self.retried = Counter(p + "retried", "Instances the destination refused, to be "
-                               "retried", registry=r)
+        self.retried = Counter(p + "retried", "Instances the destination refused (or aborted "
+                               "on), to be retried", registry=r)
         self.quarantined = Counter(p + "quarantined", "Instances moved to failed/", registry=r)
+        self.worker_restarts = Counter(p + "worker_restarts", "Times the forwarding worker "
+                                       "failed and was restarted", registry=r)
         self.associations = Counter(p + "associations", "Associations requested", ["outcome"],
                                     registry=r)
         self.open_associations = Gauge(p + "open_associations", "Associations open now",
                                        registry=r)
+        self.inflight = Gauge(p + "inflight_datasets", "Data sets being received now (each "
+                              "holds a slot of the in-flight budget)", registry=r)
         depth = Gauge(p + "spool_depth", "Instances waiting in the spool", registry=r)
         depth.set_function(spool_depth)
-        self._spool_writable = spool_writable
-        self.destination_last_seen = None  # time.time() of the last association with it
-        for reason in REFUSAL_REASONS:
-            self.refused.labels(reason)
+        for refusal in Refusal:
+            self.refused.labels(refusal.label)
 
-    def health(self):
-        writable = self._spool_writable()
-        seen = self.destination_last_seen
-        return writable, {"spool_writable": writable, "destination_last_seen":
-                          None if seen is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                  time.gmtime(seen))}
-
-    def serve(self, host, port):
-        """Start the HTTP server in a daemon thread; returns it (``shutdown()`` stops it)."""
+    def serve(self, host, port, limits, health):
+        """Start the HTTP server in a daemon thread; returns it (``shutdown()`` stops it).
+        ``health()`` returns (healthy, a JSON-able state) for ``/healthz``."""
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = limits.metrics_timeout  # between bytes; the deadline is the timer's
+
+            def setup(self):
+                super().setup()
+                self._deadline = threading.Timer(limits.metrics_timeout, self._cut)
+                self._deadline.daemon = True
+                self._deadline.start()
+
+            def _cut(self):
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+            def finish(self):
+                self._deadline.cancel()
+                try:
+                    super().finish()
+                except OSError:  # cut at the deadline
+                    pass
+
             def do_GET(self):
                 if self.path == "/metrics":
                     body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
                 elif self.path == "/healthz":
-                    ok, state = metrics.health()
+                    ok, state = health()
                     body, ctype, code = json.dumps(state).encode(), "application/json", \
                         200 if ok else 503
                 else:
@@ -73,8 +96,46 @@ class NodeMetrics:
             def log_message(self, *args):  # scrapes every few seconds: not worth a log line
                 pass
 
-        server = ThreadingHTTPServer((host, port), Handler)
-        server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def __init__(self, *args):
+                self.open, self.lock = 0, threading.Lock()
+                super().__init__(*args)
+
+            def verify_request(self, request, client_address):
+                with self.lock:
+                    if self.open >= limits.metrics_connections:
+                        return False
+                    self.open += 1
+                return True
+
+            def process_request_thread(self, request, client_address):
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    with self.lock:
+                        self.open -= 1
+
+            def handle_error(self, request, client_address):
+                pass  # a client that went away, or one cut at its deadline
+
+        server = Server((host, port), Handler)
         threading.Thread(target=server.serve_forever, name="xray-node-metrics",
                          daemon=True).start()
         return server
+
+
+class Progress:
+    """When the forwarder last moved an instance on (delivered, out of scope, quarantined) or
+    found nothing to do: ``/healthz`` turns 503 when work is pending and none has moved for
+    ``stall_seconds``."""
+
+    def __init__(self):
+        self.last = time.monotonic()
+
+    def moved(self):
+        self.last = time.monotonic()
+
+    def stalled_for(self):
+        return time.monotonic() - self.last

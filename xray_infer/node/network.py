@@ -2,24 +2,24 @@
 what counts as stored, and an association server that bounds what a peer can make it hold.
 
 pynetdicom's own server does the TLS handshake in its accept loop (one silent client stops
-every other from connecting) and reads a PDU of whatever length the peer declares into memory;
-the server here does the handshake in the connection's own thread under a timeout, caps open
-connections per address, and refuses PDUs longer than it negotiated.
+every other from connecting), times out only between bytes, and reads a PDU of whatever length
+the peer declares into memory; the server here does the handshake in the connection's own
+thread, holds every connection to a deadline, caps connections that have not associated apart
+from those that have, and refuses PDUs longer than it negotiated.
 """
 import logging
+import socket
 import ssl
 import threading
-from collections import Counter
+import time
 
 from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from .policy import printable
+from .refusals import Refusal
 
 log = logging.getLogger("xray_infer.node")
 
-#: C-STORE statuses (PS3.4 B.2.3; Annex C for the warnings).
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 #: A PDU longer than this is refused whatever the peer declares (an A-ASSOCIATE-RQ with many
 #: contexts is the largest legitimate one; P-DATA PDUs are bounded by the negotiated length).
 MAX_PDU_BYTES = 1 << 20
@@ -29,7 +29,7 @@ def is_stored(status):
     """Whether a C-STORE response status means the object was stored: success, or a warning
     (0xB000 coercion, 0xB006 elements discarded, 0xB007 data set does not match the SOP class;
     PS3.4 B.2.3)."""
-    return status is not None and (status == SUCCESS or status in (0xB000, 0xB006, 0xB007))
+    return status is not None and (status == 0x0000 or status in (0xB000, 0xB006, 0xB007))
 
 
 def response_status(ds):
@@ -89,25 +89,76 @@ class _BoundedSocket(AssociationSocket):
         return super().recv(nr_bytes)
 
 
+def _client_leaf_problem(der):
+    """Why a client certificate (DER) is not a leaf usable for client authentication, or
+    None: a CA certificate (CA:TRUE) is refused as a client, as is one whose key usage or
+    extended key usage excludes it."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    cert = x509.load_der_x509_certificate(der)
+    ext = cert.extensions
+    try:
+        if ext.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "a CA certificate (CA:TRUE), not a client's"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        if not ext.get_extension_for_class(x509.KeyUsage).value.digital_signature:
+            return "key usage without digitalSignature"
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in \
+                ext.get_extension_for_class(x509.ExtendedKeyUsage).value:
+            return "extended key usage without clientAuth"
+    except x509.ExtensionNotFound:
+        pass
+    return None
+
+
+class Connection:
+    """One accepted connection: its address, socket and the deadline by which it must have
+    associated (``pending``) or, once associated, completed its next message. Past it, the
+    reaper shuts the socket down and counts ``reason``."""
+
+    def __init__(self, host, sock, deadline):
+        self.host, self.sock, self.deadline = host, sock, deadline
+        self.pending, self.requested, self.expired, self.listed = True, False, False, False
+        self.reason = Refusal.SETUP_DEADLINE
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
+
+
 class _Handler(RequestHandler):
     def setup(self):
-        self.refused = False
         server = self.server
-        self.request.settimeout(server.handshake_timeout)
-        if server.tls is not None:
-            try:
-                self.request = server.tls.wrap_socket(self.request, server_side=True)
-            except (OSError, ssl.SSLError) as e:
-                log.warning("connection from %s refused: TLS handshake failed (%s)",
-                            self.client_address[0], printable(getattr(e, "reason", None) or e))
-                self.refused = True
+        self.conn = server.connection(self.request)
+        self.refused = False
+        # a timeout between bytes; the deadline for the whole set-up is the reaper's
+        self.request.settimeout(server.limits.setup_timeout)
+        if server.tls is None:
+            return
+        try:
+            self.request = server.tls.wrap_socket(self.request, server_side=True)
+            self.conn.sock = self.request
+            why = _client_leaf_problem(self.request.getpeercert(binary_form=True))
+        except (OSError, ssl.SSLError, ValueError) as e:
+            why = f"handshake failed: {getattr(e, 'reason', None) or e}"
+        if why:
+            server.refusals.add(self.client_address[0], Refusal.TLS, why)
+            self.conn.requested = self.refused = True
 
     def handle(self):
         # As RequestHandler.handle, then wait for the association to end: the connection holds
-        # its slot in the per-address count until then.
+        # its slot until then.
         if self.refused:
             return
         assoc = self._create_association()
+        assoc.xray_conn = self.conn
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         assoc.start()
         assoc.join()
@@ -119,40 +170,98 @@ class _Handler(RequestHandler):
 
 
 class GuardedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TLS per connection, a per-address connection cap and a
-    bound on PDU length. Build it with ``ae.make_server(..., server_class=GuardedServer,
-    request_handler=_Handler, tls=..., max_per_peer=..., handshake_timeout=...)``."""
+    """pynetdicom's threaded server with TLS per connection under a deadline, caps on
+    connections, and a bound on PDU length. Build it with ``ae.make_server(...,
+    server_class=GuardedServer, limits=..., refusals=..., tls=...)``.
+
+    Connections that have not associated yet (``pending``) from addresses no listed caller uses
+    are capped per address and in total, apart from association slots and from the connections
+    of listed addresses, so unknown addresses cannot hold a listed peer's place; each must associate (TLS handshake and A-ASSOCIATE-RQ together) within
+    ``limits.setup_timeout`` seconds, and an association must complete a message within
+    ``limits.network_timeout`` of its last: deadlines, not timeouts between bytes, so a peer
+    trickling a byte at a time is cut off all the same. One reaper thread enforces them."""
 
     daemon_threads = True
 
-    def __init__(self, *args, tls=None, max_per_peer=4, handshake_timeout=10.0, **kwargs):
-        self.tls, self.max_per_peer = tls, max_per_peer
-        self.handshake_timeout = handshake_timeout
-        self._open, self._hosts, self._lock = Counter(), {}, threading.Lock()
+    def __init__(self, *args, limits, refusals, allow, tls=None, **kwargs):
+        self.tls, self.limits, self.refusals, self.allow = tls, limits, refusals, allow
+        self._conns, self._lock = {}, threading.Lock()
+        self._closing = threading.Event()
         kwargs.setdefault("request_handler", _Handler)
         super().__init__(*args, **kwargs)
+        threading.Thread(target=self._reap, name="xray-node-deadlines", daemon=True).start()
+
+    def connection(self, request):
+        with self._lock:
+            return self._conns.get(request)
 
     def verify_request(self, request, client_address):
         host = client_address[0]
+        listed = self.allow.knows(host)
         with self._lock:
-            if self._open[host] >= self.max_per_peer:
-                log.warning("connection from %s refused: %d connections from it already open "
-                            "(limit %d)", host, self._open[host], self.max_per_peer)
-                return False
-            self._open[host] += 1
-            self._hosts[request] = host
-        return True
+            mine = [c for c in self._conns.values() if c.host == host]
+            unknown = [c for c in self._conns.values() if c.pending and not c.listed]
+            if len(mine) >= self.limits.max_per_peer:
+                refusal = Refusal.PER_PEER
+            elif not listed and (sum(c.pending for c in mine) >= self.limits.max_pending_per_peer
+                                 or len(unknown) >= self.limits.max_pending):
+                refusal = Refusal.PENDING
+            else:
+                conn = Connection(host, request, time.monotonic() + self.limits.setup_timeout)
+                conn.listed = listed
+                self._conns[request] = conn
+                return True
+        self.refusals.add(host, refusal)
+        return False
+
+    def established(self, assoc):
+        """The association is up: its slot leaves the pending budget; the idle deadline runs."""
+        conn = getattr(assoc, "xray_conn", None)
+        if conn is not None:
+            conn.pending, conn.reason = False, Refusal.IDLE
+            conn.deadline = time.monotonic() + self.limits.network_timeout
+
+    def hold(self, assoc):
+        """The node, not the peer, is working on the association: no deadline runs."""
+        conn = getattr(assoc, "xray_conn", None)
+        if conn is not None and not conn.pending:
+            conn.deadline = float("inf")
+
+    def message_complete(self, assoc):
+        conn = getattr(assoc, "xray_conn", None)
+        if conn is not None and not conn.pending:
+            conn.deadline = time.monotonic() + self.limits.network_timeout
+
+    def _reap(self):
+        while not self._closing.wait(0.2):
+            now = time.monotonic()
+            with self._lock:
+                expired = [c for c in self._conns.values()
+                           if not c.expired and c.deadline <= now]
+                for c in expired:
+                    c.expired = True
+            for c in expired:
+                self.refusals.add(c.host, c.reason)
+                c.close()
+            self.refusals.tick()
+
+    def close_all(self):
+        """Shut every connection down (stopping: nobody's trickle holds the exit)."""
+        self._closing.set()
+        with self._lock:
+            conns = list(self._conns.values())
+        for c in conns:
+            c.close()
 
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
         finally:  # however the connection ended (pynetdicom does not always close it here)
             with self._lock:
-                host = self._hosts.pop(request, None)
-                if host is not None:
-                    self._open[host] -= 1
-                    if self._open[host] <= 0:
-                        del self._open[host]
+                conn = self._conns.pop(request, None)
+            if conn is not None and not (conn.requested or conn.expired):
+                # closed before an association request was decoded: malformed, or nothing
+                self.refusals.add(conn.host, Refusal.MALFORMED)
             self.shutdown_request(request)
 
     def handle_error(self, request, client_address):

@@ -5,26 +5,18 @@ import re
 import socket
 from dataclasses import dataclass, field
 
+from ..peer import check_ae_title
+
 DEFAULT_AE_TITLE = "XRAYINFER"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BATCH_SIZE = 8
 
 #: PS3.5 9.1: components of digits without leading zeros, separated by dots, 64 characters.
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
-#: PS3.5 6.2, AE: up to 16 characters of the default repertoire, no backslash or controls.
-_AE_TITLE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 
 
 def is_uid(text):
     return isinstance(text, str) and len(text) <= 64 and _UID.fullmatch(text) is not None
-
-
-def check_ae_title(text):
-    """``text`` stripped, or ValueError: 1 to 16 printable characters, not all spaces."""
-    if not _AE_TITLE.fullmatch(text or "") or not text.strip():
-        raise ValueError(f"{text!r} is not an AE title (1 to 16 printable characters, no "
-                         f"backslash)")
-    return text.strip()
 
 
 def printable(value, limit=80):
@@ -63,24 +55,40 @@ class Caller:
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what one peer, or all together, can make the node hold.
-
-    The defaults fit radiographs: a 4,300 x 4,300 16-bit detector image is 37 MB."""
-    max_associations: int = 8        # open associations, all peers together
-    max_per_peer: int = 4            # open connections from one address
+    """Every number that bounds what one peer, or all together, can make the node hold, and
+    how long anything may take. The defaults fit radiographs: a 4,300 x 4,300 16-bit detector
+    image is 37 MB."""
+    max_associations: int = 8        # associations established at once, all peers together
+    max_per_peer: int = 4            # connections open at once from one address
+    max_pending: int = 16            # connections not yet associated, all addresses together
+    max_pending_per_peer: int = 2    # connections not yet associated, from one address
+    setup_timeout: float = 10.0      # connect -> associated (TLS handshake and RQ): a deadline
+    network_timeout: float = 30.0    # associated: each message completes within this of the last
+    dimse_timeout: float = 30.0      # waiting on a peer's DIMSE answer (forwarding)
     max_object_mb: int = 64          # one data set as received; also bounds the declared image
+    max_command_bytes: int = 65536   # one command set (a C-STORE's is about 200 bytes)
+    max_inflight_mb: int = 256       # data sets being received, all associations together
     min_free_mb: int = 512           # spool disk kept free: below it, instances get 0xA700
-    acse_timeout: float = 10.0       # connect -> A-ASSOCIATE-RQ, TLS handshake included
-    network_timeout: float = 30.0    # an idle association is closed after this
-    dimse_timeout: float = 30.0
     max_refusals: int = 5            # destination refusals before an instance is quarantined
     retry_base: float = 2.0          # seconds; doubled per refusal, capped at retry_cap
     retry_cap: float = 300.0
     decoders: int = 1                # instances checked (decoded) at once while receiving
+    stall_seconds: float = 600.0     # /healthz is 503 when pending work made no progress this long
+    refusal_log_interval: float = 10.0   # refusals of connections are summed over this
+    metrics_connections: int = 16    # open connections to the metrics server
+    metrics_timeout: float = 5.0     # one metrics request, from connect to answer: a deadline
+    stop_timeout: float = 5.0        # what a stop waits for the forwarder's batch in flight
 
     @property
     def max_object_bytes(self):
         return self.max_object_mb * 2 ** 20
+
+    @property
+    def inflight_slots(self):
+        """Data sets received at once: each may grow to ``max_object_mb`` before it is known
+        how large it is, so the budget is counted in whole objects (no deadlock of partial
+        reservations)."""
+        return max(1, self.max_inflight_mb // self.max_object_mb)
 
 
 @dataclass(frozen=True)
@@ -100,3 +108,8 @@ class Allowlist:
 
     def admits(self, ae_title, address):
         return self.any or (ae_title.strip(), address) in self._resolved
+
+    def knows(self, address):
+        """Whether a listed caller may call from ``address`` (before its AE title is known: a
+        connection from it is not an unknown one)."""
+        return self.any or any(a == address for _, a in self._resolved)

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 TMP_SUFFIX = ".tmp"
@@ -19,6 +21,11 @@ TMP_SUFFIX = ".tmp"
 
 class SpoolFull(OSError):
     """Less free space than the reserve: the instance is refused as retryable (0xA700)."""
+
+
+class Conflict(Exception):
+    """Another object is spooled under this SOP Instance UID (two different objects under one
+    UID: neither may silently replace the other)."""
 
 
 def _fsync_dir(path):
@@ -52,36 +59,66 @@ class Spool:
         return n
 
     def check_writable(self):
-        """Raise OSError when the spool cannot take a file (read-only, gone, not ours)."""
-        probe = self.incoming / f".probe{os.getpid()}{TMP_SUFFIX}"
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """Raise OSError when the spool cannot take a file (read-only, gone, not ours); each
+        probe is a file of its own, so checks at the same time do not trip each other."""
+        fd, probe = tempfile.mkstemp(prefix=".probe", suffix=TMP_SUFFIX, dir=self.incoming)
         os.close(fd)
-        probe.unlink()
+        os.unlink(probe)
 
     def free_bytes(self):
         return shutil.disk_usage(self.incoming).free
 
-    def _write(self, folder, name, data):
-        path = folder / name
-        tmp = folder / f".{name}.{os.getpid()}.{id(data):x}{TMP_SUFFIX}"
+    def _temporary(self, folder, name, data):
+        """``data`` in a durable temporary file beside ``name``."""
+        tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident():x}{TMP_SUFFIX}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
+    def _write(self, folder, name, data):
+        tmp = self._temporary(folder, name, data)
+        try:
+            os.replace(tmp, folder / name)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(folder)
-        return path
+        return folder / name
 
     def put(self, uid, data):
-        """Store one instance durably; SpoolFull below the reserve, OSError on a write error."""
+        """Store one instance durably. The same object sent again is one file; another object
+        under the same UID is a Conflict (the spooled one is kept). SpoolFull below the
+        reserve, OSError on a write error."""
         if self.free_bytes() - len(data) < self.min_free_bytes:
             raise SpoolFull(f"less than {self.min_free_bytes // 2 ** 20} MB would be left free")
-        return self._write(self.incoming, name_for(uid), data)
+        name = name_for(uid)
+        path = self.incoming / name
+        tmp = self._temporary(self.incoming, name, data)
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, path)  # atomic, and never over a file already there
+                    break
+                except FileExistsError:
+                    try:
+                        if path.read_bytes() == data:
+                            return path  # a resend of the same object
+                    except FileNotFoundError:  # delivered meanwhile: spool it anew
+                        continue
+                    raise Conflict(uid) from None
+            else:
+                raise OSError(f"{name}: the spool kept changing under it; not stored")
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.incoming)
+        return path
 
     def pending(self):
         """Spooled instances, oldest first."""

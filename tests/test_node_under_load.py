@@ -1,0 +1,571 @@
+"""The node when peers are slow, hostile or wrong, and when its own world fails: each test
+replays one way it used to lose an instance, lock out a listed peer or spend what an attacker
+chose (trickled association requests and PDUs, codestream and command-set bombs, a metrics
+flood, a destination that aborts, two objects under one UID, file descriptors running out).
+Real peers on loopback (pynetdicom, raw sockets); every loop is bounded in count and time, and
+waits on the node's log or metrics rather than a fixed sleep."""
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("pynetdicom")
+
+from dicomnet import (NODE_AET, Destination, NodeProcess, ae, dataset, log_since,  # noqa: E402
+                      peak_rss_mb, store, wait_for)
+from orthanc import free_port  # noqa: E402
+from pydicom.uid import JPEGLSLossless  # noqa: E402
+
+GOOD_PEER = "XRAYINFER@127.0.0.1"
+OTHER_PEER = "OTHER@127.0.0.2"
+FAST = ("--setup-timeout", 3, "--idle-timeout", 3, "--max-object-mb", 16)
+
+
+@pytest.fixture(scope="module")
+def dest():
+    d = Destination(abort_on=lambda ds: str(ds.get("PatientID", "")) == "ABORTS")
+    yield d
+    d.close()
+
+
+@pytest.fixture(scope="module")
+def node(dest, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("node")
+    metrics = free_port()
+    n = NodeProcess(folder, dest.port, forward_aet=dest.aet, allow=(GOOD_PEER, OTHER_PEER),
+                    extra=(*FAST, "--max-refusals", 2, "--metrics-port", metrics))
+    n.metrics_port = metrics
+    n.start()
+    yield n
+    n.stop()
+
+
+def metric(node, name, **labels):
+    """The value of one of the node's metrics (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    key = f"xray_infer_node_{name}" + (f"{{{selector}}}" if selector else "")
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def associate_rq(calling, called=NODE_AET):
+    """The bytes of a valid A-ASSOCIATE-RQ (Verification), as pynetdicom encodes one."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
+                                           MaximumLengthNotification)
+    from pynetdicom.presentation import build_context
+    from pynetdicom.sop_class import Verification
+    p = A_ASSOCIATE()
+    p.application_context_name = "1.2.840.10008.3.1.1.1"
+    p.calling_ae_title, p.called_ae_title = calling, called
+    from pynetdicom.transport import AddressInformation
+    p.calling_presentation_address = AddressInformation("127.0.0.1", 0)
+    p.called_presentation_address = AddressInformation("127.0.0.1", 104)
+    cx = build_context(Verification)
+    cx.context_id = 1
+    p.presentation_context_definition_list = [cx]
+    length, impl = MaximumLengthNotification(), ImplementationClassUIDNotification()
+    length.maximum_length_received = 16382
+    impl.implementation_class_uid = "1.2.3.4"
+    p.user_information = [length, impl]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(p)
+    return pdu.encode()
+
+
+class Trickler(threading.Thread):
+    """Sends ``data`` one byte every ``every`` seconds from address ``bind`` until the node
+    closes the connection or ``limit`` seconds pass; ``closed_after`` is how long it took
+    (None: still open at the limit)."""
+
+    def __init__(self, port, data, bind="127.0.0.1", every=0.5, limit=40, sock=None):
+        super().__init__(daemon=True)
+        self.port, self.data, self.bind, self.every, self.limit = port, data, bind, every, limit
+        self.sock, self.closed_after = sock, None
+
+    def run(self):
+        start = time.monotonic()
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10,
+                                                     source_address=(self.bind, 0))
+            for byte in self.data:
+                if time.monotonic() - start > self.limit:
+                    return
+                readable, _, _ = select.select([self.sock], [], [], self.every)
+                if readable and not self.sock.recv(4096):
+                    break  # the node closed it
+                self.sock.sendall(bytes([byte]))
+            else:
+                return
+        except OSError:  # reset by the node
+            pass
+        self.closed_after = time.monotonic() - start
+
+
+def echo(port, calling="XRAYINFER", bind=None):
+    a = ae(calling)
+    kwargs = {"bind_address": (bind, 0)} if bind else {}
+    assoc = a.associate("127.0.0.1", port, ae_title=NODE_AET, **kwargs)
+    if not assoc.is_established:
+        return False
+    ok = assoc.send_c_echo().Status == 0
+    assoc.release()
+    return ok
+
+
+# -- 1 and 11: trickling connections cannot lock a listed peer out; refusals counted, summed --
+def test_trickled_association_requests_neither_lock_out_nor_flood_the_log(node):
+    mark = len(node.log.read_text())
+    before = {r: metric(node, "refused_total", reason=r) for r in ("setup_deadline", "pending")}
+    rq = associate_rq("EVIL")
+    # from addresses no listed caller uses: two pending connections each at most
+    tricklers = [Trickler(node.port, rq, bind=f"127.0.0.{3 + 2 * (k % 2)}") for k in range(8)]
+    for t in tricklers:
+        t.start()
+    try:
+        assert all(echo(node.port) for _ in range(5))  # the listed peer gets in, every time
+    finally:
+        for t in tricklers:
+            t.join(60)
+    # each closed: at once (beyond two pending per address) or at the 3 s set-up deadline
+    assert all(t.closed_after is not None and t.closed_after < 30 for t in tricklers), \
+        [t.closed_after for t in tricklers]
+    wait_for(lambda: metric(node, "refused_total", reason="setup_deadline") >=
+             before["setup_deadline"] + 4, timeout=30, what="deadline refusals counted")
+    assert metric(node, "refused_total", reason="pending") >= before["pending"] + 4
+    lines = [ln for ln in log_since(node, mark).splitlines() if "127.0.0.3" in ln]
+    assert 1 <= len(lines) <= 2, lines  # the first at once, the rest summed
+
+
+def test_refused_callers_are_counted_one_by_one_and_logged_in_sum(node):
+    mark = len(node.log.read_text())
+    before = metric(node, "refused_total", reason="unknown_peer")
+    for _ in range(60):
+        assert ae("EVIL").associate("127.0.0.1", node.port, ae_title=NODE_AET).is_rejected
+    assert metric(node, "refused_total", reason="unknown_peer") == before + 60
+    lines = [ln for ln in log_since(node, mark).splitlines() if "EVIL" in ln]
+    assert len(lines) <= 2, lines
+
+
+def test_a_malformed_association_request_is_logged(node):
+    mark = len(node.log.read_text())
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10,
+                                  source_address=("127.0.0.6", 0)) as s:
+        s.sendall(b"\x01\x00\x00\x00\x00\x10" + b"\xee" * 16)
+        s.settimeout(20)
+        assert s.recv(4096) in (b"", ) or True  # closed, or answered with an abort
+    wait_for(lambda: "127.0.0.6: closed before a valid association request" in
+             log_since(node, mark), timeout=30, what="the malformed request logged")
+
+
+# -- 10: a listed peer trickling a PDU is cut off at the idle deadline ----------------------------
+def test_a_listed_peer_trickling_a_pdu_is_cut_off(node):
+    before = metric(node, "refused_total", reason="idle")
+    assoc = ae().associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    header = struct.pack(">BBL", 4, 0, 1000)  # a P-DATA-TF of 1,000 bytes, sent slowly
+    t = Trickler(node.port, header + b"\x00" * 994, sock=raw, every=0.5, limit=40)
+    t.run()
+    assert t.closed_after is not None and t.closed_after < 30
+    assert metric(node, "refused_total", reason="idle") == before + 1
+
+
+# -- 3: the command set counts ---------------------------------------------------------------------
+def test_an_endless_command_set_is_cut_off(node):
+    mark = len(node.log.read_text())
+    assoc = ae().associate("127.0.0.1", node.port, ae_title=NODE_AET)
+    assert assoc.is_established
+    context = assoc.accepted_contexts[0].context_id
+    fragment = b"\x00" * 16000
+    pdv = struct.pack(">LBB", 2 + len(fragment), context, 0x01) + fragment  # command, not last
+    pdu = struct.pack(">BBL", 4, 0, len(pdv)) + pdv
+    raw, sent = assoc.dul.socket.socket, 0
+    try:
+        for _ in range(200):  # 3.2 MB at most: the node must cut it at 64 kB
+            raw.sendall(pdu)
+            sent += 1
+    except OSError:
+        pass
+    wait_for(lambda: "a command set over 65536 bytes" in log_since(node, mark), timeout=30,
+             what="the abort logged")
+    assert sent < 200 or not assoc.is_established
+
+
+# -- 2: a codestream that declares more than the header ----------------------------------------------
+def jpeg_ls_bomb(tmp_path):
+    """A 512 x 512 DX whose JPEG-LS frame header declares 16384 x 16384."""
+    import jpeg_ls
+    stream = bytes(jpeg_ls.encode(np.zeros((512, 512), np.uint8)))
+    i = stream.index(b"\xff\xf7")
+    stream = stream[:i + 5] + struct.pack(">HH", 16384, 16384) + stream[i + 9:]
+    ds = dataset(tmp_path, "JLSBOMB")
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 512, 512, 8, 8, 7
+    ds.PixelData = pydicom.encaps.encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    return ds
+
+
+def test_a_codestream_declaring_more_than_rows_and_columns_is_refused_undecoded(node, tmp_path):
+    import jpeg_ls
+    from pynetdicom import AE
+    from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation as DX
+    a = AE(ae_title="XRAYINFER")
+    a.add_requested_context(DX, JPEGLSLossless)
+
+    def send(ds):
+        assoc = a.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+        rsp = assoc.send_c_store(ds)
+        assoc.release()
+        return int(rsp.Status), str(rsp.get("ErrorComment", ""))
+    honest = dataset(tmp_path, "JLS")  # the same path, warmed up by an honest JPEG-LS scan
+    pixels = honest.pixel_array
+    honest.PixelData = pydicom.encaps.encapsulate([bytes(jpeg_ls.encode(pixels))])
+    honest["PixelData"].VR = "OB"
+    honest.file_meta.TransferSyntaxUID = JPEGLSLossless
+    assert send(honest) == (0, "")
+    peak = peak_rss_mb(node.proc.pid)
+    bomb = jpeg_ls_bomb(tmp_path)
+    for _ in range(4):
+        assert send(bomb) == (0xC000, "pixel data cannot be decoded safely")
+    # decoded, 16384 x 16384 took 1.77 GB; refused by its header, it costs nothing
+    assert peak_rss_mb(node.proc.pid) < peak + 100
+    assert "codestream declares 16384x16384 pixels where Rows x Columns say 512x512" in \
+        node.log.read_text()
+
+
+# -- 12: identifiers checked against their VR; no Error Comment echoes the object ----------------
+@pytest.mark.parametrize("patient", ["A\\B", "A\x00B", "A\r\nB", "P" * 65])
+def test_a_patient_id_that_is_no_lo_value_is_refused(node, tmp_path, patient):
+    ds = dataset(tmp_path, "VALID")
+    ds.PatientID = patient
+    assert store([ds], node.port) == \
+        [(0xC000, "PatientID not a valid LO: one value, 64 chars, no controls")]
+
+
+def test_no_error_comment_carries_a_value_from_the_object(node, tmp_path):
+    ds = dataset(tmp_path, "ECHO", PhotometricInterpretation="PWNED-VALUE")
+    [(code, comment)] = store([ds], node.port)
+    assert code == 0xC000 and "PWNED" not in comment
+
+
+# -- 7: two objects under one UID ------------------------------------------------------------------
+def test_a_second_object_under_a_spooled_uid_is_refused_and_a_resend_is_one(tmp_path):
+    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER, OTHER_PEER)).start()
+    try:  # the destination is down: what is acknowledged stays in the spool to be counted
+        first = dataset(tmp_path, "FIRST")
+        other = dataset(tmp_path, "FIRST")
+        other.SOPInstanceUID = first.SOPInstanceUID
+        other.PixelData = bytes(255 - b for b in first.PixelData)
+        assert store([first], n.port) == [(0, "")]
+        assert store([first], n.port) == [(0, "")]  # the same object again
+        assert store([other], n.port, calling="OTHER", bind="127.0.0.2") == \
+            [(0x0111, "another object under this SOP Instance UID")]
+        [spooled] = n.spooled()
+        assert pydicom.dcmread(spooled).PixelData == first.PixelData
+    finally:
+        n.stop()
+
+
+# -- 6: a destination that aborts on one instance holds back no other ----------------------------
+def test_an_abort_on_one_instance_costs_that_instance_alone(node, dest, tmp_path):
+    aborts = dataset(tmp_path, "ABORTS")
+    others = [dataset(tmp_path, f"AFTER-ABORT-{i}") for i in range(4)]
+    assert store([aborts, *others], node.port) == [(0, "")] * 5
+    wait_for(lambda: all(f"AFTER-ABORT-{i}" in dest.patients("SR") for i in range(4)),
+             timeout=180, what="the four others delivered")
+    wait_for(lambda: any("aborted the association on it (2 times)" in f.read_text()
+                         for f in (node.spool / "failed").glob("*.json")),
+             timeout=180, what="the aborting instance quarantined")
+
+
+# -- 5 and 12: the metrics server is bounded and local; health tells the truth -------------------
+def test_a_metrics_flood_costs_nothing_else_and_health_answers(node, tmp_path):
+    # 127.0.0.1 only, whatever --host says: another local address does not reach it
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.2", node.metrics_port), timeout=5).close()
+    fds = len(os.listdir(f"/proc/{node.proc.pid}/fd"))
+    idle = []
+    for _ in range(200):
+        try:
+            idle.append(socket.create_connection(("127.0.0.1", node.metrics_port), timeout=5))
+        except OSError:
+            break
+    try:
+        assert len(os.listdir(f"/proc/{node.proc.pid}/fd")) < fds + 40
+        assert store([dataset(tmp_path, "DURING-FLOOD")], node.port) == [(0, "")]
+    finally:
+        for s in idle:
+            s.close()
+    results = []
+
+    def health():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/healthz",
+                                        timeout=30) as r:
+                results.append(r.status)
+        except urllib.error.HTTPError as e:
+            results.append(e.code)
+    wait_for(lambda: health() or results[-1] == 200, timeout=60, what="healthy")
+    threads = [threading.Thread(target=health) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results[-12:] == [200] * 12  # concurrent checks do not trip each other
+
+
+def test_health_is_503_below_the_spool_reserve(tmp_path):
+    import shutil
+    spool_disk = shutil.disk_usage(tmp_path).free // 2 ** 20
+    port = free_port()
+    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER,),
+                    extra=("--metrics-port", port, "--min-free-mb", spool_disk + 10_000)).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30)
+        assert e.value.code == 503
+        state = json.loads(e.value.read())
+        assert state["spool_writable"] is True and state["spool_free_mb"] < \
+            state["spool_reserve_mb"]
+    finally:
+        n.stop()
+
+
+# -- 8: SIGTERM does not wait on anyone --------------------------------------------------------------
+def test_sigterm_exits_promptly_whatever_the_peers_do(tmp_path):
+    import signal
+    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER,)).start()  # 10 s set-up
+    tricklers = [Trickler(n.port, associate_rq("EVIL"), bind="127.0.0.2", every=1, limit=60)
+                 for _ in range(2)]
+    for t in tricklers:
+        t.start()
+    listed = ae().associate("127.0.0.1", n.port, ae_title=NODE_AET)
+    assert listed.is_established
+    pdu = Trickler(n.port, struct.pack(">BBL", 4, 0, 1000) + b"\x00" * 994,
+                   sock=listed.dul.socket.socket, every=1, limit=60)
+    pdu.start()
+    wait_for(lambda: len(os.listdir(f"/proc/{n.proc.pid}/fd")) > 0, what="the node up")
+    start = time.monotonic()
+    n.proc.send_signal(signal.SIGTERM)
+    n.proc.wait(60)
+    assert time.monotonic() - start < 10
+    assert n.proc.returncode == 0 and "stopped" in n.log.read_text()
+
+
+# -- 4: file descriptors running out do not end forwarding ------------------------------------------
+SUPERVISED = """
+import json, resource, sys, time
+sys.path.insert(0, {tests!r})
+from dicomnet import Destination, chest_dicoms, store, wait_for
+from orthanc import free_port
+from xray_infer.node import Allowlist, Caller, Limits, Node
+from xray_infer.peer import Peer
+import pydicom
+from pathlib import Path
+
+dest_port, port = free_port(), free_port()
+node = Node(port, Peer("127.0.0.1", dest_port, "DEST"), {spool!r},
+            Allowlist((Caller("XRAYINFER", "127.0.0.1"),)), limits=Limits(retry_base=0.2))
+node.start()
+ds = pydicom.dcmread(chest_dicoms(Path({spool!r}) / "in", 1, "EMFILE")[0])
+assert store([ds], port) == [(0, "")]
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))  # no descriptor left to open
+try:
+    wait_for(lambda: node.metrics.worker_restarts._value.get() >= 2, timeout=60,
+             what="the worker failing on EMFILE")
+    alive = node.forwarder.alive()
+finally:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+dest = Destination(port=dest_port)
+wait_for(lambda: len(dest.stored) == 2, timeout=120, what="the results delivered")
+print(json.dumps({{"alive": alive, "restarts": node.metrics.worker_restarts._value.get(),
+                  "delivered": sorted(d.Modality for d in dest.stored)}}))
+node.stop()
+dest.close()
+"""
+
+
+def test_running_out_of_file_descriptors_does_not_end_forwarding(tmp_path):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = SUPERVISED.format(tests=tests, spool=str(tmp_path / "spool"))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300, cwd=tests)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["alive"] and out["restarts"] >= 2 and out["delivered"] == ["OT", "SR"]
+    assert "Too many open files" in p.stderr
+
+
+# -- 9: memory is admitted, not discovered -----------------------------------------------------------
+@pytest.mark.slow
+def test_eight_large_instances_at_once_stay_within_the_in_flight_budget(tmp_path):
+    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER, OTHER_PEER),
+                    extra=("--max-per-peer", 8, "--max-pending", 16)).start()
+    try:
+        big = []
+        for i in range(8):  # 60 MiB each, under the 64 MB limit; the destination is down
+            ds = dataset(tmp_path, f"BIG{i}")
+            ds.Rows, ds.Columns = 5600, 5616
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+            ds.PixelData = np.full((5600, 5616), 1000 + i, np.uint16).tobytes()
+            big.append(ds)
+        results = [None] * 8
+
+        def one(k):
+            results[k] = store([big[k]], n.port)
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        assert results == [[(0, "")]] * 8, results
+        peak = peak_rss_mb(n.proc.pid)
+        assert peak < 2000, peak  # 3,180 MB when every association took what it was sent
+    finally:
+        n.stop()
+
+
+# -- all of it at once -------------------------------------------------------------------------------
+class AbortingGate:
+    """A destination in front of Orthanc that aborts the association on the first attempt at
+    each result of the patients in ``abort``, and otherwise stores into Orthanc what it is
+    sent, counting each object it stored."""
+
+    def __init__(self, orthanc, abort):
+        from collections import Counter
+
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+        self.orthanc, self.abort, self.tried = orthanc, abort, set()
+        self.stored, self._lock = Counter(), threading.Lock()
+        self.port = free_port()
+        scp = AE(ae_title="GATE")
+        scp.supported_contexts = AllStoragePresentationContexts
+        self.server = scp.start_server(("127.0.0.1", self.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
+        self.scu = AE(ae_title="GATE")
+        self.scu.add_requested_context(ComprehensiveSRStorage)
+        self.scu.add_requested_context(SecondaryCaptureImageStorage)
+
+    def _store(self, event):
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        uid = str(ds.SOPInstanceUID)
+        with self._lock:
+            first = uid not in self.tried
+            self.tried.add(uid)
+        if first and str(ds.PatientID) in self.abort:
+            event.assoc.abort()
+            return 0xA700
+        assoc = self.scu.associate("127.0.0.1", self.orthanc.dicom_port,
+                                   ae_title=self.orthanc.aet)
+        try:
+            code = int(assoc.send_c_store(ds).Status)
+        finally:
+            assoc.release()
+        if code == 0:
+            with self._lock:
+                self.stored[uid] += 1
+        return code
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.mark.slow
+def test_soak_every_acknowledged_instance_arrives_once_while_attacked(tmp_path):
+    from orthanc import BINARY, Orthanc
+    if BINARY is None:
+        pytest.skip("Orthanc is not installed (tests/system-packages.sh)")
+    from dicomnet import chest_dicoms
+    pacs = Orthanc(tmp_path / "orthanc").start()
+    gate = AbortingGate(pacs, abort={"SOAK0", "SOAK2"})
+    senders = [f"SENDER{k}@127.0.0.1" for k in range(4)]
+    metrics = free_port()
+    n = NodeProcess(tmp_path / "node", gate.port, forward_aet="GATE",
+                    allow=(*senders, "BOMBER@127.0.0.2"),
+                    extra=("--setup-timeout", 3, "--idle-timeout", 10, "--max-refusals", 3,
+                           "--metrics-port", metrics)).start()
+    n.metrics_port = metrics
+    stop = threading.Event()
+    try:
+        batches = [[pydicom.dcmread(f) for f in chest_dicoms(tmp_path / f"in{k}", 50,
+                                                               f"SOAK{k}")] for k in range(4)]
+        answers = [None] * 4
+
+        def send(k):
+            answers[k] = store(batches[k], n.port, calling=f"SENDER{k}")
+
+        def attack():
+            rounds = 0
+            while not stop.is_set() and rounds < 20:  # bounded: 20 rounds at most
+                rounds += 1
+                tricklers = [Trickler(n.port, associate_rq("EVIL"), bind="127.0.0.3",
+                                      limit=20) for _ in range(3)]
+                for t in tricklers:
+                    t.start()
+                flood = []
+                for _ in range(50):
+                    try:
+                        flood.append(socket.create_connection(("127.0.0.1", metrics),
+                                                              timeout=5))
+                    except OSError:
+                        break
+                bomb = jpeg_ls_bomb(tmp_path)
+                from pynetdicom import AE
+                from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation as DX
+                a = AE(ae_title="BOMBER")
+                a.add_requested_context(DX, JPEGLSLossless)
+                assoc = a.associate("127.0.0.1", n.port, ae_title=NODE_AET,
+                                    bind_address=("127.0.0.2", 0))
+                if assoc.is_established:
+                    assoc.send_c_store(bomb)
+                    assoc.release()
+                for t in tricklers:
+                    t.join(30)
+                for s in flood:
+                    s.close()
+        attacker = threading.Thread(target=attack, daemon=True)
+        attacker.start()
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        acknowledged = [ds for k in range(4) for ds, (code, _) in zip(batches[k], answers[k])
+                        if code == 0]
+        assert len(acknowledged) == 200, answers
+        for k in range(4):
+            wait_for(lambda: len(pacs.find_instances("SR", PatientID=f"SOAK{k}")) == 50 and
+                     len(pacs.find_instances("OT", PatientID=f"SOAK{k}")) == 50, timeout=600,
+                     what=f"the results of SOAK{k}")
+        stop.set()
+        attacker.join(120)
+        assert len(gate.stored) == 400 and set(gate.stored.values()) == {1}
+        assert metric(n, "forwarded_total") == 200
+        assert metric(n, "retried_total") >= 100  # each of SOAK0's and SOAK2's aborted once
+        assert peak_rss_mb(n.proc.pid) < 1500
+    finally:
+        stop.set()
+        n.stop()
+        gate.close()
+        pacs.stop()
