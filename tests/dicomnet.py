@@ -41,8 +41,11 @@ def chest_dicoms(folder, n, patient):
 
 class NodeProcess:
     def __init__(self, folder, forward_port, forward_aet="ORTHANC", port=None, extra=(),
-                 allow=("XRAYINFER@127.0.0.1", "ORTHANC@localhost")):
+                 allow=("XRAYINFER@127.0.0.1", "ORTHANC@localhost"), metrics=False):
         self.port = port or free_port()
+        self.metrics_port = free_port() if metrics else None
+        if metrics:
+            extra = (*extra, "--metrics-port", self.metrics_port)
         Path(folder).mkdir(parents=True, exist_ok=True)
         self.spool = Path(folder) / "spool"
         self.log = Path(folder) / "node.log"

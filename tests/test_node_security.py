@@ -48,11 +48,8 @@ def dest():
 
 @pytest.fixture(scope="module")
 def node(dest, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("node")
-    metrics = free_port()
-    n = NodeProcess(folder, dest.port, forward_aet=dest.aet, allow=(GOOD_PEER, OTHER_PEER),
-                    extra=(*NODE_OPTIONS, "--metrics-port", metrics))
-    n.metrics_port = metrics
+    n = NodeProcess(tmp_path_factory.mktemp("node"), dest.port, forward_aet=dest.aet,
+                    allow=(GOOD_PEER, OTHER_PEER), extra=(*NODE_OPTIONS,), metrics=True)
     n.start()
     yield n
     n.stop()
