@@ -257,7 +257,7 @@ def test_info():
 
 @pytest.mark.parametrize("text,reason", [("localhost", "not HOST:PORT"), ("h:0", "port must be"),
                                          ("h:70000", "port must be"), (":104", "not HOST:PORT"),
-                                         ("h:104:" + "A" * 17, "1 to 16 characters")])
+                                         ("h:104:" + "A" * 17, "1 to 16 printable characters")])
 def test_peer_addresses_are_checked_before_anything_runs(text, reason):
     p = run("send", SAMPLES / "IM-0001-0001.jpeg", "--to", text)
     assert p.returncode == 2 and reason in p.stderr

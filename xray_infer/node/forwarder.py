@@ -25,10 +25,6 @@ from .policy import printable
 
 log = logging.getLogger("xray_infer.node")
 
-#: The longest wait after a failed batch or a crashed worker, in seconds.
-MAX_BACKOFF = 60.0
-
-
 class Forwarder:
     def __init__(self, *, spool, classifier, digest, forward, forward_tls, ae_title, limits,
                  metrics, progress, batch_size):
@@ -64,7 +60,8 @@ class Forwarder:
                 self._work()
             except Exception:  # a spool error, a bug: logged; the instances stay spooled
                 self.metrics.worker_restarts.inc()
-                backoff = min(max(backoff * 2, self.limits.retry_base), MAX_BACKOFF)
+                backoff = min(max(backoff * 2, self.limits.retry_base),
+                              self.limits.backoff_cap)
                 log.exception("the forwarding worker failed; it starts again in %.0f s and the "
                               "instances stay in the spool", backoff)
                 self._stop.wait(backoff)
@@ -82,7 +79,8 @@ class Forwarder:
             if self._process(batch):
                 backoff = 0.0
             else:  # the destination is down: wait longer each time, up to a minute
-                backoff = min(max(backoff * 2, self.limits.retry_base), MAX_BACKOFF)
+                backoff = min(max(backoff * 2, self.limits.retry_base),
+                              self.limits.backoff_cap)
                 self._stop.wait(backoff)
 
     # -- one batch -----------------------------------------------------------------------------

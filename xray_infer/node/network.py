@@ -20,9 +20,6 @@ from .refusals import Refusal
 
 log = logging.getLogger("xray_infer.node")
 
-#: A PDU longer than this is refused whatever the peer declares (an A-ASSOCIATE-RQ with many
-#: contexts is the largest legitimate one; P-DATA PDUs are bounded by the negotiated length).
-MAX_PDU_BYTES = 1 << 20
 
 
 def is_stored(status):
@@ -81,10 +78,12 @@ def associate(ae, peer, tls=None):
 class _BoundedSocket(AssociationSocket):
     # pynetdicom's DUL reads each PDU as recv(6) for the header, then recv(length): a length
     # over the bound is a closed transport (Evt17) instead of memory the peer chose.
+    max_pdu = 1 << 20  # set per connection from Limits.max_pdu_bytes
+
     def recv(self, nr_bytes):
-        if nr_bytes > MAX_PDU_BYTES:
+        if nr_bytes > self.max_pdu:
             log.warning("association from %s closed: a PDU of %d bytes declared (limit %d)",
-                        self.assoc.requestor.address, nr_bytes, MAX_PDU_BYTES)
+                        self.assoc.requestor.address, nr_bytes, self.max_pdu)
             raise OSError("PDU too long")
         return super().recv(nr_bytes)
 
@@ -166,6 +165,7 @@ class _Handler(RequestHandler):
     def _create_association(self):
         assoc = super()._create_association()
         assoc.dul.socket.__class__ = _BoundedSocket  # same object, bounded recv (see above)
+        assoc.dul.socket.max_pdu = self.server.limits.max_pdu_bytes
         return assoc
 
 

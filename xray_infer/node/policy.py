@@ -67,11 +67,14 @@ class Limits:
     dimse_timeout: float = 30.0      # waiting on a peer's DIMSE answer (forwarding)
     max_object_mb: int = 64          # one data set as received; also bounds the declared image
     max_command_bytes: int = 65536   # one command set (a C-STORE's is about 200 bytes)
+    max_pdu_bytes: int = 1 << 20     # one PDU, whatever it declares (an A-ASSOCIATE-RQ with many
+    #                                  contexts is the largest legitimate one)
     max_inflight_mb: int = 256       # data sets being received, all associations together
     min_free_mb: int = 512           # spool disk kept free: below it, instances get 0xA700
     max_refusals: int = 5            # destination refusals before an instance is quarantined
     retry_base: float = 2.0          # seconds; doubled per refusal, capped at retry_cap
     retry_cap: float = 300.0
+    backoff_cap: float = 60.0        # seconds: the longest wait after a failed batch or worker
     decoders: int = 1                # instances checked (decoded) at once while receiving
     stall_seconds: float = 600.0     # /healthz is 503 when pending work made no progress this long
     refusal_log_interval: float = 10.0   # refusals of connections are summed over this
