@@ -2,6 +2,7 @@
 import logging
 import os
 import re
+import signal
 import sys
 import time
 from collections import Counter
@@ -287,13 +288,40 @@ def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, wa
     return msg
 
 
-def score(engine, files, writer, progress, extras, page=None):
+class CtrlC:
+    """SIGINT while scoring: the first one stops the run between two rows (raised in the middle
+    of a write or inside a library's lock, KeyboardInterrupt could leave a row cut or a lock
+    held that the workers' shutdown then waits on); a second one interrupts at once."""
+
+    def __init__(self):
+        self.pressed = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def _press(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+    def check(self):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+def score(engine, files, writer, progress, extras, page=None, ctrl_c=None):
     """Write a row per input (and to the results ``page``) and return the Tally;
-    KeyboardInterrupt and a failed Ray job pass through (the rows written until then are
-    complete, and the page holds each of them)."""
+    KeyboardInterrupt (``ctrl_c``: between rows) and a failed Ray job pass through (the rows
+    written until then are complete, and the page holds each of them)."""
     tally = Tally()
     max_value = engine.args.max_value
     for r in engine.results(files):
+        if ctrl_c is not None:
+            ctrl_c.check()
         writer.write(r)
         scan = None
         try:
@@ -412,8 +440,9 @@ def cmd_classify(args):
     dicom_out = DicomResults(args.dicom_out, engine.clf) if args.dicom_out else None
     page, interrupted = Page(args, engine, overlays), None
     try:
-        tally = score(engine, files, writer, progress, [w for w in (overlays, dicom_out) if w],
-                      page.page)
+        with CtrlC() as ctrl_c:
+            tally = score(engine, files, writer, progress,
+                          [w for w in (overlays, dicom_out) if w], page.page, ctrl_c)
     except KeyboardInterrupt:
         progress.close()
         interrupted = f"interrupted after {progress.done} of {len(files)} inputs"
