@@ -69,9 +69,10 @@ class Forwarder:
     def _work(self):
         backoff = 0.0
         while not self._stop.is_set():
-            batch = self._due()
+            pending = self.spool.pending()
+            batch = self._due(pending)
             if not batch:
-                if not self.spool.pending():
+                if not pending:
                     self.progress.moved()  # nothing waits: nothing is stalled
                 self.wake.wait(0.5)
                 self.wake.clear()
@@ -84,9 +85,11 @@ class Forwarder:
                 self._stop.wait(backoff)
 
     # -- one batch -----------------------------------------------------------------------------
-    def _due(self):
+    def _due(self, pending):
+        """The next batch of ``pending`` (the spool's listing): not delivered already, and not
+        waiting out a retry's backoff."""
         now = time.monotonic()
-        return [p for p in self.spool.pending() if p.name not in self._delivered
+        return [p for p in pending if p.name not in self._delivered
                 and self._retry.get(p.name, (0, 0))[1] <= now][:self.batch_size]
 
     def _quarantine(self, path, reason):
