@@ -1,6 +1,10 @@
 """A real Orthanc PACS for the node tests: started from Debian's ``Orthanc`` binary with a
-generated configuration on free loopback ports, driven through its REST API."""
+generated configuration on free loopback ports, driven through its REST API; with
+``dicomweb=True`` Debian's DICOMweb plugin serves ``/dicom-web``, optionally behind HTTP basic
+authentication (``users``) and HTTPS (``tls``)."""
+import base64
 import json
+import ssl
 import shutil
 import socket
 import subprocess
@@ -11,6 +15,9 @@ from pathlib import Path
 
 BINARY = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists()
                                      else None)
+DICOMWEB_PLUGIN = next((p for p in ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",
+                                    "/usr/lib/orthanc/libOrthancDicomWeb.so")
+                        if Path(p).exists()), None)
 
 
 def free_port():
@@ -32,17 +39,34 @@ def wait_port(port, timeout=60, proc=None):
 
 
 class Orthanc:
-    def __init__(self, folder, modalities=None, aet="ORTHANC", dicom_port=None, extra=None):
+    def __init__(self, folder, modalities=None, aet="ORTHANC", dicom_port=None, extra=None,
+                 dicomweb=False, users=None, tls=None):
+        """``users``: {name: password} for HTTP basic authentication; ``tls``: (server PEM with
+        its key appended, the CA PEM that signs clients and the server, a client's certificate
+        and key for the REST calls) for HTTPS with client certificates."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.aet, self.http_port = aet, free_port()
         self.dicom_port = dicom_port or free_port()
+        self.users, self.tls = users or {}, tls
+        scheme = "https" if tls else "http"
+        self.base = f"{scheme}://127.0.0.1:{self.http_port}"
+        self.dicomweb = f"{self.base}/dicom-web"
+        web = {}
+        if dicomweb:
+            web = {"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+        if users:
+            web.update(AuthenticationEnabled=True, RegisteredUsers=users)
+        if tls:
+            web.update(SslEnabled=True, SslCertificate=str(tls[0]), SslVerifyPeers=True,
+                       SslTrustedClientCertificates=str(tls[1]))
         config = {"Name": "xray-infer-tests", "StorageDirectory": str(self.folder / "db"),
                   "IndexDirectory": str(self.folder / "db"), "HttpPort": self.http_port,
                   "DicomPort": self.dicom_port, "DicomAet": aet, "DicomCheckCalledAet": True,
                   "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
                   "DicomModalities": modalities or {}, "Plugins": [], "StableAge": 1,
-                  "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, **(extra or {})}
+                  "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, **web,
+                  **(extra or {})}
         self.config = self.folder / "orthanc.json"
         self.config.write_text(json.dumps(config, indent=1))
         self.proc = None
@@ -58,7 +82,7 @@ class Orthanc:
                 self.get("/system")
                 wait_port(self.dicom_port, proc=self.proc)
                 return self
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, ssl.SSLError):
                 time.sleep(0.1)
         raise TimeoutError("Orthanc's REST API did not answer")
 
@@ -75,9 +99,16 @@ class Orthanc:
     # -- REST ----------------------------------------------------------------------------------
     def _call(self, method, path, body=None, raw=False):
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data,
-                                     method=method)
-        with urllib.request.urlopen(req, timeout=120) as resp:
+        req = urllib.request.Request(f"{self.base}{path}", data=data, method=method)
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            req.add_header("Authorization", "Basic " + base64.b64encode(
+                f"{user}:{password}".encode()).decode())
+        context = None
+        if self.tls:  # the REST calls present the client certificate the tests made
+            context = ssl.create_default_context(cafile=str(self.tls[1]))
+            context.load_cert_chain(str(self.tls[2]), str(self.tls[3]))
+        with urllib.request.urlopen(req, timeout=120, context=context) as resp:
             out = resp.read()
         return out if raw else json.loads(out)
 

@@ -1,7 +1,8 @@
 #!/bin/bash
 # System packages some tests use, on Debian as root (CI): dicom3tools (dciodvfy, the DICOM
 # validator), Orthanc (a real PACS for the DICOM node tests; the tests start their own on
-# loopback ports, so the package's service is kept from starting), dcmtk (storescu, echoscu:
+# loopback ports, so the package's service is kept from starting) with its DICOMweb plugin
+# (orthanc-dicomweb), dcmtk (storescu, echoscu:
 # a second DICOM client), openssl (test certificates for DICOM TLS) and chromium (the results
 # page, rendered headless). Elsewhere it only says what
 # is missing; those tests then skip with the reason.
@@ -9,6 +10,7 @@ set -euo pipefail
 need=()
 command -v dciodvfy > /dev/null || need+=(dicom3tools)
 command -v Orthanc > /dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -x /usr/bin/storescu ] && [ -x /usr/bin/echoscu ] || need+=(dcmtk)
 command -v openssl > /dev/null || need+=(openssl)
 command -v chromium > /dev/null || need+=(chromium)

@@ -1,7 +1,7 @@
 """From inputs (paths, encoded bytes, arrays) to a model batch: the path shared by the
 classifier and the trainer, so both see exactly the same pixels."""
 import os
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -18,17 +18,24 @@ class Encoded(NamedTuple):
     name: str
 
 
+class Fetched(NamedTuple):
+    """An input read when its turn comes, in the worker that decodes it (a DICOMweb instance,
+    one at a time per worker): ``read()`` returns its bytes or raises InputError."""
+    name: str
+    read: Callable[[], bytes]
+
+
 #: Encoded file contents.
 ENCODED = (bytes, bytearray, memoryview)
 #: What counts as one input (not an iterable of inputs) where a single one may be passed.
-SINGLE_INPUT = (str, os.PathLike, np.ndarray, Decoded, Encoded, *ENCODED)
+SINGLE_INPUT = (str, os.PathLike, np.ndarray, Decoded, Encoded, Fetched, *ENCODED)
 
 
 def source_name(item, index):
     """How an input is named in results and errors: its path, or ``<array i>``."""
     if isinstance(item, (str, os.PathLike)):
         return os.fspath(item)
-    if isinstance(item, Encoded):
+    if isinstance(item, (Encoded, Fetched)):
         return item.name
     if isinstance(item, ENCODED):
         return f"<bytes {index}>"
@@ -43,6 +50,8 @@ def decode_input(item, source, target=None, max_value=None):
         return item
     if isinstance(item, Encoded):
         return decode_bytes(bytes(item.data), item.name, target, max_value)
+    if isinstance(item, Fetched):
+        return decode_bytes(item.read(), item.name, target, max_value)
     if isinstance(item, (str, os.PathLike)):
         return read_image(item, target, max_value)
     if isinstance(item, ENCODED):

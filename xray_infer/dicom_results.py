@@ -3,16 +3,21 @@
 For a classified DICOM scan: a Comprehensive SR following the measurement report template
 (TID 1500) with the finding, each class probability and the algorithm's name, version and
 model SHA-256; and a Secondary Capture of the heatmap overlay, labelled not for diagnostic use.
-Both carry the source's patient and study, reference the source instance, and start new series.
+Both carry the source's patient and study, reference the source instance, start new series,
+and name the model as IHE AI Results (AIR) asks: a Contributing Equipment item whose purpose
+is "Processing Algorithm", with a Device UID derived from the model file (docs/dicomweb.md
+lists the AIR points met and not met).
 """
 import re
 
 import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from . import __version__
 from .heatmap import caption, overlay
 
 MANUFACTURER = "xray-infer"
@@ -21,6 +26,7 @@ ALGORITHM = "xray-infer"
 #: order them after the source's series in a viewer).
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9101, 9102
 DISCLAIMER = "NOT FOR DIAGNOSTIC USE: research software output"
+SC_SERIES_DESCRIPTION = f"{ALGORITHM} heatmap, not for diagnostic use"
 
 #: SNOMED CT concepts of the findings this project's models name.
 FINDINGS = {
@@ -34,6 +40,17 @@ PROCEDURE = hd.sr.CodedConcept("168731009", "SCT", "Standard chest X-ray")
 #: per-class probabilities, which no public code names.
 PRIVATE_SCHEME = "99XRAYINFER"
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
+#: IHE AIR's Purpose of Reference for the equipment that made a result: the algorithm.
+PROCESSING_ALGORITHM = hd.sr.CodedConcept("Newcode1", "99IHE", "Processing Algorithm")
+#: The private coding schemes the objects use, declared so that a validator or viewer knows
+#: who answers for them (PS3.3 C.12.1.1.3, Coding Scheme Identification Sequence).
+CODING_SCHEMES = (
+    CodingSchemeIdentificationItem(
+        PRIVATE_SCHEME, name="xray-infer class probabilities",
+        responsible_organization="xray-infer project"),
+    CodingSchemeIdentificationItem(
+        "99IHE", name="IHE Radiology codes", responsible_organization="IHE International"),
+)
 
 
 #: Identifiers a result cannot do without: it must land in the source's patient, study and
@@ -100,12 +117,34 @@ def results_for(source, result, pixels, maxval, spec, digest):
         for k in missing:
             setattr(source, k, "")
     return (structured_report(source, result, spec, digest),
-            secondary_capture(source, result, pixels, maxval, digest))
+            secondary_capture(source, result, pixels, maxval, spec, digest))
 
 
 def _device_uid(digest):
-    # The same model is the same observer device in every report.
+    # The same model file is the same device in every report; any other file (another version,
+    # another variant of one version) another device.
     return generate_uid(entropy_srcs=[digest])
+
+
+def algorithm_equipment(spec, digest):
+    """The Contributing Equipment item naming the algorithm that made a result (IHE AIR)."""
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = [PROCESSING_ALGORITHM]
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = f"{ALGORITHM} {spec.precision}"[:64]
+    item.SoftwareVersions = [spec.model_version, f"xray-infer {__version__}"]
+    item.DeviceUID = _device_uid(digest)
+    item.ContributionDescription = f"Model SHA-256 {digest[:32]}"  # LO: 64 characters at most
+    return item
+
+
+def _declare(obj, spec, digest):
+    """What every result object carries besides its content: the algorithm as contributing
+    equipment (after any the object already names), and the private coding schemes."""
+    obj.ContributingEquipmentSequence = [*obj.get("ContributingEquipmentSequence", []),
+                                         algorithm_equipment(spec, digest)]
+    obj.CodingSchemeIdentificationSequence = list(CODING_SCHEMES)
+    return obj
 
 
 def result_uids(source, digest, kind):
@@ -149,14 +188,15 @@ def structured_report(source, result, spec, digest):
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=PROCEDURE, imaging_measurements=[group])
     series_uid, instance_uid = result_uids(source, digest, "SR")
-    return hd.sr.ComprehensiveSR(
+    return _declare(hd.sr.ComprehensiveSR(
         evidence=[source], content=report, series_instance_uid=series_uid,
         series_number=SR_SERIES_NUMBER, sop_instance_uid=instance_uid, instance_number=1,
         manufacturer=MANUFACTURER,
-        series_description=f"{ALGORITHM} {spec.model_version} result, not for diagnosis")
+        series_description=f"{ALGORITHM} {spec.model_version} result, not for diagnosis"),
+        spec, digest)
 
 
-def secondary_capture(source, result, pixels, maxval, digest):
+def secondary_capture(source, result, pixels, maxval, spec, digest):
     """A Secondary Capture of the heatmap overlay, in the source's patient and study."""
     picture = overlay(pixels, maxval, result.heatmap, caption(result))[:, :, ::-1]  # BGR->RGB
     series_uid, instance_uid = result_uids(source, digest, "SC")
@@ -166,7 +206,7 @@ def secondary_capture(source, result, pixels, maxval, digest):
         series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
         sop_instance_uid=instance_uid, instance_number=1, manufacturer=MANUFACTURER,
         patient_orientation=tuple(source.get("PatientOrientation", None) or ("L", "F"))[:2],
-        series_description=f"{ALGORITHM} heatmap, not for diagnostic use")
+        series_description=SC_SERIES_DESCRIPTION)
     sc.BurnedInAnnotation = "YES"
     # An unpaired body part: Laterality (type 2C) is then absent rather than empty.
     sc.BodyPartExamined = source.get("BodyPartExamined", "") or "CHEST"
@@ -176,4 +216,4 @@ def secondary_capture(source, result, pixels, maxval, digest):
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [ref]
-    return sc
+    return _declare(sc, spec, digest)

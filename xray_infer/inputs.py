@@ -112,21 +112,27 @@ def _expand_uri(uri, recursive):
     return [f"{scheme}://{p}" for p in paths]
 
 
-def collect_inputs(sources, recursive=False):
+def collect_inputs(sources, recursive=False, remote=None):
     """Expand files, folders and URIs into the run's ``Inputs``.
 
     A path named explicitly is always included, whatever it holds, so that a bad file given by
     name gets an error row instead of vanishing. A folder contributes, sorted, its files with an
     image extension (a folder named ``x.jpeg`` too: it gets an error row) and its other files
     whose leading bytes are an image's or DICOM's (archives name instances by UID alone);
-    everything else in it is skipped and listed with the reason. An input reached twice (named
+    everything else in it is skipped and listed with the reason. ``remote(url, skipped)``
+    lists a DICOMweb study, series or query as instance URLs (``xray_infer.dicomweb``). An input reached twice (named
     twice, or named and inside a named folder) is kept once. Raises UsageError for a source
     that does not exist or cannot be listed.
     """
     out, seen = Inputs(), set()
     for source in sources:
         source = os.fspath(source)
-        if is_uri(source):
+        if is_uri(source) and source.lower().startswith(("http://", "https://")):
+            if remote is None:
+                raise UsageError(f"{source}: a DICOMweb URL is read by xray-infer classify "
+                                 f"with the local engine")
+            found = remote(source, out.skipped)
+        elif is_uri(source):
             found = _expand_uri(source, recursive)
         elif os.path.isdir(source):
             walked = Inputs()

@@ -15,7 +15,7 @@ EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 0, 1
 EXIT_PIPE_CLOSED = 141
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: Libraries whose messages quote values from the objects they read (patient data).
-CHATTY = ("pydicom", "highdicom", "pynetdicom", "py.warnings")
+CHATTY = ("pydicom", "highdicom", "pynetdicom", "dicomweb_client", "py.warnings")
 
 
 def checked(parse):

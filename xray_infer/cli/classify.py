@@ -7,6 +7,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 
 from ..errors import UsageError, XrayInferError
 from ..inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
@@ -19,6 +20,7 @@ from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT
                       EXIT_PIPE_CLOSED, EXIT_USAGE, check_scope_options, check_writable_file,
                       check_writable_folder, checked, fail, positive, quiet_opencv, require,
                       setup_logging)
+from . import dicomweb_options
 from .extras import DicomResults, Overlays, write_extras
 
 log = logging.getLogger("xray_infer.cli")
@@ -57,6 +59,7 @@ def check_arguments(args):
     positive("--threads", args.threads)
     positive("--workers", args.workers)
     check_scope_options(args)
+    args.remote = dicomweb_options.check_run(args)
     if args.engine != "ray":
         for option, value in (("--address", args.address),
                               ("--gpus-per-worker", args.gpus_per_worker),
@@ -90,7 +93,8 @@ def check_arguments(args):
     if args.output and not is_uri(args.output):
         check_writable_file("--output", args.output)
     for option, folder in (("--heatmaps", args.heatmaps), ("--dicom-out", args.dicom_out)):
-        if folder is not None:
+        if folder is not None and not (option == "--dicom-out" and args.remote
+                                       and dicomweb_options.is_dicomweb(folder)):
             check_writable_folder(option, folder)
     if args.dicom_out:
         require(["pydicom", "highdicom"], "--dicom-out", "xray-infer[dicom]")
@@ -212,6 +216,10 @@ class Engine:
 
     def results(self, files):
         if self.clf is not None:
+            if self.args.remote is not None:  # DICOMweb instances: each read in its turn
+                from ..batch import Fetched
+                files = [Fetched(f, partial(self.args.remote.fetch, f))
+                         if dicomweb_options.is_dicomweb(f) else f for f in files]
             return self.clf.iter_classify(files)
         from .. import distributed
         a = self.args
@@ -269,7 +277,9 @@ def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, wa
         msg += f", {inputs.repeats} repeated input(s) scored once"
     if inputs.skipped:
         reasons = Counter(why.split(":")[0].split(" (")[0] for _, why in inputs.skipped)
-        msg += (f"; {len(inputs.skipped)} file(s) in folders skipped (" +
+        found_in = "DICOMweb instance(s)" if args.remote and not any(
+            os.path.exists(p) for p in args.paths) else "file(s) in folders"
+        msg += (f"; {len(inputs.skipped)} {found_in} skipped (" +
                 ", ".join(f"{n} {why}" for why, n in reasons.most_common()) +
                 ("; --log lists them)" if not args.log else f"; listed in {args.log})"))
     if overlays:
@@ -277,7 +287,8 @@ def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, wa
         if overlays.failed:
             msg += f", {overlays.failed} not written (see --log)"
     if dicom_out:
-        msg += f"; DICOM SR + SC for {dicom_out.written} input(s) in {args.dicom_out}"
+        where = "stored at" if dicom_out.client is not None else "in"
+        msg += f"; DICOM SR + SC for {dicom_out.written} input(s) {where} {args.dicom_out}"
         if dicom_out.not_dicom:
             msg += f", none for {dicom_out.not_dicom} non-DICOM input(s)"
         if dicom_out.failed:
@@ -335,7 +346,7 @@ def score(engine, files, writer, progress, extras, page=None, ctrl_c=None):
             else:
                 tally.classified += 1
                 if extras:
-                    scan = write_extras(extras, r, max_value)
+                    scan = write_extras(extras, r, max_value, engine.args.remote)
         finally:
             if page is not None:
                 page.add(r, scan)  # the scan decoded for the extras, not decoded again
@@ -393,7 +404,8 @@ class Page:
 
 def cmd_classify(args):
     fmt, existing = check_arguments(args)
-    inputs = collect_inputs(args.paths, args.recursive)
+    inputs = collect_inputs(args.paths, args.recursive,
+                            args.remote.instances if args.remote else None)
     files = inputs.files
     if not files:
         raise no_inputs(args, inputs)
@@ -437,7 +449,8 @@ def cmd_classify(args):
     progress = Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
     writer = ResultWriter(stream, fmt, class_names, write_header=not appending, earlier=earlier)
     overlays = Overlays(args.heatmaps) if args.heatmaps else None
-    dicom_out = DicomResults(args.dicom_out, engine.clf) if args.dicom_out else None
+    dicom_out = DicomResults(args.dicom_out, engine.clf, args.remote) if args.dicom_out \
+        else None
     page, interrupted = Page(args, engine, overlays), None
     try:
         with CtrlC() as ctrl_c:
@@ -560,9 +573,15 @@ def add_parser(subparsers):
     c.add_argument("--heatmaps", metavar="DIR",
                    help="write one PNG per classified input here: the scan with the predicted "
                         "class's activation map over it, label and probabilities")
-    c.add_argument("--dicom-out", metavar="DIR",
-                   help="for every classified DICOM input, write a Structured Report (TID 1500) "
-                        "and a Secondary Capture of its heatmap here (needs the dicom extra)")
+    c.add_argument("--dicom-out", metavar="DIR|URL", type=dicomweb_options.folder_or_url,
+                   help="for every classified DICOM input, a Structured Report (TID 1500) and a "
+                        "Secondary Capture of its heatmap: files in this folder, or stored by "
+                        "STOW-RS at this DICOMweb base URL (http:// or https://; needs the "
+                        "dicomweb extra)")
+    c.add_argument("--query", type=dicomweb_options.query, metavar="KEY=VALUE[&...]",
+                   help="with a DICOMweb base URL as input: score every instance of the "
+                        "studies this QIDO-RS search finds, e.g. ModalitiesInStudy=DX")
+    dicomweb_options.add_options(c, "dicomweb-", "the DICOMweb server(s)")
     c.add_argument("--scope", choices=("on", "off"), default="on",
                    help="on: no label for inputs the model was not made for (other body parts, "
                         "views, modalities, ages; images unlike its training radiographs), "

@@ -1,5 +1,6 @@
 """What ``classify`` writes beside the rows for each classified input: overlay PNGs
 (``--heatmaps``) and DICOM SR + Secondary Capture (``--dicom-out``)."""
+import io
 import logging
 import os
 from pathlib import Path
@@ -55,52 +56,75 @@ class Overlays:
 
 class DicomResults:
     """For each classified DICOM input, a Structured Report and a Secondary Capture of its
-    heatmap (``name.SR.dcm``, ``name.SC.dcm``); other inputs are counted, not converted."""
+    heatmap: files ``name.SR.dcm``, ``name.SC.dcm`` in a folder, or stored by STOW-RS at a
+    DICOMweb URL (both in one request, tried up to three times); other inputs are counted,
+    not converted."""
 
-    def __init__(self, folder, clf):
+    def __init__(self, target, clf, remote=None):
+        from ..dicomweb import is_dicomweb
         from ..model import model_digest
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.client = self.folder = None
+        if is_dicomweb(target):
+            self.client = remote.client(target)
+        else:
+            self.folder = Path(target)
+            self.folder.mkdir(parents=True, exist_ok=True)
         # the variant that scores (int8, float16 or the model itself) is the one named
         self.spec, self.digest = clf.spec, model_digest(clf.variant.path)
         self.names, self.written, self.not_dicom, self.failed = Names(), 0, 0, 0
 
-    def write(self, r, scan):
+    def write(self, r, scan, data=None):
+        """``data``: the input's bytes where it is not a local file (a DICOMweb instance)."""
         import pydicom
 
         from ..dicom import is_dicom
         from ..dicom_results import results_for
+        from ..dicomweb import store_results
         try:
-            with open(r.source, "rb") as f:
-                head = f.read(132)
-            if not is_dicom(head):
-                self.not_dicom += 1
-                return
-            source = pydicom.dcmread(r.source, stop_before_pixels=True)
-            name = self.names(r.source)
+            with (io.BytesIO(data) if data is not None else open(r.source, "rb")) as f:
+                if not is_dicom(f.read(132)):
+                    self.not_dicom += 1
+                    return
+                f.seek(0)
+                source = pydicom.dcmread(f, stop_before_pixels=True)
             sr, sc = results_for(source, r, scan.pixels, scan.maxval, self.spec, self.digest)
-            sr.save_as(self.folder / f"{name}.SR.dcm", enforce_file_format=True)
-            sc.save_as(self.folder / f"{name}.SC.dcm", enforce_file_format=True)
+            if self.client is not None:
+                why = store_results(self.client, [sr, sc])
+                if why:
+                    raise OSError(why)
+            else:
+                name = self.names(r.source)
+                sr.save_as(self.folder / f"{name}.SR.dcm", enforce_file_format=True)
+                sc.save_as(self.folder / f"{name}.SC.dcm", enforce_file_format=True)
             self.written += 1
         except Exception as e:  # the row is written; missing DICOM results are reported
             self.failed += 1
             log.warning("%s: DICOM results not written: %s", r.source, e)
 
 
-def write_extras(writers, r, max_value=None):
+def write_extras(writers, r, max_value=None, remote=None):
     """Overlays and DICOM results of one classified input; they need the scan itself, decoded
-    again (with the run's ``max_value``), once for all of them. A failure here is counted and
-    logged, never fatal. Returns the scan (for the results page), or None where it no longer
-    decodes."""
-    from ..decode import read_image
-    from ..errors import DecodeError
+    again (with the run's ``max_value``; a DICOMweb instance read again through ``remote``),
+    once for all of them. A failure here is counted and logged, never fatal. Returns the scan
+    (for the results page), or None where it no longer decodes."""
+    from ..decode import decode_bytes, read_image
+    from ..dicomweb import is_dicomweb
+    from ..errors import InputError
+    data = None
     try:
-        scan = read_image(r.source, max_value=max_value)
-    except DecodeError as e:  # changed on disk since it was scored
+        if remote is not None and is_dicomweb(r.source):
+            data = remote.fetch(r.source)
+            scan = decode_bytes(data, r.source, None, max_value)
+        else:
+            scan = read_image(r.source, max_value=max_value)
+    except InputError as e:  # changed on disk (or on the server) since it was scored
         for w in writers:
             w.failed += 1
         log.warning("%s: no heatmap or DICOM results: %s", r.source, e.reason)
         return None
     for w in writers:
-        w.write(r, scan)
+        if isinstance(w, DicomResults):
+            w.write(r, scan, data)
+        else:
+            w.write(r, scan)
     return scan
