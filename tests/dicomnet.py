@@ -51,7 +51,8 @@ class NodeProcess:
         self.log = Path(folder) / "node.log"
         self.args = [sys.executable, "-m", "xray_infer", "listen", "--host", "127.0.0.1",
                      "--port", str(self.port), "--ae-title", NODE_AET, "--forward",
-                     f"127.0.0.1:{forward_port}:{forward_aet}", "--spool", str(self.spool),
+                     forward_port if isinstance(forward_port, str)  # a DICOMweb URL
+                     else f"127.0.0.1:{forward_port}:{forward_aet}", "--spool", str(self.spool),
                      "--batch-size", "4", *[f"--allow={a}" for a in allow], *map(str, extra)]
         self.proc = None
 

@@ -95,13 +95,27 @@ class Access:
     def client(self, url):
         import requests
         from dicomweb_client.api import DICOMwebClient
-        session = requests.Session()
-        session.verify = self.ca or True
+        ca = self.ca
+
+        class Session(requests.Session):
+            def merge_environment_settings(self, *args):
+                # A CA named here wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, which requests
+                # otherwise prefers to a session's own; proxies still come from the environment.
+                settings = super().merge_environment_settings(*args)
+                if ca:
+                    settings["verify"] = ca
+                return settings
+
+        session = Session()
+        session.verify = ca or True
         if self.cert:
             session.cert = (self.cert, self.key)
         header = authorization(self.auth_file)
         if header:
-            session.headers["Authorization"] = header
+            def authorize(request):  # an auth of its own: a ~/.netrc entry cannot replace it
+                request.headers["Authorization"] = header
+                return request
+            session.auth = authorize
         client = DICOMwebClient(url, session=session, timeout=self.timeout)
         client.set_http_retry_params(retry=False)  # the callers retry, with their own bounds
         return client
@@ -171,9 +185,10 @@ def store(client, datasets):
     for uid in uids:
         if uid in failed:
             reason = failed[uid].get("FailureReason")
-            out[uid] = (default[0] if default else Outcome.REFUSED,
-                        f"failure reason 0x{int(reason):04X}" if reason is not None
-                        else "in the Failed SOP Sequence")
+            why = f"failure reason 0x{int(reason):04X}" if reason is not None \
+                else "in the Failed SOP Sequence"
+            out[uid] = (default[0], f"{default[1]}, {why}") if default \
+                else (Outcome.REFUSED, why)
         elif uid in stored:
             out[uid] = (Outcome.STORED, "")
         else:

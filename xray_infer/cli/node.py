@@ -12,6 +12,7 @@ from ..node.policy import (DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE, DEFAULT_HOST, A
 from ..peer import Peer, check_ae_title
 from ._common import (EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE, check_scope_options, checked, fail,
                       port, positive, quiet_opencv, readable_file, require, setup_logging, whole)
+from . import dicomweb_options
 from .classify import ages
 
 log = logging.getLogger("xray_infer.cli")
@@ -84,7 +85,16 @@ def _listen_plan(args):
         Spool(args.spool, limits.min_free_mb * 2 ** 20).check_writable()
     except OSError as e:
         raise UsageError(f"--spool {args.spool}: not usable: {e}") from None
-    return allow, limits, _tls(args, "", server=True), _tls(args, "forward_", server=False)
+    if isinstance(args.forward, str):  # a DICOMweb base URL: HTTPS, the CA alone may do
+        forward = dicomweb_options.access(args.forward_auth, args.forward_tls_ca,
+                                          args.forward_tls_cert, args.forward_tls_key,
+                                          "--forward-tls-*, --forward-auth")
+    elif args.forward_auth:
+        raise UsageError("--forward-auth: the credentials of a DICOMweb --forward URL; "
+                         f"{args.forward} is a DICOM peer")
+    else:
+        forward = _tls(args, "forward_", server=False)
+    return allow, limits, _tls(args, "", server=True), forward
 
 
 def cmd_listen(args):
@@ -153,8 +163,10 @@ def add_parsers(subparsers):
                     help="a caller that may associate (repeatable); HOST an address or name")
     li.add_argument("--allow-any", action="store_true",
                     help="admit any caller that can reach the port (logged as a warning)")
-    li.add_argument("--forward", required=True, type=peer, metavar="HOST:PORT[:AET]",
-                    help="where the results go (a PACS)")
+    li.add_argument("--forward", required=True, type=dicomweb_options.destination,
+                    metavar="HOST:PORT[:AET]|URL",
+                    help="where the results go: a PACS by C-STORE, or a DICOMweb base URL "
+                         "(http:// or https://) by STOW-RS")
     li.add_argument("--spool", default="xray-infer-spool",
                     help="received instances wait here until their results are delivered")
     li.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -195,6 +207,7 @@ def add_parsers(subparsers):
                          f"--host says)")
     _tls_options(li)
     _tls_options(li, "forward-", "the forward connection")
+    dicomweb_options.add_options(li, "forward-", "the DICOMweb --forward URL")
     li.add_argument("--scope", choices=("on", "off"), default="on",
                     help="on: instances the model was not made for are acknowledged and nothing "
                          "is forwarded for them (logged, counted); off: every radiograph is "

@@ -1,12 +1,16 @@
 """The node's forwarding side: classify what the spool holds and deliver each instance's
-results (SR + Secondary Capture) to the destination; an instance leaves the spool only when
-both were stored, or into quarantine with the reason.
+results (SR + Secondary Capture) to the destination, a PACS by C-STORE or a DICOMweb server
+by STOW-RS; an instance leaves the spool only when both were stored, or into quarantine with
+the reason.
 
 The worker is supervised: whatever it raises (a spool that cannot be listed for want of file
 descriptors, a full or failing disk, a bug) is logged and the worker starts again after a
 backoff; it never dies while the node acknowledges instances. A destination that refuses an
 instance, or aborts the association while it is being sent, costs that instance a retry
-(backoff, then quarantine after ``max_refusals``) and never holds back the others.
+(backoff, then quarantine after ``max_refusals``) and never holds back the others; over
+DICOMweb, so does a 4xx, an instance in the Failed SOP Sequence, a 5xx, a timeout or a
+connection dropped mid-upload. A server that cannot be reached, or answers 401/403/429/503,
+holds everything in the spool (backoff) and costs no instance anything.
 """
 import io
 import logging
@@ -20,6 +24,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageSt
 
 from ..decode import decode_bytes
 from ..dicom_results import results_for
+from ..dicomweb import Outcome, Unavailable, store
 from .network import AssociationError, associate, is_stored, response_status
 from .policy import printable
 
@@ -32,6 +37,8 @@ class Forwarder:
         self.forward, self.forward_tls, self.ae_title = forward, forward_tls, ae_title
         self.limits, self.metrics, self.progress = limits, metrics, progress
         self.batch_size = batch_size
+        # a DICOMweb base URL comes with an Access (dicomweb.Access) in forward_tls
+        self.web = forward_tls.client(forward) if isinstance(forward, str) else None
         self.destination_last_seen = None  # time.time() of the last association with it
         self._retry = {}         # spool file name -> (refusals so far, not before monotonic)
         self._delivered = set()  # delivered, but the spool would not let us remove them
@@ -144,6 +151,8 @@ class Forwarder:
         """Classify ``batch`` and forward its results. Returns False when the destination
         could not be reached (everything stays in the spool, and nothing was classified: a
         destination that is down costs no work, nor memory, again and again)."""
+        if self.web is not None:
+            return self._process_web(batch)
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.limits.dimse_timeout
         ae.add_requested_context(ComprehensiveSRStorage, ExplicitVRLittleEndian)
@@ -176,6 +185,28 @@ class Forwarder:
         finally:
             if assoc.is_established:
                 assoc.release()
+        return True
+
+    def _process_web(self, batch):
+        """``_process`` over DICOMweb: one STOW-RS request per instance (its SR and SC), read
+        per object. HTTP has no association to try first: a server that takes nothing costs
+        the batch's classification once per backoff."""
+        for path, uid, label, sr, sc in self._results(batch):
+            try:
+                outcome = store(self.web, [sr, sc])
+            except Unavailable as e:
+                log.warning("instances wait in the spool: %s %s", self.forward, e)
+                return False
+            self.destination_last_seen = time.time()
+            missed = [outcome[str(o.SOPInstanceUID)] for o in (sr, sc)
+                      if outcome[str(o.SOPInstanceUID)][0] is not Outcome.STORED]
+            if not missed:
+                self._delivered_ok(path, uid, label, sr, sc)
+            else:
+                kind, why = missed[0]
+                self._refused_by_destination(
+                    path, uid, ("refused the results: " if kind is Outcome.REFUSED
+                                else "did not store the results: ") + why)
         return True
 
     def _delivered_ok(self, path, uid, label, sr, sc):

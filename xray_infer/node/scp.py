@@ -115,9 +115,10 @@ class Node:
         if self.allow.any:
             log.warning("any caller admitted: every peer that can reach %s:%d may send to "
                         "this node", self.host, self.port)
+        dicom_tls = self.forwarder.forward_tls and self.forwarder.web is None
         log.info("listening as %s on %s:%d%s, forwarding to %s%s, spool %s, %s", self.ae_title,
                  self.host, self.port, " (TLS)" if self.tls else "", self.forward,
-                 " (TLS)" if self.forwarder.forward_tls else "", self.spool.root,
+                 " (TLS)" if dicom_tls else "", self.spool.root,
                  "any caller" if self.allow.any else
                  "callers " + ", ".join(map(str, self.allow.callers)))
 

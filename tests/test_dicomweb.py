@@ -1,0 +1,390 @@
+"""DICOMweb and IHE AI Results with real peers: Orthanc with Debian's DICOMweb plugin, started
+here on loopback ports, behind HTTP basic authentication; and a DICOMweb front in this process
+that answers 409, 400, 503, a partial success, or drops the connection mid-upload before it
+passes requests on to Orthanc, and that also serves HTTPS with client certificates made by
+openssl (Debian 12's Orthanc 1.10.1 ends with a segmentation fault on its first HTTPS request,
+so TLS ends at the front; see docs/dicomweb.md).
+"""
+import csv
+import io
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("dicomweb_client")
+
+from dicomnet import NodeProcess, chest_dicoms, send, wait_for  # noqa: E402
+from helpers import run_cli  # noqa: E402
+from orthanc import BINARY, DICOMWEB_PLUGIN, Orthanc, free_port  # noqa: E402
+from test_node_tls import make_ca, make_leaf  # noqa: E402
+
+from xray_infer.dicom_results import FINDINGS  # noqa: E402
+
+needs_orthanc = pytest.mark.skipif(BINARY is None or DICOMWEB_PLUGIN is None,
+                                   reason="Orthanc or its DICOMweb plugin is not installed "
+                                          "(Debian: orthanc, orthanc-dicomweb)")
+PASSWORD = "s3cret-pw-7d1"
+AIR_PURPOSE = ("Newcode1", "99IHE", "Processing Algorithm")
+
+
+def qido(orthanc, path):
+    return json.loads(orthanc.get(f"/dicom-web{path}", raw=True) or b"[]")
+
+
+def results_in(orthanc, modality):
+    """SOP Instance UIDs of every instance of ``modality`` series in Orthanc, by QIDO-RS."""
+    series = qido(orthanc, f"/series?Modality={modality}")
+    out = []
+    for s in series:
+        study, uid = s["0020000D"]["Value"][0], s["0020000E"]["Value"][0]
+        out += [i["00080018"]["Value"][0]
+                for i in qido(orthanc, f"/studies/{study}/series/{uid}/instances")]
+    return out
+
+
+def retrieved(orthanc, sop_uid):
+    """The instance ``sop_uid`` as Orthanc stored it (through its REST API)."""
+    [found] = orthanc.post("/tools/find", {"Level": "Instance",
+                                           "Query": {"SOPInstanceUID": sop_uid}})
+    return pydicom.dcmread(io.BytesIO(orthanc.file(found)))
+
+
+def sr_finding(sr):
+    def walk(items):
+        for it in items:
+            if it.get("ValueType") == "CODE" and \
+                    it.ConceptNameCodeSequence[0].CodeMeaning == "Finding":
+                return it.ConceptCodeSequence[0].CodeMeaning
+            found = walk(it.get("ContentSequence", []))
+            if found:
+                return found
+    return walk(sr.ContentSequence)
+
+
+@pytest.fixture(scope="module")
+def basic_orthanc(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("orthanc-basic")
+    if BINARY is None or DICOMWEB_PLUGIN is None:
+        pytest.skip("Orthanc or its DICOMweb plugin is not installed")
+    orthanc = Orthanc(folder, dicomweb=True, users={"alice": PASSWORD}).start()
+    yield orthanc
+    orthanc.stop()
+
+
+@pytest.fixture
+def auth_file(tmp_path):
+    f = tmp_path / "dicomweb.auth"
+    f.write_text(f"basic alice:{PASSWORD}\n")
+    f.chmod(0o600)
+    return f
+
+
+# -- IHE AI Results ---------------------------------------------------------------------------
+def _equipment(ds):
+    items = [i for i in ds.ContributingEquipmentSequence
+             if i.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"]
+    assert len(items) == 1
+    return items[0]
+
+
+def test_results_name_the_algorithm_as_air_asks(tmp_path):
+    sources = chest_dicoms(tmp_path / "in", 1, "AIR-1")
+    device = {}
+    for precision in ("float32", "int8"):
+        out = tmp_path / precision
+        p = run_cli("classify", *sources, "--dicom-out", out, "--precision", precision, "-q")
+        assert p.returncode == 0, p.stderr
+        for kind in ("SR", "SC"):
+            ds = pydicom.dcmread(out / f"AIR-1-000.{kind}.dcm")
+            item = _equipment(ds)
+            code = item.PurposeOfReferenceCodeSequence[0]
+            assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == AIR_PURPOSE
+            assert item.Manufacturer == "xray-infer" and item.ManufacturerModelName
+            assert len(item.SoftwareVersions) == 2
+            device.setdefault(precision, set()).add(item.DeviceUID)
+            schemes = {s.CodingSchemeDesignator for s in ds.CodingSchemeIdentificationSequence}
+            assert {"99XRAYINFER", "99IHE"} <= schemes
+            assert ds.StudyInstanceUID == pydicom.dcmread(sources[0]).StudyInstanceUID
+    # one model file is one device, in both objects; another variant is another device
+    assert len(device["float32"]) == 1 and len(device["int8"]) == 1
+    assert device["float32"] != device["int8"]
+
+
+# -- classify: STOW-RS out, WADO-RS and QIDO-RS in, basic authentication -----------------------
+@needs_orthanc
+def test_results_stored_twice_are_one_copy_and_read_back(tmp_path, basic_orthanc, auth_file):
+    orthanc = basic_orthanc
+    sources = chest_dicoms(tmp_path / "in", 3, "WEB-1")
+    rows = None
+    for _ in range(2):
+        p = run_cli("classify", *sources, "--dicom-out", orthanc.dicomweb, "--dicomweb-auth",
+                    auth_file, "--log", tmp_path / "run.log")
+        assert p.returncode == 0, p.stderr
+        assert f"DICOM SR + SC for 3 input(s) stored at {orthanc.dicomweb}" in p.stderr
+        rows = {os.path.basename(r["path"]): r for r in csv.DictReader(io.StringIO(p.stdout))}
+    for text in (p.stderr, (tmp_path / "run.log").read_text()):
+        assert PASSWORD not in text
+    study = str(pydicom.dcmread(sources[0]).StudyInstanceUID)
+    mine = {str(pydicom.dcmread(s).SOPInstanceUID): os.path.basename(s) for s in sources}
+    srs = [uid for uid in results_in(orthanc, "SR")
+           if retrieved(orthanc, uid).StudyInstanceUID == study]
+    scs = [uid for uid in results_in(orthanc, "OT")
+           if retrieved(orthanc, uid).StudyInstanceUID == study]
+    assert len(srs) == 3 and len(scs) == 3  # two runs, one copy: the UIDs are derived
+    for uid in srs:
+        sr = retrieved(orthanc, uid)
+        source = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
+            .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        assert sr_finding(sr) == FINDINGS[rows[mine[source]]["label"]].meaning
+    if shutil.which("dciodvfy"):
+        for uid in (srs[0], scs[0]):
+            f = tmp_path / f"{uid}.dcm"
+            retrieved(orthanc, uid).save_as(f)
+            v = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
+            assert not [ln for ln in (v.stdout + v.stderr).splitlines()
+                        if ln.startswith("Error")], v.stderr
+
+
+@needs_orthanc
+def test_a_study_url_is_scored_instance_by_instance(tmp_path, basic_orthanc, auth_file):
+    orthanc = basic_orthanc
+    sources = chest_dicoms(tmp_path / "in", 3, "WEB-2")
+    for s in sources:
+        orthanc.upload(s)
+    local = run_cli("classify", *sources)
+    labels = {str(pydicom.dcmread(s).SOPInstanceUID): r["label"] for s, r in
+              zip(sources, csv.DictReader(io.StringIO(local.stdout)))}
+    study = str(pydicom.dcmread(sources[0]).StudyInstanceUID)
+    url = f"{orthanc.dicomweb}/studies/{study}"
+    out = tmp_path / "rows.csv"
+    # the results go to the same study: a second listing skips them, and --resume the rest
+    p = run_cli("classify", url, "-o", out, "--dicomweb-auth", auth_file, "--dicom-out",
+                orthanc.dicomweb)
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3
+    for r in rows:
+        assert r["path"].startswith(url + "/series/") and "/instances/" in r["path"]
+        assert r["label"] == labels[r["path"].rsplit("/", 1)[1]]
+    again = run_cli("classify", url, "-o", out, "--resume", "--dicomweb-auth", auth_file)
+    assert again.returncode == 0, again.stderr
+    assert "3 skipped (already in" in again.stderr
+    assert "6 DICOMweb instance(s) skipped (6 not an image" in again.stderr
+    assert len(list(csv.DictReader(out.open()))) == 3
+    # credentials from the environment; a query finds the study by what it holds
+    env = {**os.environ, "XRAY_INFER_DICOMWEB_AUTH": f"basic alice:{PASSWORD}"}
+    q = run_cli("classify", orthanc.dicomweb, "--query", "PatientID=WEB-2", env=env)
+    assert q.returncode == 0, q.stderr
+    assert sorted(r["label"] for r in csv.DictReader(io.StringIO(q.stdout))) == \
+        sorted(labels.values())
+
+
+@needs_orthanc
+def test_credentials_stay_off_the_command_line_and_out_of_messages(tmp_path, basic_orthanc):
+    orthanc = basic_orthanc
+    wrong = tmp_path / "wrong.auth"
+    wrong.write_text("basic alice:not-the-password\n")
+    url = f"{orthanc.dicomweb}/studies/1.2.3"
+    p = run_cli("classify", url, "--dicomweb-auth", wrong)
+    assert p.returncode == 2 and "cannot list: HTTP 401" in p.stderr
+    assert "not-the-password" not in p.stderr
+    inline = orthanc.dicomweb.replace("://", f"://alice:{PASSWORD}@") + "/studies/1.2.3"
+    p = run_cli("classify", inline)
+    assert p.returncode == 2 and "may not carry credentials" in p.stderr
+    assert PASSWORD not in p.stderr
+    garbled = tmp_path / "garbled.auth"
+    garbled.write_text(f"token {PASSWORD}\n")
+    p = run_cli("classify", url, "--dicomweb-auth", garbled)
+    assert p.returncode == 2 and "'bearer TOKEN' or 'basic USER:PASSWORD'" in p.stderr
+    assert PASSWORD not in p.stderr
+    p = run_cli("classify", orthanc.dicomweb, "--dicomweb-auth", wrong)
+    assert p.returncode == 2 and "--query" in p.stderr
+
+
+# -- the node: STOW-RS over HTTPS with client certificates ------------------------------------
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("pki-web")
+    make_ca(d, "ca")
+    for name in ("orthanc", "client"):
+        make_leaf(d, name, "ca")
+    (d / "orthanc-with-key.pem").write_text((d / "orthanc.pem").read_text() +
+                                            (d / "orthanc.key").read_text())
+    return d
+
+
+@needs_orthanc
+def test_node_forwards_by_stow_over_https(tmp_path, pki):
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(pki / "orthanc.pem", pki / "orthanc.key")
+    tls.load_verify_locations(pki / "ca.pem")
+    tls.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no request
+    front = Front(orthanc, [], tls=tls)
+    assert front.url.startswith("https://")
+    node = NodeProcess(tmp_path / "node", front.url, extra=(
+        "--forward-tls-ca", pki / "ca.pem", "--forward-tls-cert", pki / "client.pem",
+        "--forward-tls-key", pki / "client.key")).start()
+    try:
+        files = chest_dicoms(tmp_path / "in", 2, "HTTPS-1")
+        assert send(files, node.port, "XRAYINFER").returncode == 0
+        wait_for(lambda: len(orthanc.find_instances("SR", PatientID="HTTPS-1")) == 2,
+                 what="2 SRs in Orthanc by STOW-RS")
+        wait_for(lambda: len(orthanc.find_instances("OT", PatientID="HTTPS-1")) == 2,
+                 what="2 SCs in Orthanc by STOW-RS")
+        wait_for(lambda: not node.spooled(), what="an empty spool")
+        assert f"stored by {front.url}" in node.log.read_text()
+        assert front.seen == ["pass", "pass"]
+    finally:
+        node.stop()
+        front.close()
+        orthanc.stop()
+
+
+# -- the node against a faulty DICOMweb server ------------------------------------------------
+class Front:
+    """A STOW-RS endpoint in this process: the n-th request gets ``script[n]`` ("pass": handed
+    to Orthanc, its answer returned; "drop": the connection closed mid-upload; "partial": 202
+    with the first object stored and the second failed; a number: that status, with every
+    object in the Failed SOP Sequence); past the script, "pass". ``tls``: an SSLContext to
+    serve HTTPS with."""
+
+    def __init__(self, orthanc, script, tls=None):
+        self.orthanc, self.script, self.seen = orthanc, list(script), []
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                what = front.script.pop(0) if front.script else "pass"
+                front.seen.append(what)
+                if what == "drop":  # half the upload read, then gone
+                    self.rfile.read(1024)
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                body = read_body(self)
+                uids = part_uids(body, self.headers["Content-Type"])
+                if what == "pass":
+                    return front.relay(self, body)
+                status = 202 if what == "partial" else what
+                answer = {"00081198": seq([ref(u, failure=0xA700) for u in
+                                           (uids[1:] if what == "partial" else uids)])}
+                if what == "partial":
+                    answer["00081199"] = seq([ref(uids[0])])
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def relay(self, handler, body):
+        import urllib.request
+        req = urllib.request.Request(f"{self.orthanc.dicomweb}/studies", data=body,
+                                     method="POST",
+                                     headers={"Content-Type": handler.headers["Content-Type"],
+                                              "Accept": "application/dicom+json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            status, data = resp.status, resp.read()
+            kind = resp.headers.get("Content-Type", "application/dicom+json")
+        handler.send_response(status)
+        handler.send_header("Content-Type", kind)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def read_body(handler):
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip(), 16)
+            if size == 0:
+                handler.rfile.readline()
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    return handler.rfile.read(int(handler.headers["Content-Length"]))
+
+
+def part_uids(body, content_type):
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()
+    uids = []
+    for part in body.split(b"--" + boundary)[1:-1]:
+        data = part.split(b"\r\n\r\n", 1)[1].rstrip(b"\r\n")
+        uids.append(str(pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                        .SOPInstanceUID))
+    return uids
+
+
+def seq(items):
+    return {"vr": "SQ", "Value": items}
+
+
+def ref(uid, failure=None):
+    item = {"00081155": {"vr": "UI", "Value": [uid]}}
+    if failure is not None:
+        item["00081197"] = {"vr": "US", "Value": [failure]}
+    return item
+
+
+@needs_orthanc
+def test_node_keeps_each_instance_until_stow_confirms_it(tmp_path):
+    """503 holds the spool and costs nothing; a dropped upload and a partial success are
+    retried until both objects are stored; 409 and 400 are refusals, and the third refusal
+    (--max-refusals 3) quarantines the instance."""
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
+    front = Front(orthanc, [503, "drop", "partial", "pass", 409, 400, 409])
+    node = NodeProcess(tmp_path / "node", front.url, extra=("--max-refusals", 3,
+                                                            "--batch-size", 1)).start()
+    try:
+        [first] = chest_dicoms(tmp_path / "a", 1, "FAULT-1")
+        assert send([first], node.port, "XRAYINFER").returncode == 0
+        wait_for(lambda: len(orthanc.find_instances("SR", PatientID="FAULT-1")) == 1
+                 and len(orthanc.find_instances("OT", PatientID="FAULT-1")) == 1,
+                 what="the first instance's SR and SC stored")
+        wait_for(lambda: not node.spooled(), what="the first instance out of the spool")
+        assert front.seen == [503, "drop", "partial", "pass"]
+        log = node.log.read_text()
+        assert "answered HTTP 503" in log
+        assert "did not store the results: the connection failed mid-request" in log
+        assert "refused the results: failure reason 0xA700" in log
+        assert not list((node.spool / "failed").glob("*.dcm"))
+
+        [second] = chest_dicoms(tmp_path / "b", 1, "FAULT-2")
+        assert send([second], node.port, "XRAYINFER").returncode == 0
+        wait_for(lambda: list((node.spool / "failed").glob("*.dcm")), what="quarantine")
+        assert front.seen[4:] == [409, 400, 409]
+        assert "refused the results: HTTP 409, failure reason 0xA700" in node.log.read_text()
+        assert "refused the results: HTTP 400, failure reason 0xA700" in node.log.read_text()
+        assert "(3 times)" in node.log.read_text()
+        assert not node.spooled()
+        assert not orthanc.find_instances("SR", PatientID="FAULT-2")
+    finally:
+        node.stop()
+        front.close()
+        orthanc.stop()
