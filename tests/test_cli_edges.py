@@ -26,7 +26,7 @@ def rows(text):
     ("-o", "missing/out.csv", "does not exist"),
     ("-o", "/proc/out.csv", "cannot write in /proc"),
     ("--report", "missing/page.html", "does not exist"),
-    ("--dicom-out", "http://host/dicom-web", "not a URL"),
+    ("--dicom-out", "ftp://host/results", "not a URL"),  # http(s): DICOMweb, see test_dicomweb
     ("--heatmaps", "https://host/overlays", "not a URL"),
     ("--log", "http://host/log", "not a URL"),
     ("-o", "http://host/out.csv", "cannot write there"),

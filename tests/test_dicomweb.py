@@ -39,22 +39,25 @@ def qido(orthanc, path):
     return json.loads(orthanc.get(f"/dicom-web{path}", raw=True) or b"[]")
 
 
-def results_in(orthanc, modality):
-    """SOP Instance UIDs of every instance of ``modality`` series in Orthanc, by QIDO-RS."""
-    series = qido(orthanc, f"/series?Modality={modality}")
+def results_in(orthanc, modality, study):
+    """(series, instance) UIDs of every instance of ``modality`` series in ``study``, by
+    QIDO-RS."""
     out = []
-    for s in series:
-        study, uid = s["0020000D"]["Value"][0], s["0020000E"]["Value"][0]
-        out += [i["00080018"]["Value"][0]
-                for i in qido(orthanc, f"/studies/{study}/series/{uid}/instances")]
+    for s in qido(orthanc, f"/studies/{study}/series?Modality={modality}"):
+        series = s["0020000E"]["Value"][0]
+        out += [(series, i["00080018"]["Value"][0])
+                for i in qido(orthanc, f"/studies/{study}/series/{series}/instances")]
     return out
 
 
-def retrieved(orthanc, sop_uid):
-    """The instance ``sop_uid`` as Orthanc stored it (through its REST API)."""
-    [found] = orthanc.post("/tools/find", {"Level": "Instance",
-                                           "Query": {"SOPInstanceUID": sop_uid}})
-    return pydicom.dcmread(io.BytesIO(orthanc.file(found)))
+def wado(orthanc, study, series, instance):
+    """The instance as WADO-RS returns it (dicomweb-client, with the test's credentials)."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+    session = requests.Session()
+    session.auth = next(iter(orthanc.users.items()))
+    return DICOMwebClient(orthanc.dicomweb, session=session).retrieve_instance(
+        study, series, instance)
 
 
 def sr_finding(sr):
@@ -134,20 +137,17 @@ def test_results_stored_twice_are_one_copy_and_read_back(tmp_path, basic_orthanc
         assert PASSWORD not in text
     study = str(pydicom.dcmread(sources[0]).StudyInstanceUID)
     mine = {str(pydicom.dcmread(s).SOPInstanceUID): os.path.basename(s) for s in sources}
-    srs = [uid for uid in results_in(orthanc, "SR")
-           if retrieved(orthanc, uid).StudyInstanceUID == study]
-    scs = [uid for uid in results_in(orthanc, "OT")
-           if retrieved(orthanc, uid).StudyInstanceUID == study]
+    srs, scs = results_in(orthanc, "SR", study), results_in(orthanc, "OT", study)
     assert len(srs) == 3 and len(scs) == 3  # two runs, one copy: the UIDs are derived
-    for uid in srs:
-        sr = retrieved(orthanc, uid)
+    for series, uid in srs:
+        sr = wado(orthanc, study, series, uid)
         source = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
             .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
         assert sr_finding(sr) == FINDINGS[rows[mine[source]]["label"]].meaning
     if shutil.which("dciodvfy"):
-        for uid in (srs[0], scs[0]):
+        for series, uid in (srs[0], scs[0]):
             f = tmp_path / f"{uid}.dcm"
-            retrieved(orthanc, uid).save_as(f)
+            wado(orthanc, study, series, uid).save_as(f, enforce_file_format=True)
             v = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
             assert not [ln for ln in (v.stdout + v.stderr).splitlines()
                         if ln.startswith("Error")], v.stderr
@@ -197,9 +197,10 @@ def test_credentials_stay_off_the_command_line_and_out_of_messages(tmp_path, bas
     assert p.returncode == 2 and "cannot list: HTTP 401" in p.stderr
     assert "not-the-password" not in p.stderr
     inline = orthanc.dicomweb.replace("://", f"://alice:{PASSWORD}@") + "/studies/1.2.3"
-    p = run_cli("classify", inline)
-    assert p.returncode == 2 and "may not carry credentials" in p.stderr
-    assert PASSWORD not in p.stderr
+    for args in ((inline,), (tmp_path, "--dicom-out", inline.rsplit("/studies", 1)[0])):
+        p = run_cli("classify", *args)
+        assert p.returncode == 2 and "may not carry credentials" in p.stderr
+        assert PASSWORD not in p.stderr
     garbled = tmp_path / "garbled.auth"
     garbled.write_text(f"token {PASSWORD}\n")
     p = run_cli("classify", url, "--dicomweb-auth", garbled)
@@ -218,8 +219,6 @@ def pki(tmp_path_factory):
     make_ca(d, "ca")
     for name in ("orthanc", "client"):
         make_leaf(d, name, "ca")
-    (d / "orthanc-with-key.pem").write_text((d / "orthanc.pem").read_text() +
-                                            (d / "orthanc.key").read_text())
     return d
 
 
@@ -230,11 +229,13 @@ def test_node_forwards_by_stow_over_https(tmp_path, pki):
     tls.load_cert_chain(pki / "orthanc.pem", pki / "orthanc.key")
     tls.load_verify_locations(pki / "ca.pem")
     tls.verify_mode = ssl.CERT_REQUIRED  # no client certificate, no request
-    front = Front(orthanc, [], tls=tls)
+    token = "tok-5f2a9c"
+    front = Front(orthanc, [], tls=tls, token=token)
     assert front.url.startswith("https://")
+    (tmp_path / "token").write_text(f"bearer {token}\n")
     node = NodeProcess(tmp_path / "node", front.url, extra=(
         "--forward-tls-ca", pki / "ca.pem", "--forward-tls-cert", pki / "client.pem",
-        "--forward-tls-key", pki / "client.key")).start()
+        "--forward-tls-key", pki / "client.key", "--forward-auth", tmp_path / "token")).start()
     try:
         files = chest_dicoms(tmp_path / "in", 2, "HTTPS-1")
         assert send(files, node.port, "XRAYINFER").returncode == 0
@@ -244,7 +245,8 @@ def test_node_forwards_by_stow_over_https(tmp_path, pki):
                  what="2 SCs in Orthanc by STOW-RS")
         wait_for(lambda: not node.spooled(), what="an empty spool")
         assert f"stored by {front.url}" in node.log.read_text()
-        assert front.seen == ["pass", "pass"]
+        assert front.seen == ["pass", "pass"]  # each with the token: 401 otherwise
+        assert token not in node.log.read_text()
     finally:
         node.stop()
         front.close()
@@ -257,9 +259,9 @@ class Front:
     to Orthanc, its answer returned; "drop": the connection closed mid-upload; "partial": 202
     with the first object stored and the second failed; a number: that status, with every
     object in the Failed SOP Sequence); past the script, "pass". ``tls``: an SSLContext to
-    serve HTTPS with."""
+    serve HTTPS with; ``token``: the bearer token a request must carry (401 otherwise)."""
 
-    def __init__(self, orthanc, script, tls=None):
+    def __init__(self, orthanc, script, tls=None, token=None):
         self.orthanc, self.script, self.seen = orthanc, list(script), []
         front = self
 
@@ -268,6 +270,12 @@ class Front:
                 pass
 
             def do_POST(self):
+                if token and self.headers.get("Authorization") != f"Bearer {token}":
+                    front.seen.append(401)
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 what = front.script.pop(0) if front.script else "pass"
                 front.seen.append(what)
                 if what == "drop":  # half the upload read, then gone
@@ -388,3 +396,55 @@ def test_node_keeps_each_instance_until_stow_confirms_it(tmp_path):
         node.stop()
         front.close()
         orthanc.stop()
+
+
+def test_a_server_cannot_choose_how_much_memory_a_read_takes(tmp_path):
+    """A WADO-RS server declaring a 10 GiB instance: that row fails at once, naming it; the
+    listing's other instance is scored."""
+    study, series = "1.2.3", "1.2.3.4"
+    [good] = chest_dicoms(tmp_path / "in", 1, "BIG-1")
+    good_uid = str(pydicom.dcmread(good).SOPInstanceUID)
+    listing = json.dumps([{"0020000E": {"vr": "UI", "Value": [series]},
+                           "00080018": {"vr": "UI", "Value": [uid]},
+                           "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.1.1"]}}
+                          for uid in ("9.9.9", good_uid)]).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.split("?")[0].endswith("/instances"):
+                if "offset=2" in self.path:
+                    body, kind = b"[]", "application/dicom+json"
+                else:
+                    body, kind = listing, "application/dicom+json"
+            elif self.path.endswith("/9.9.9"):
+                self.send_response(200)
+                self.send_header("Content-Type",
+                                 'multipart/related; type="application/dicom"; boundary=b')
+                self.send_header("Content-Length", str(10 << 30))
+                self.end_headers()
+                return
+            else:
+                body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + good.read_bytes()
+                        + b"\r\n--b--")
+                kind = 'multipart/related; type="application/dicom"; boundary=b'
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web/studies/{study}"
+        p = run_cli("classify", url, "--scope", "off")
+        rows = {r["path"].rsplit("/", 1)[1]: r for r in csv.DictReader(io.StringIO(p.stdout))}
+        assert p.returncode == 1, p.stderr
+        assert "not retrieved: an answer of 10240 MiB" in rows["9.9.9"]["error"]
+        assert rows[good_uid]["status"] == "classified"
+    finally:
+        server.shutdown()
+        server.server_close()

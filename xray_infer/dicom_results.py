@@ -134,7 +134,7 @@ def algorithm_equipment(spec, digest):
     item.ManufacturerModelName = f"{ALGORITHM} {spec.precision}"[:64]
     item.SoftwareVersions = [spec.model_version, f"xray-infer {__version__}"]
     item.DeviceUID = _device_uid(digest)
-    item.ContributionDescription = f"Model SHA-256 {digest[:32]}"  # LO: 64 characters at most
+    item.ContributionDescription = f"Classification by the model file with SHA-256 {digest}"
     return item
 
 

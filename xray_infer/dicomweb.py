@@ -25,8 +25,9 @@ AUTH_ENV = "XRAY_INFER_DICOMWEB_AUTH"
 SERVER_BUSY = (429, 503)
 #: Answers that say this client may not store or read there: its set-up, not the instance.
 NOT_ALLOWED = (401, 403, 404, 405, 407)
-#: The largest instance retrieved (as ``decode.MAX_FILE_BYTES`` bounds a file).
-MAX_INSTANCE_BYTES = 1 << 30
+#: The largest HTTP answer read (an instance retrieved, a listing): a file's bound, as
+#: ``decode.MAX_FILE_BYTES``; a multipart wrapping adds little.
+MAX_ANSWER_BYTES = (512 << 20) + (1 << 20)
 #: QIDO-RS page size: studies are listed a page at a time.
 PAGE = 100
 _IMAGE_CLASS_SUFFIXES = ("Image Storage", "Image Storage - For Presentation",
@@ -107,6 +108,7 @@ class Access:
                 return settings
 
         session = Session()
+        session.hooks["response"].append(_bounded)
         session.verify = ca or True
         if self.cert:
             session.cert = (self.cert, self.key)
@@ -119,6 +121,32 @@ class Access:
         client = DICOMwebClient(url, session=session, timeout=self.timeout)
         client.set_http_retry_params(retry=False)  # the callers retry, with their own bounds
         return client
+
+
+class TooLarge(Exception):
+    """An HTTP answer declared or sent more than MAX_ANSWER_BYTES."""
+
+
+def _bounded(response, *args, **kwargs):
+    """A response hook (it runs before the body is read): an answer larger than
+    MAX_ANSWER_BYTES is refused by its declared length, or cut where it passes the bound, so
+    a server cannot choose how much memory a request takes."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        response.close()
+        raise TooLarge(f"an answer of {int(declared) >> 20} MiB")
+    stream = response.raw.stream
+
+    def counted(*a, **k):
+        total = 0
+        for chunk in stream(*a, **k):
+            total += len(chunk)
+            if total > MAX_ANSWER_BYTES:
+                response.close()
+                raise TooLarge(f"an answer past {MAX_ANSWER_BYTES >> 20} MiB")
+            yield chunk
+    response.raw.stream = counted
+    return response
 
 
 class Outcome(Enum):
@@ -180,6 +208,8 @@ def store(client, datasets):
         return {u: (Outcome.RETRY, "the connection failed mid-request") for u in uids}
     except requests.Timeout:
         return {u: (Outcome.RETRY, "no answer in time") for u in uids}
+    except (requests.RequestException, TooLarge) as e:  # a garbled or oversized answer
+        return {u: (Outcome.RETRY, f"no usable answer ({type(e).__name__})") for u in uids}
     stored, failed = _uids(answer, "ReferencedSOPSequence"), _uids(answer, "FailedSOPSequence")
     out = {}
     for uid in uids:
@@ -314,10 +344,10 @@ def retrieve(client, url):
         ds = client.retrieve_instance(a.study, a.series, a.instance)
     except requests.HTTPError as e:
         raise InputError(url, f"not retrieved: HTTP {e.response.status_code}") from None
-    except (requests.RequestException, OSError) as e:
+    except TooLarge as e:
+        raise InputError(url, f"not retrieved: {e}") from None
+    except (requests.RequestException, OSError, ValueError) as e:
         raise InputError(url, f"not retrieved: {type(e).__name__}") from None
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    if buffer.tell() > MAX_INSTANCE_BYTES:
-        raise InputError(url, f"larger than {MAX_INSTANCE_BYTES >> 20} MiB")
     return buffer.getvalue()

@@ -120,9 +120,9 @@ def collect_inputs(sources, recursive=False, remote=None):
     image extension (a folder named ``x.jpeg`` too: it gets an error row) and its other files
     whose leading bytes are an image's or DICOM's (archives name instances by UID alone);
     everything else in it is skipped and listed with the reason. ``remote(url, skipped)``
-    lists a DICOMweb study, series or query as instance URLs (``xray_infer.dicomweb``). An input reached twice (named
-    twice, or named and inside a named folder) is kept once. Raises UsageError for a source
-    that does not exist or cannot be listed.
+    lists a DICOMweb study, series or query as instance URLs (``xray_infer.dicomweb``). An
+    input reached twice (named twice, or named and inside a named folder) is kept once.
+    Raises UsageError for a source that does not exist or cannot be listed.
     """
     out, seen = Inputs(), set()
     for source in sources:

@@ -75,13 +75,15 @@ class Remote:
         ``query``), or UsageError when they cannot be listed."""
         import requests
 
-        from ..dicomweb import Address, list_instances
+        from ..dicomweb import Address, TooLarge, list_instances
         address = Address.parse(url)
         try:
             return list(list_instances(self.client(address.base), address, self.query, skipped))
         except requests.HTTPError as e:
             raise UsageError(f"{url}: cannot list: HTTP {e.response.status_code}") from None
-        except requests.RequestException as e:
+        except TooLarge as e:
+            raise UsageError(f"{url}: cannot list: {e}") from None
+        except (requests.RequestException, ValueError, KeyError) as e:  # unreachable, garbled
             raise UsageError(f"{url}: cannot list: {type(e).__name__}") from None
 
     def fetch(self, url):
