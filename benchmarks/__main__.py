@@ -7,6 +7,7 @@
     python -m benchmarks parity       # torch vs ORT, kernel vs reference, full-res vs 224 copies
     python -m benchmarks ray --cycle 10  # Ray engine vs in-process over 2,400 inputs (ray extra)
     python -m benchmarks scope        # the scope gate: kept, refused per collection, its cost
+    python -m benchmarks accuracy --json docs/bench/accuracy.json   # each variant, test split
     python -m benchmarks robustness --json docs/bench/robustness.json --out docs/robustness.md
                                       # label and scope agreement under real exports' changes
     python -m benchmarks all --json-dir docs/bench --baseline-model benchmarks/models/v1.0.0.onnx
@@ -20,7 +21,7 @@ from trainer.dataset import DATA_ROOT
 
 from . import common
 from . import parity as _parity
-from . import scaling, speed
+from . import ray_engine, speed
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = {"preprocess": speed.preprocess, "decode": speed.decode, "inference": speed.inference,
@@ -30,7 +31,8 @@ COMMANDS = {"preprocess": speed.preprocess, "decode": speed.decode, "inference":
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=[*COMMANDS, "ray", "scope", "robustness", "all", "report"])
+    p.add_argument("which", choices=[*COMMANDS, "ray", "scope", "robustness", "accuracy", "all",
+                                     "report"])
     p.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/, fullres/)")
     p.add_argument("--limit", type=int, default=0, help="use only N inputs (smoke runs)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
@@ -64,11 +66,15 @@ def main(argv=None):
         return
     common.set_data_root(a.data)
     if a.which == "ray":  # not in "all": it needs the ray extra
-        scaling.ray_engine(a)
+        ray_engine.ray_engine(a)
         return
     if a.which == "scope":  # not in "all": an evaluation more than a speed benchmark
         from .scope import scope
         scope(a)
+        return
+    if a.which == "accuracy":  # an evaluation, not a speed benchmark
+        from .accuracy import accuracy
+        accuracy(a)
         return
     if a.which == "robustness":  # likewise
         from .robustness import robustness

@@ -1,6 +1,8 @@
 """docs/benchmarks.md from the JSON the benchmarks wrote (``python -m benchmarks all``):
 every figure in it is read from those files, nothing is typed in."""
 import json
+import os
+import re
 from pathlib import Path
 
 INTRO = """# Benchmarks
@@ -159,8 +161,8 @@ def _parity(d):
     for p, v in r.get("reduced_decoding", {}).items():
         rows += [[f"reduced vs full-size decoding, {p} ({v['n']} full-resolution scans, "
                   f"scaled by {v['scaled_by']}): same label", f"**{100 * v['agreement']:.1f}%**"],
-                 [f"same, scope decisions agree", f"{100 * v['scope_agreement']:.1f}%"],
-                 [f"same, median / max probability difference",
+                 ["same, scope decisions agree", f"{100 * v['scope_agreement']:.1f}%"],
+                 ["same, median / max probability difference",
                   f"{v['median_abs_probability_diff']:.4f} / {v['max_abs_probability_diff']:.4f}"]]
     q = r.get("int8_parity")
     if q:
@@ -194,10 +196,23 @@ def _ray(d):
         _table(["engine", "scans/s", "vs in-process"], rows) + [""]
 
 
-def _gpu(folder, note):
+def _rebased(text, source, out):
+    """``text`` of the Markdown file ``source`` with its relative links made relative to the
+    folder of ``out``, where it is embedded."""
+    def link(m):
+        target = m.group(1)
+        if re.match(r"^[a-z]+:|^#", target):
+            return m.group(0)
+        moved = os.path.relpath(Path(source).parent / target, Path(out).parent)
+        return f"]({Path(moved).as_posix()})"
+    return re.sub(r"\]\(([^)\s]+)\)", link, text)
+
+
+def _gpu(folder, note, out):
     """The GPU run (``benchmarks/gpu.sh``, JSON under ``bench/gpu/``) and its note."""
-    md = ["## 5. GPU", "", Path(note).read_text().strip() if note and Path(note).exists()
-          else "Not measured.", ""]
+    text = _rebased(Path(note).read_text().strip(), note, out) \
+        if note and Path(note).exists() else "Not measured."
+    md = ["## 5. GPU", "", text, ""]
     inference, decode = _load(folder, "inference-cuda"), _load(folder, "decode-gpu-host")
     if inference:
         md += [f"Machine: {inference['machine'].get('gpu', 'GPU')}, "
@@ -220,7 +235,7 @@ def write(json_dir, out, gpu_note):
         if parts[name]:
             md += render(parts[name])
     md += _work_per_scan(parts)
-    md += _gpu(Path(json_dir) / "gpu", gpu_note)
+    md += _gpu(Path(json_dir) / "gpu", gpu_note, out)
     if parts["parity"]:
         md += _parity(parts["parity"])
     ray_run = _load(json_dir, "ray")

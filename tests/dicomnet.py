@@ -4,7 +4,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
+import urllib.request
 from pathlib import Path
 
 import pydicom
@@ -14,7 +14,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
 from test_dicom import write_dicom
 
-from helpers import SAMPLES
+from helpers import SAMPLES, wait_for  # noqa: F401 (the node tests import it from here)
 from orthanc import free_port
 from xray_infer.decode import read_image
 
@@ -95,13 +95,6 @@ def dcmtk(tool):
     return None
 
 
-def wait_for(predicate, timeout=180, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{what} not met after {timeout} s")
 
 
 class Destination:
@@ -199,3 +192,23 @@ def peak_rss_mb(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
+
+
+def metric(node, name, **labels):
+    """The value of one of the node's metrics (0 when absent)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    key = f"xray_infer_node_{name}" + (f"{{{selector}}}" if selector else "")
+    for line in text.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def passes_later(node, more=3):
+    """Wait until the forwarding worker has looked at the spool ``more`` times after now: the
+    event after which anything it would do again (a retry, a second delivery) has been done."""
+    start = metric(node, "forwarder_passes_total")
+    wait_for(lambda: metric(node, "forwarder_passes_total") >= start + more, timeout=60,
+             what=f"{more} more passes of the forwarding worker")

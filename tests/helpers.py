@@ -1,7 +1,10 @@
-"""What several test modules use: the sample scans shipped with the package, and the command
-line as a subprocess."""
+"""What several test modules use: the sample scans shipped with the package, the command line
+as a subprocess, and waiting for a condition (every wait in the tests is on an event: a port,
+a log line, a file, a count; never a fixed time)."""
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,3 +17,20 @@ def run_cli(*args, timeout=300, **kw):
     """``python -m xray_infer ARGS`` to completion, output captured as text."""
     return subprocess.run([sys.executable, "-m", "xray_infer", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def free_port():
+    """A TCP port free on loopback now (the tests' servers bind it at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=180, what="condition", interval=0.25):
+    """Poll ``predicate`` until it is true; TimeoutError naming ``what`` after ``timeout``
+    seconds (a bound for a broken run, not a speed the test expects)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met after {timeout} s")
+        time.sleep(interval)

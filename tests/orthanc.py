@@ -8,10 +8,11 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from helpers import free_port, wait_for  # noqa: F401 (free_port: imported from here too)
 
 BINARY = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists()
                                      else None)
@@ -20,22 +21,13 @@ DICOMWEB_PLUGIN = next((p for p in ("/usr/share/orthanc/plugins/libOrthancDicomW
                         if Path(p).exists()), None)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port, timeout=60, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening():
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before port {port} opened")
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    wait_for(listening, timeout, f"a listener on port {port}")
 
 
 class Orthanc:
@@ -71,15 +63,16 @@ class Orthanc:
         self.proc = subprocess.Popen([BINARY, str(self.config)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         wait_port(self.http_port, proc=self.proc)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def answers():
             try:
                 self.get("/system")
-                wait_port(self.dicom_port, proc=self.proc)
-                return self
+                return True
             except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.1)
-        raise TimeoutError("Orthanc's REST API did not answer")
+                return False
+        wait_for(answers, 30, "Orthanc's REST API answering")
+        wait_port(self.dicom_port, proc=self.proc)
+        return self
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
@@ -88,7 +81,7 @@ class Orthanc:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                self.proc.wait(20)
         self.proc = None
 
     # -- REST ----------------------------------------------------------------------------------

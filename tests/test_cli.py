@@ -76,10 +76,10 @@ def test_usage_errors_before_model_load(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--threads", "0"], "--threads must be at least 1"),
-    (["--workers", "0"], "--workers must be at least 1"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--batch-size", "-3"], "--batch-size must be at least 1"),
+    (["--threads", "0"], "--threads: '0' is not a whole number of at least 1"),
+    (["--workers", "0"], "--workers: '0' is not a whole number of at least 1"),
+    (["--batch-size", "0"], "--batch-size: '0' is not a whole number of at least 1"),
+    (["--batch-size", "-3"], "--batch-size: '-3' is not a whole number of at least 1"),
     (["-o", "{out}", "--resume", "--overwrite"], "contradict"),
     (["-o", "{out}", "--retry-failed"], "--retry-failed needs --resume"),
     (["-o", "{tmp}"], "is a directory"),

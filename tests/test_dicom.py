@@ -11,6 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid  
 from xray_infer import Classifier  # noqa: E402
 from xray_infer.decode import read_image  # noqa: E402
 from xray_infer.errors import DecodeError  # noqa: E402
+from helpers import run_cli  # noqa: E402
 
 SCANS = ["IM-0001-0001.jpeg", "person100_bacteria_475.jpeg", "person10_virus_35.jpeg"]  # samples
 
@@ -192,13 +193,11 @@ def test_pydicom_corpus_through_the_cli(tmp_path):
     every refusal is a sentence (no bare Python exception), and pydicom's warnings go to the
     log file, not the terminal."""
     import json
-    import subprocess
     files = _pydicom_test_files()
     assert len(files) > 50
     out, log = tmp_path / "out.jsonl", tmp_path / "run.log"
-    p = subprocess.run([sys.executable, "-m", "xray_infer", "classify", *map(str, files),
-                        "-o", str(out), "--log", str(log), "--scope", "off"],  # decoding alone
-                       capture_output=True, text=True, timeout=600)
+    p = run_cli("classify", *files, "-o", out, "--log", log, "--scope", "off",  # decoding alone
+                timeout=600)
     assert p.returncode == 1, p.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["path"] for r in rows) == sorted(map(str, files))

@@ -4,8 +4,6 @@ repeating an input, and clear errors before any work for requests that cannot ru
 import csv
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +12,9 @@ import pytest
 from xray_infer import Classifier, UsageError, distributed
 from xray_infer.inputs import collect_inputs
 
+from helpers import run_cli
+
 pytestmark = pytest.mark.usefixtures("ray_address")
-CLASSIFY = [sys.executable, "-m", "xray_infer", "classify"]
 
 
 def _bad_files(folder):
@@ -59,10 +58,9 @@ def test_cli_rows_are_identical_to_the_local_engine(ray_address, samples, tmp_pa
     bad = _bad_files(tmp_path / "bad")
     local, remote, table = tmp_path / "local.csv", tmp_path / "ray.csv", tmp_path / "ray.parquet"
     args = [str(samples), str(bad)]
-    assert subprocess.run(CLASSIFY + args + ["-q", "-o", str(local)]).returncode == 1
+    assert run_cli("classify", *args, "-q", "-o", local).returncode == 1
     for out in (remote, table):
-        run = subprocess.run(CLASSIFY + args + ["--engine", "ray", "--address", ray_address,
-                                                "-o", str(out)], capture_output=True, text=True)
+        run = run_cli("classify", *args, "--engine", "ray", "--address", ray_address, "-o", out)
         assert run.returncode == 1, run.stderr  # 1: some inputs failed, each has its row
         assert "6 failed" in run.stderr
     assert remote.read_text() == local.read_text()
@@ -121,8 +119,7 @@ def test_requests_that_cannot_run_fail_before_any_work(case, samples, tmp_path):
         "threads": (samples, ["--threads", "2"], "--cpus-per-worker sets"),
         "heatmaps": (samples, ["--heatmaps", str(tmp_path / "h")], "use the local engine"),
     }[case]
-    run = subprocess.run(CLASSIFY + [str(source), "--engine", "ray", "-o", str(out)] + extra,
-                         capture_output=True, text=True, timeout=60)
+    run = run_cli("classify", source, "--engine", "ray", "-o", out, *extra, timeout=60)
     assert run.returncode == 2 and message in run.stderr, run.stderr
     assert not out.exists()
 
@@ -169,7 +166,7 @@ def test_writes_csv_jsonl_and_parquet(samples, tmp_path):
     counts = {fmt: distributed.classify_dataset([samples], output=tmp_path / f"r.{fmt}")
               for fmt in ("csv", "jsonl", "parquet")}
     n = len(list(samples.glob("*.jpeg")))
-    assert set(counts.values()) == {(n, 0)}
+    assert set(counts.values()) == {(n, 0, 0)}
     table = pq.read_table(tmp_path / "r.parquet").to_pylist()
     lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [t["path"] for t in table] == [x["path"] for x in lines]
@@ -181,9 +178,8 @@ def test_resume_sends_only_the_missing_inputs(ray_address, samples, tmp_path):
     out = tmp_path / "r.jsonl"
     scans = sorted(samples.glob("*.jpeg"))
     ray_cli = ["--engine", "ray", "--address", ray_address, "-o", str(out), "-q"]
-    assert subprocess.run(CLASSIFY + [str(s) for s in scans[:2]] + ray_cli).returncode == 0
-    run = subprocess.run(CLASSIFY + [str(samples)] + ray_cli + ["--resume"], capture_output=True,
-                         text=True)
+    assert run_cli("classify", *scans[:2], *ray_cli).returncode == 0
+    run = run_cli("classify", samples, *ray_cli, "--resume")
     assert run.returncode == 0, run.stderr
     import json
     paths = [json.loads(x)["path"] for x in out.read_text().splitlines()]
@@ -200,4 +196,4 @@ def test_an_object_gone_after_listing_stops_the_job_naming_it(samples, tmp_path)
 def test_results_written_to_a_uri(samples, tmp_path):
     counts = distributed.classify_dataset([samples], output=f"file://{tmp_path}/r.csv")
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
-    assert counts == (len(rows), 0) and len(rows) == len(list(samples.glob("*.jpeg")))
+    assert counts == (len(rows), 0, 0) and len(rows) == len(list(samples.glob("*.jpeg")))

@@ -1,11 +1,10 @@
 """A corpus of broken and unusual files through the command line: every file gets a row with a
 prediction or a specific error, the exit status reports the failures, nothing crashes."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from corpus.make_corpus import EXPECTED, make
+from helpers import run_cli
 
 SCAN = "IM-0001-0001.jpeg"  # a shipped sample
 
@@ -15,9 +14,7 @@ def test_corpus_through_cli(tmp_path, samples):
     out = tmp_path / "out.jsonl"
     # float32: re-encodings of one scan must agree to 1e-3, which the int8 variant's rounding
     # of activations does not promise (it agrees with float32 to 0.01 here)
-    p = subprocess.run([sys.executable, "-m", "xray_infer", "classify", corpus, "-o", out,
-                        "--precision", "float32"],
-                       capture_output=True, text=True, timeout=300)
+    p = run_cli("classify", corpus, "-o", out, "--precision", "float32")
     assert p.returncode == 1, p.stderr
     rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert sorted(rows) == sorted(EXPECTED)

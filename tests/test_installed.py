@@ -30,6 +30,7 @@ def test_bundled_models_samples_and_compiled_kernel():
     assert len(list((pkg / "samples").glob("*.jpeg"))) == 6
     assert "CC BY 4.0" in (pkg / "samples" / "ATTRIBUTION.md").read_text()
     assert Path(_preprocess.__file__).suffix in (".so", ".pyd")  # compiled, not the .pyx
+    assert (pkg / "py.typed").is_file()  # PEP 561: type checkers read the package's hints
 
 
 def test_classify_the_samples_from_the_command_line(tmp_path):

@@ -23,7 +23,7 @@ pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("pynetdicom")
 
 from dicomnet import (NODE_AET, Destination, NodeProcess, ae, dataset, log_since,  # noqa: E402
-                      peak_rss_mb, store, wait_for)
+                      metric, peak_rss_mb, store, wait_for)
 from orthanc import free_port  # noqa: E402
 from pydicom.uid import JPEGLSLossless  # noqa: E402
 
@@ -46,18 +46,6 @@ def node(dest, tmp_path_factory):
     n.start()
     yield n
     n.stop()
-
-
-def metric(node, name, **labels):
-    """The value of one of the node's metrics (0 when absent)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=30) as r:
-        text = r.read().decode()
-    selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    key = f"xray_infer_node_{name}" + (f"{{{selector}}}" if selector else "")
-    for line in text.splitlines():
-        if line.startswith(key + " "):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def associate_rq(calling, called=NODE_AET):

@@ -3,25 +3,17 @@
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
-SAMPLES = Path(__file__).resolve().parent.parent / "xray_infer" / "samples"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from helpers import SAMPLE_DIR as SAMPLES, free_port, run_cli, wait_for  # noqa: E402
 
 
 @pytest.fixture
@@ -36,15 +28,15 @@ def cluster_without_the_package():
     python = env_dir / "bin" / "python"
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
                                          "['purelib'])"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+                          check=True, timeout=60).stdout.strip()
     # a path line adds this environment's site-packages without running its .pth files,
     # so the editable install's import hook (or an installed xray_infer) is not there
     here = sysconfig.get_paths()["purelib"]
     (Path(site) / "host-packages.pth").write_text(here + "\n")
     check = subprocess.run([python, "-c", "import ray, xray_infer"], capture_output=True,
-                           text=True, cwd=root)
+                           text=True, cwd=root, timeout=120)
     assert "No module named 'xray_infer'" in check.stderr
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     head = subprocess.Popen([python, "-m", "ray.scripts.scripts", "start", "--head", "--block",
                              "--port", str(port), "--node-ip-address", "127.0.0.1",
@@ -55,16 +47,13 @@ def cluster_without_the_package():
     try:
         # Up once the cluster reports the node's CPUs: the raylet registers after the GCS
         # listens, so an open port alone is not enough.
-        deadline = time.monotonic() + 90
-        while True:
+        def up():
             status = subprocess.run([python, "-m", "ray.scripts.scripts", "status", "--address",
                                      f"127.0.0.1:{port}"], capture_output=True, text=True,
                                     cwd=root, env=env, timeout=60)
-            if "/2.0 CPU" in status.stdout:
-                break
             assert head.poll() is None, "ray start exited"
-            assert time.monotonic() < deadline, "the head node did not come up"
-            time.sleep(0.5)
+            return "/2.0 CPU" in status.stdout
+        wait_for(up, 90, "the head node up", interval=0.5)
         yield f"127.0.0.1:{port}", root, env
     finally:
         _kill_group(head, signal.SIGTERM)  # the head and everything it started
@@ -87,9 +76,8 @@ def test_workers_that_cannot_import_the_package_are_one_line_and_exit_3(
         cluster_without_the_package):
     address, root, env = cluster_without_the_package
     out, log = root / "rows.csv", root / "run.log"
-    r = subprocess.run([sys.executable, "-m", "xray_infer", "classify", SAMPLES, "--engine",
-                        "ray", "--address", address, "-o", out, "--log", log],
-                       capture_output=True, text=True, timeout=300, cwd=root, env=env)
+    r = run_cli("classify", SAMPLES, "--engine", "ray", "--address", address, "-o", out, "--log",
+                log, cwd=root, env=env)
     assert r.returncode == 3, r.stderr
     lines = r.stderr.splitlines()
     assert len(lines) == 1, r.stderr

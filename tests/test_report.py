@@ -108,7 +108,7 @@ def test_summary_and_confusion_table_from_the_file_names(mixed):
 def test_thousands_of_rows_stay_usable(tmp_path):
     from xray_infer import Classifier
     from xray_infer.classifier import Result
-    from xray_infer.cli.page import ResultsPage
+    from xray_infer.cli.results_page import ResultsPage
     clf = Classifier(scope=False)
     page = ResultsPage(tmp_path / "big.html", clf.spec, clf.variant)
     rng = np.random.default_rng(0)

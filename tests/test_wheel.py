@@ -77,7 +77,7 @@ def test_wheel_installs_and_classifies_with_no_compiler(dist, tmp_path):
         if key in os.environ:
             env[key] = os.environ[key]
     assert subprocess.run(["sh", "-c", "command -v gcc || command -v cc"], env=env,
-                          capture_output=True).returncode != 0
+                          capture_output=True, timeout=60).returncode != 0
     _run([py, "-m", "pip", "install", "-q", "--only-binary", ":all:", wheel, "pytest>=8"],
          env=env, cwd=tmp_path)
     r = _run([py, "-c", "import xray_infer, pathlib; "

@@ -52,7 +52,7 @@ def record_parity(model_path, paths):
     from xray_infer.model import load_model, variant_path
     from xray_infer.spec import PRECISIONS
 
-    from .export import write_model
+    from .model_files import write_model
     present = [p for p in PRECISIONS if variant_path(model_path, p).exists()]
     records = {p: decoding_parity(paths, model_path, precision=p)
                for p in present if p != "float16"}  # float16 runs on CUDA, not measured here

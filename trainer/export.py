@@ -5,7 +5,6 @@ Each member's logits are divided by a temperature fitted on validation; the grap
 probability. For a single member the argmax is that of its raw logits.
 Export fails when ONNX Runtime and torch disagree by more than ``PARITY_TOL`` on real inputs.
 """
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xray_infer.model import load_model, sidecar_path, variant_path, write_sidecar
+from xray_infer.model import load_model, sidecar_path, variant_path
 from xray_infer.spec import CLASS_NAMES, ModelSpec
 
 from . import scope
 from .dataset import VAL_SPLITS, fullres_scans
 from .metrics import softmax, summarize
 from .model import build
+from .model_files import write_model
 
 OPSET = 17
 #: Name of the class activation map output, (N, classes, h, w).
@@ -75,23 +75,6 @@ def fit_temperature(logits, labels):
     nll = [-np.log(softmax(logits / t)[np.arange(len(labels)), labels] + 1e-12).mean()
            for t in grid]
     return float(grid[int(np.argmin(nll))])
-
-
-def write_model(proto, spec, out_path):
-    """Save ``proto`` with ``spec`` as its metadata to ``out_path`` atomically, with the
-    ``.sha256`` sidecar the library checks."""
-    out_path = Path(out_path)
-    del proto.metadata_props[:]
-    for k, v in spec.to_metadata().items():
-        proto.metadata_props.add(key=k, value=v)
-    proto.producer_name = "xray_infer.trainer"
-    proto.doc_string = ("Pediatric chest X-ray classifier (normal/bacterial/viral). "
-                        "Not a diagnostic device.")
-    onnx.checker.check_model(proto)
-    tmp = out_path.with_suffix(".tmp.onnx")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out_path)
-    write_sidecar(out_path)
 
 
 def add_scope_gate(model_path, data):
@@ -223,9 +206,7 @@ def export_fp16(fp32_path, data):
         proto = float16.convert_float_to_float16(source, keep_io_types=True,
                                                  node_block_list=scope.scope_nodes(source))
     out = variant_path(fp32_path, "float16")
-    tmp = out.with_suffix(".tmp.onnx")
-    onnx.save(proto, str(tmp))
-    sess16 = graph_session(tmp)
+    sess16 = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     metrics, parity = dict(spec.metrics), {}
     for split in ("val", "test"):
         x, y = data[split]
@@ -239,19 +220,11 @@ def export_fp16(fp32_path, data):
     test = parity["test"]
     if (test["agreement"] < FP16_MIN_AGREEMENT
             or test["accuracy_float32"] - test["accuracy_float16"] > FP16_MAX_ACCURACY_DROP):
-        tmp.unlink()
         raise RuntimeError(f"float16 variant not written: test agreement {test['agreement']:.4f} "
                            f"(needs {FP16_MIN_AGREEMENT}), accuracy {test['accuracy_float16']:.4f} "
                            f"against {test['accuracy_float32']:.4f}")
     metrics["fp16_parity"] = parity
-    spec16 = replace(spec, precision="float16", metrics=metrics)
-    del proto.metadata_props[:]
-    for k, v in spec16.to_metadata().items():
-        proto.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
-    write_sidecar(out)
+    write_model(proto, replace(spec, precision="float16", metrics=metrics), out)
     load_model(fp32_path, providers=["CPUExecutionProvider"], precision="float16")  # reads back
     return parity
 

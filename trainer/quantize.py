@@ -19,6 +19,7 @@ from xray_infer.model import load_model, variant_path
 
 from . import scope
 from .metrics import softmax, summarize
+from .model_files import write_model
 
 #: Training images the activation ranges are calibrated on (a fixed random draw).
 CALIBRATION_IMAGES = 512
@@ -118,7 +119,6 @@ def export_int8(fp32_path, data):
     writes nothing) when the validation gates fail. Returns the parity record."""
     import onnxruntime as ort
 
-    from .export import write_model
     fp32_path = Path(fp32_path)
     sess32, spec = load_model(fp32_path, providers=["CPUExecutionProvider"], precision="float32")
     if not spec.scope_output:

@@ -1,6 +1,6 @@
 """xray_infer: pediatric chest X-ray classification (normal / bacterial / viral pneumonia).
 
-Research software, not a diagnostic device: see README for what the model can and cannot do.
+Research software, not a diagnostic device: see docs/model.md for what the model can and cannot do.
 
     >>> from xray_infer import classify
     >>> for r in classify(["scan1.jpeg", "scan2.png"]):
@@ -25,7 +25,7 @@ __version__ = _version()
 
 # The public names that need ONNX Runtime or OpenCV load on first use, so that the command
 # line can check its arguments before paying for those imports.
-_LAZY = {"classify": "classifier", "Classifier": "classifier", "Result": "classifier",
+_LAZY = {"classify": "classifier", "Classifier": "classifier", "Result": "result",
          "DEFAULT_MODEL": "model", "load_model": "model", "Decoded": "decode",
          "read_image": "decode", "Encoded": "batch"}
 

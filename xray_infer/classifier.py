@@ -4,7 +4,6 @@ import os
 from collections import deque
 from collections.abc import Sized
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,49 +16,9 @@ from .heatmap import upsample
 from .model import DEFAULT_MODEL, choose_variant, load_model
 from . import providers as _providers
 from .providers import resolve
+from .result import Result
 from .scope import Gate, Scope, require_gate
 from .spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, softmax
-
-
-@dataclass(frozen=True)
-class Result:
-    """The outcome for one input: a prediction, or the reason there is none.
-
-    ``source`` is the path as given (or ``<array i>`` / ``<bytes i>`` for in-memory input i).
-    ``status`` is ``"classified"`` (``label`` and ``probabilities`` set: every class name to its
-    probability), ``"out_of_scope"`` (the model was not made for this input: ``refusal`` says
-    why, ``refused_by`` names the gate, a DICOM attribute or ``"image"``) or ``"failed"``
-    (``error`` says why). ``heatmap`` (only when asked for) is the predicted class's activation
-    map, float32 in [0, 1], at the scan's own size. ``scope`` records the gate's setting
-    (``"on"``, ``"off"``, or the widened ages) under which the input was scored.
-    """
-    source: str
-    label: str = None
-    probabilities: dict = None
-    error: str = None
-    heatmap: np.ndarray = field(default=None, repr=False, compare=False)
-    refusal: str = None
-    refused_by: str = None
-    scope: str = "on"
-
-    @property
-    def ok(self):
-        """Classified: a label with probabilities."""
-        return self.error is None and self.refusal is None
-
-    @property
-    def status(self):
-        return "failed" if self.error is not None else \
-            "out_of_scope" if self.refusal is not None else "classified"
-
-    @property
-    def reason(self):
-        """Why there is no label (the error or the refusal); None when classified."""
-        return self.error if self.error is not None else self.refusal
-
-    def to_dict(self):
-        return {"path": self.source, "label": self.label, "probabilities": self.probabilities,
-                "status": self.status, "error": self.reason, "scope": self.scope}
 
 
 def _check_count(name, value, optional=False):

@@ -92,7 +92,7 @@ def check_buildable(source, spec, digest):
     """Raise what building the results for ``source`` would raise (a malformed date, a value
     highdicom refuses), by building them for a placeholder result on a small image: what the
     node checks before it acknowledges an instance."""
-    from .classifier import Result
+    from .result import Result
     names = list(spec.class_names)
     placeholder = Result("<check>", names[0], {n: 1.0 / len(names) for n in names},
                          heatmap=np.zeros((64, 64), np.float32))

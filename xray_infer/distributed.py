@@ -14,12 +14,14 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from .batch import Encoded
-from .classifier import Classifier, Result
+from .classifier import Classifier
+from .result import Result, Status
 from .decode import check_file
 from .errors import DecodeError, UsageError
 from .inputs import collect_inputs, is_uri
 from .model import load_model
-from .output import ResultWriter, arrow_schema, columns, format_for, open_output, result_from_row
+from .output import Output, format_for
+from .result import arrow_schema, columns, result_from_row
 from .spec import DEFAULT_BATCH_SIZE
 
 try:
@@ -244,7 +246,7 @@ def classify_dataset(sources, *, output=None, format=None, recursive=False, addr
 
     Returns the list of Results in input order or, with ``output`` (a path or URI), writes the
     CLI's columns there as CSV, JSON Lines or Parquet (``format``, else from the name) and
-    returns ``(classified, failed)``. Options as ``build_dataset``; ``address`` as ``connect``.
+    returns ``(classified, out_of_scope, failed)`` (``result.Status``'s order). Options as ``build_dataset``; ``address`` as ``connect``.
     An empty input or a source that does not exist is a UsageError before any work starts.
     """
     inputs = collect_inputs(sources, recursive).files
@@ -255,14 +257,15 @@ def classify_dataset(sources, *, output=None, format=None, recursive=False, addr
         return list(results)
     fmt = format or format_for(output)
     names = load_model(options.get("model"), providers=["CPUExecutionProvider"])[1].class_names
-    counts = [0, 0]
-    with open_output(output, fmt) as stream:
-        writer = ResultWriter(stream, fmt, names)
+    counts = dict.fromkeys(Status, 0)
+    out = Output(output, fmt, names)
+    try:
         for r in results:
-            writer.write(r)
-            counts[not r.ok] += 1
-        writer.close()
-    return tuple(counts)
+            out.write(r)
+            counts[r.status] += 1
+    finally:
+        out.close()
+    return tuple(counts.values())
 
 
 __all__ = ["ClassifyBatch", "build_dataset", "classify_dataset", "connect", "iter_results",

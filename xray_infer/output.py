@@ -1,9 +1,5 @@
-"""Result rows as CSV, JSON Lines or Parquet: the same columns whichever engine scored them.
-
-The row schema lives here alone: path, label, one probability per class, error (the reason
-there is no label: a failure, or why the input is out of scope), status (classified,
-out_of_scope or failed) and scope (the gate's setting the input was scored under).
-"""
+"""Result rows as CSV, JSON Lines or Parquet: the same columns whichever engine scored them
+(the columns themselves are defined in ``result``)."""
 import csv
 import io
 import json
@@ -12,6 +8,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .inputs import input_key, is_uri
+from .result import Status, arrow_schema, columns, header
 
 FORMATS = ("csv", "jsonl", "parquet")
 #: A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV
@@ -32,40 +29,6 @@ def csv_value(cell):
     return cell[1:] if cell.startswith("'") else cell
 #: Parquet rows are written in groups of this many (a crash loses at most the open group).
 PARQUET_ROW_GROUP = 10_000
-
-
-def header(class_names):
-    return ["path", "label"] + [f"p_{n}" for n in class_names] + ["error", "status", "scope"]
-
-
-def columns(results, class_names):
-    """{column: values} of ``results`` (None where a row has no value)."""
-    out = {"path": [r.source for r in results], "label": [r.label for r in results]}
-    for n in class_names:
-        out[f"p_{n}"] = [r.probabilities[n] if r.ok else None for r in results]
-    out["error"] = [r.reason for r in results]
-    out["status"] = [r.status for r in results]
-    out["scope"] = [r.scope for r in results]
-    return out
-
-
-def arrow_schema(class_names):
-    import pyarrow as pa
-    return pa.schema([("path", pa.string()), ("label", pa.string())] +
-                     [(f"p_{n}", pa.float64()) for n in class_names] +
-                     [("error", pa.string()), ("status", pa.string()), ("scope", pa.string())])
-
-
-def result_from_row(row):
-    """The Result a row (a mapping of the columns above) records."""
-    from .classifier import Result
-    common = {"scope": row["scope"]}
-    if row["status"] == "failed":
-        return Result(row["path"], error=row["error"], **common)
-    if row["status"] == "out_of_scope":
-        return Result(row["path"], refusal=row["error"], **common)
-    probs = {k[2:]: v for k, v in row.items() if k.startswith("p_")}
-    return Result(row["path"], label=row["label"], probabilities=probs, **common)
 
 
 def format_for(output):
@@ -203,7 +166,7 @@ class Existing:
             for n, line in enumerate(lines, 1):
                 try:
                     row = json.loads(line)
-                    self.rows[input_key(row["path"])] = row["status"] == "failed"
+                    self.rows[input_key(row["path"])] = row["status"] == Status.FAILED
                     self.paths.append(row["path"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise UsageError(f"{path}, line {n}: not a row this program wrote; "
@@ -222,8 +185,8 @@ class Existing:
                 if len(row) != len(self.columns):
                     raise UsageError(f"{path}, line {n}: {len(row)} fields where the header has "
                                      f"{len(self.columns)}; refusing to append to it")
-                self.rows[input_key(csv_value(row[0]))] = row[status] not in ("classified",
-                                                                   "out_of_scope", "")
+                self.rows[input_key(csv_value(row[0]))] = row[status] not in (
+                    Status.CLASSIFIED, Status.OUT_OF_SCOPE, "")
                 self.paths.append(csv_value(row[0]))
 
     def _read_parquet(self, path):
@@ -238,7 +201,7 @@ class Existing:
             raise UsageError(f"{path}: not a results file of this program; refusing to resume")
         self.paths = self.table.column("path").to_pylist()
         statuses = self.table.column("status").to_pylist()
-        self.rows = {input_key(p): s == "failed" for p, s in zip(self.paths, statuses)}
+        self.rows = {input_key(p): s == Status.FAILED for p, s in zip(self.paths, statuses)}
 
     def kept_table(self, keys):
         """The Parquet rows with the rows of ``keys`` left out."""
@@ -261,3 +224,59 @@ class Existing:
             if input_key(csv_value(row[0])) not in keys:
                 writer.writerow(row)
         return out.getvalue()
+
+
+class Output:
+    """Where a run's rows go, owning the output's life from open to close: a new file (or one
+    ``--overwrite`` replaces), a resumed one (appended to; rewritten first without a row cut by
+    an interruption and the failed rows about to be retried; Parquet written whole into a
+    temporary file that replaces it at close, interrupted or not), or ``stdout``.
+
+    Raises UsageError, before anything is touched, when a resumed CSV's columns are not the
+    ones this model writes."""
+
+    def __init__(self, path, fmt, class_names, existing=None, retried=(), stdout=None):
+        self.path, self.stdout = path, stdout
+        appending = existing is not None and existing.fmt is not None
+        if appending and fmt == "csv" and existing.columns != header(class_names):
+            raise UsageError(
+                f"{path} has columns {','.join(existing.columns)}; this model writes "
+                f"{','.join(header(class_names))}. Resume with the model that wrote it, or "
+                f"write a new file")
+        earlier, self.target = None, path
+        if appending and fmt == "parquet":
+            earlier = existing.kept_table(retried)
+            self.target = f"{path}.tmp{os.getpid()}"
+        elif appending and (existing.partial or retried):
+            tmp = f"{path}.tmp{os.getpid()}"  # replaced in one step
+            with open(tmp, "w", encoding="utf-8", newline="", errors=TEXT_ERRORS) as f:
+                f.write(existing.without(retried))
+            os.replace(tmp, path)
+        if path:
+            self.stream = open_output(self.target, fmt, append=appending and fmt != "parquet")
+        else:
+            stdout.reconfigure(errors=TEXT_ERRORS)  # file names that are not UTF-8, as they are
+            self.stream = stdout
+        self.writer = ResultWriter(self.stream, fmt, class_names, write_header=not appending,
+                                   earlier=earlier)
+
+    def write(self, r):
+        self.writer.write(r)
+
+    @property
+    def written(self):
+        return self.writer.written
+
+    @property
+    def last(self):
+        return self.writer.last
+
+    def close(self):
+        try:
+            self.writer.close()
+            if self.stream is not self.stdout:
+                self.stream.close()
+        except BrokenPipeError:
+            pass  # the reader went away: reported where it was raised
+        if self.target != self.path:
+            os.replace(self.target, self.path)

@@ -1,5 +1,5 @@
 """Command line: ``xray-infer classify PATH...``, ``send``, ``listen`` and ``info``, a module
-each; ``_common`` holds what they share.
+each; ``_common`` holds what they all share, ``dicom_options`` what send and listen share.
 
 Exit status: 0 when every input was classified or refused as out of scope, 1 when any input
 failed (each failure is a row in the output and is summarised on stderr), 2 for usage errors
@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from . import classify, info, node
+from . import classify, info, listen, send
 from ._common import EXIT_USAGE
 
 
@@ -22,7 +22,8 @@ def build_parser():
     p.add_argument("--version", action="version", version=_version_line())
     subparsers = p.add_subparsers(dest="cmd", required=True)
     classify.add_parser(subparsers)
-    node.add_parsers(subparsers)
+    send.add_parser(subparsers)
+    listen.add_parser(subparsers)
     info.add_parser(subparsers)
     return p
 

@@ -50,11 +50,6 @@ def _readable(text):
 whole, port, readable_file = map(checked, (_whole_number, _port_number, _readable))
 
 
-def positive(name, value):
-    if value is not None and value < 1:
-        raise UsageError(f"{name} must be at least 1, got {value}")
-
-
 def _probe(option, path, folder):
     """UsageError unless a file can be created in ``folder`` (a real try: permissions, a
     read-only or full filesystem, root or not)."""

@@ -1,63 +1,35 @@
-"""``xray-infer classify``: score files, folders and URIs; one row per input, in input order."""
+"""``xray-infer classify``: score files, folders and URIs; one row per input, in input order.
+The scoring loop and its reports are in ``scoring``, the engines in ``engine``, what a resumed
+run scores in ``resume``."""
 import logging
 import os
-import re
-import signal
 import sys
-import time
-from collections import Counter
-from dataclasses import dataclass, field
-from functools import partial
 
-from ..errors import UsageError, XrayInferError
-from ..inputs import IMAGE_EXTENSIONS, collect_inputs, input_key, is_uri
-from ..output import (FORMATS, TEXT_ERRORS, Existing, ResultWriter, format_for, header,
-                      open_output, output_exists)
 from ..bitdepth import check_max_value
-from ..scope import Scope, parse_ages, require_gate
+from ..errors import UsageError, XrayInferError
+from ..inputs import IMAGE_EXTENSIONS, collect_inputs, is_uri
+from ..output import FORMATS, Existing, Output, format_for, output_exists
+from ..scope import parse_ages
 from ..spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
+from . import dicomweb_options
 from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK,
                       EXIT_PIPE_CLOSED, EXIT_USAGE, check_scope_options, check_writable_file,
-                      check_writable_folder, checked, fail, positive, quiet_opencv, require,
-                      setup_logging)
-from . import dicomweb_options
-from .extras import DicomResults, Overlays, write_extras
+                      check_writable_folder, checked, fail, quiet_opencv, require, setup_logging,
+                      whole)
+from .engine import Engine
+from .side_outputs import DicomResults, Overlays
+from .resume import check_resume_names, resume_hint, resume_plan
+from .scoring import CtrlC, Page, Progress, score, summary_line
 
 log = logging.getLogger("xray_infer.cli")
 ages = checked(parse_ages)
 max_value = checked(check_max_value)
 
 
-class Progress:
-    def __init__(self, total, enabled):
-        self.total, self.enabled = total, enabled
-        self.done = self.failed = 0
-        self.t0 = self.last = time.perf_counter()
-
-    def update(self, ok):
-        self.done += 1
-        self.failed += not ok
-        now = time.perf_counter()
-        if self.enabled and (now - self.last > 0.2 or self.done == self.total):
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else 0
-            sys.stderr.write(f"\r{self.done}/{self.total} ({100 * self.done / self.total:.0f}%) "
-                             f"{rate:.0f} img/s, {self.failed} failed, ETA {eta:.0f}s  ")
-            sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            sys.stderr.write("\n")
-
-
 def check_arguments(args):
     """Every option value and combination, before anything is loaded or written.
 
     Returns (format, the earlier output or None)."""
-    positive("--batch-size", args.batch_size)
-    positive("--threads", args.threads)
-    positive("--workers", args.workers)
     check_scope_options(args)
     args.remote = dicomweb_options.check_run(args)
     if args.engine != "ray":
@@ -125,234 +97,6 @@ def check_arguments(args):
     return fmt, existing
 
 
-class RayLines:
-    """Where Ray's terminal output goes while the Ray engine runs: each line to the log
-    (``--log``), none to the terminal, where the rows and the progress are; a failed job is
-    reported once, in one line."""
-
-    #: Ray's core (C++) log lines: ``[2026-12-02 00:23:29,708 E 29920 29920] file.cc:1: ...``
-    CORE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,.]+ [DIWEF] \d+ \d+\]")
-
-    def __init__(self, forward=None):
-        from ..distributed import COLOUR  # the Ray engine only: Ray is installed
-        self.pending, self.forward, self.colour = "", forward, COLOUR
-
-    def write(self, text):
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        for line in lines:
-            clean = self.colour.sub("", line).rstrip()
-            if self.forward is not None and not self.CORE.match(clean):
-                self.forward.write(line + "\n")  # not Ray's: through to the terminal
-                self.forward.flush()
-            elif clean:
-                log.info("ray: %s", clean)
-        return len(text)
-
-    def flush(self):
-        pass
-
-
-def quiet_ray():
-    """Ray's terminal output off for the Ray engine. Ray Data's notices and errors are
-    silenced (the job's failure is reported in one line); the error messages Ray's driver
-    prints to ``sys.stdout`` (where rows may go) and the lines its core writes to file
-    descriptor 2 go to the log instead (RayLines). Python's own ``sys.stderr`` keeps the
-    terminal, and anything else written to descriptor 2 still reaches it."""
-    import threading
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-    # Ray's own Python log lines (its notices about starting a local cluster among them) go
-    # where ours do, to --log, not to the terminal its handler writes to
-    ray_log = logging.getLogger("ray")
-    for handler in list(ray_log.handlers):
-        ray_log.removeHandler(handler)
-    ray_log.propagate = True
-    sys.stdout = RayLines()
-    try:
-        terminal = os.dup(2)
-    except OSError:  # no descriptor 2 to take over
-        return
-    sys.stderr.flush()
-    sys.stderr = open(terminal, "w", buffering=1, encoding=sys.stderr.encoding,
-                      errors=sys.stderr.errors)
-    read, write = os.pipe()
-    os.dup2(write, 2)
-    os.close(write)
-    lines = RayLines(forward=sys.stderr)
-
-    def pump():
-        with open(read, "r", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                lines.write(line)
-    threading.Thread(target=pump, name="xray-ray-stderr", daemon=True).start()
-
-
-class Engine:
-    """Where the scoring runs: a Classifier in this process, or Ray workers (``--engine ray``:
-    connected here, so that an unreachable cluster is reported before any output is touched).
-    Both yield one Result per input, in input order."""
-
-    def __init__(self, args, providers):
-        self.args, self.providers = args, providers
-        if args.engine == "ray":
-            from .. import distributed
-            from ..model import DEFAULT_MODEL, Variant, load_model
-            self.clf = None
-            self.spec = load_model(args.model, providers=["CPUExecutionProvider"])[1]
-            self.variant = Variant(args.model or DEFAULT_MODEL, args.precision,
-                                   "chosen by each Ray worker")
-            require_gate(self.spec, Scope.of(args.scope, args.ages), args.model or DEFAULT_MODEL)
-            quiet_ray()
-            distributed.connect(args.address)
-            distributed.plan(args.workers, args.gpus_per_worker or 0.0, args.cpus_per_worker)
-        else:
-            from ..classifier import Classifier
-            self.clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
-                                  threads=args.threads, workers=args.workers,
-                                  heatmaps=bool(args.heatmaps or args.dicom_out),
-                                  scope=args.scope, ages=args.ages, precision=args.precision,
-                                  decode=args.decode, max_value=args.max_value)
-            self.spec, self.variant = self.clf.spec, self.clf.variant
-
-    def results(self, files):
-        if self.clf is not None:
-            if self.args.remote is not None:  # DICOMweb instances: each read in its turn
-                from ..batch import Fetched
-                files = [Fetched(f, partial(self.args.remote.fetch, f))
-                         if dicomweb_options.is_dicomweb(f) else f for f in files]
-            return self.clf.iter_classify(files)
-        from .. import distributed
-        a = self.args
-        return distributed.iter_results(
-            files, address=a.address, model=a.model, workers=a.workers,
-            gpus_per_worker=a.gpus_per_worker or 0.0, cpus_per_worker=a.cpus_per_worker,
-            batch_size=a.batch_size, providers=self.providers, scope=a.scope, ages=a.ages,
-            precision=a.precision, decode=a.decode, max_value=a.max_value)
-
-
-@dataclass
-class ResumePlan:
-    """What a run scores given the earlier output: ``files`` left to score, how many were
-    ``skipped`` (of them ``skipped_failed`` with an error row), and the keys of the failed rows
-    ``retried``."""
-    files: list
-    skipped: int = 0
-    skipped_failed: int = 0
-    retried: set = field(default_factory=set)
-
-
-def resume_plan(files, existing, retry_failed):
-    if existing is None:
-        return ResumePlan(files)
-    keys = [input_key(f) for f in files]
-    retried = {k for k in keys if existing.rows.get(k)} if retry_failed else set()
-    done = {k for k in existing.rows if k not in retried}
-    return ResumePlan([f for f, k in zip(files, keys) if k not in done],
-                      skipped=sum(k in done for k in keys),
-                      skipped_failed=sum(k in done and existing.rows[k] for k in keys),
-                      retried=retried)
-
-
-@dataclass
-class Tally:
-    """What the scoring loop saw."""
-    classified: int = 0
-    out_of_scope: int = 0
-    failures: list = field(default_factory=list)
-
-
-def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, warnings=0):
-    """The run's one-line summary (stderr)."""
-    msg = (f"xray-infer: {tally.classified} classified, {tally.out_of_scope} out of scope, "
-           f"{len(tally.failures)} failed")
-    if args.scope == "off":
-        msg += " (scope gate off)"
-    if plan.skipped:
-        msg += f", {plan.skipped} skipped (already in {args.output}"
-        msg += (f"; {plan.skipped_failed} of them with an error (--retry-failed scores them "
-                f"again))" if plan.skipped_failed else ")")
-    if plan.retried:
-        msg += f", {len(plan.retried)} failed earlier and retried"
-    if inputs.repeats:
-        msg += f", {inputs.repeats} repeated input(s) scored once"
-    if inputs.skipped:
-        reasons = Counter(why.split(":")[0].split(" (")[0] for _, why in inputs.skipped)
-        found_in = "DICOMweb instance(s)" if args.remote and not any(
-            os.path.exists(p) for p in args.paths) else "file(s) in folders"
-        msg += (f"; {len(inputs.skipped)} {found_in} skipped (" +
-                ", ".join(f"{n} {why}" for why, n in reasons.most_common()) +
-                ("; --log lists them)" if not args.log else f"; listed in {args.log})"))
-    if overlays:
-        msg += f"; {overlays.written} heatmap(s) in {args.heatmaps}"
-        if overlays.failed:
-            msg += f", {overlays.failed} not written (see --log)"
-    if dicom_out:
-        where = "stored at" if dicom_out.client is not None else "in"
-        msg += f"; DICOM SR + SC for {dicom_out.written} input(s) {where} {args.dicom_out}"
-        if dicom_out.not_dicom:
-            msg += f", none for {dicom_out.not_dicom} non-DICOM input(s)"
-        if dicom_out.failed:
-            msg += f", {dicom_out.failed} not written (see --log)"
-    if warnings:
-        msg += (f"; {warnings} library warning(s) " +
-                (f"in {args.log}" if args.log else "(--log FILE keeps them)"))
-    return msg
-
-
-class CtrlC:
-    """SIGINT while scoring: the first one stops the run between two rows (raised in the middle
-    of a write or inside a library's lock, KeyboardInterrupt could leave a row cut or a lock
-    held that the workers' shutdown then waits on); a second one interrupts at once."""
-
-    def __init__(self):
-        self.pressed = False
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._press)
-        return self
-
-    def _press(self, signum, frame):
-        if self.pressed:
-            raise KeyboardInterrupt
-        self.pressed = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
-
-    def check(self):
-        if self.pressed:
-            raise KeyboardInterrupt
-
-
-def score(engine, files, writer, progress, extras, page=None, ctrl_c=None):
-    """Write a row per input (and to the results ``page``) and return the Tally;
-    KeyboardInterrupt (``ctrl_c``: between rows) and a failed Ray job pass through (the rows
-    written until then are complete, and the page holds each of them)."""
-    tally = Tally()
-    max_value = engine.args.max_value
-    for r in engine.results(files):
-        if ctrl_c is not None:
-            ctrl_c.check()
-        writer.write(r)
-        scan = None
-        try:
-            progress.update(r.status != "failed")
-            if r.status == "failed":
-                tally.failures.append(r)
-                log.info("%s: %s", r.source, r.error)
-            elif r.status == "out_of_scope":
-                tally.out_of_scope += 1
-                log.info("%s: %s", r.source, r.refusal)
-            else:
-                tally.classified += 1
-                if extras:
-                    scan = write_extras(extras, r, max_value, engine.args.remote)
-        finally:
-            if page is not None:
-                page.add(r, scan)  # the scan decoded for the extras, not decoded again
-    return tally
-
-
 def no_inputs(args, inputs):
     """The usage error for a run that found nothing to score, with what would find more."""
     msg = f"no inputs: {', '.join(args.paths)} hold(s) no images or DICOM files"
@@ -362,44 +106,6 @@ def no_inputs(args, inputs):
         msg += f"; {len(inputs.skipped)} file(s) skipped, e.g. {inputs.skipped[0][0]}: " \
                f"{inputs.skipped[0][1]}"
     return UsageError(msg)
-
-
-def check_resume_names(existing, files):
-    """UsageError where the earlier output names this run's inputs relative to another folder:
-    its relative paths resolve from here to other files, and resuming would score every input
-    again and write it twice."""
-    keys = {input_key(f) for f in files}
-    tails = {}
-    for k in keys:
-        tails.setdefault(os.path.basename(k), []).append(k)
-    for path in existing.paths:
-        if is_uri(path) or os.path.isabs(path) or input_key(path) in keys:
-            continue
-        rel = os.path.normpath(path)
-        for k in tails.get(os.path.basename(rel), ()):
-            if k.endswith(os.sep + rel):
-                raise UsageError(
-                    f"--resume: {existing.path} names its inputs relative to the folder the "
-                    f"earlier run started in ({path} there is {k}; from here it would be "
-                    f"{input_key(path)}): run from that folder, or write a new output")
-
-
-class Page:
-    """The results page, if asked for: it holds a row for every row written, and says when the
-    run was interrupted."""
-
-    def __init__(self, args, engine, overlays):
-        self.page = None
-        if args.report:
-            from .page import ResultsPage
-            self.page = ResultsPage(args.report, engine.spec, engine.variant, overlays)
-
-    def close(self, writer, interrupted=None):
-        if self.page is None:
-            return
-        if len(self.page.rows) < writer.written:  # interrupted between the two
-            self.page.add(writer.last, picture=False)
-        self.page.close(interrupted)
 
 
 def cmd_classify(args):
@@ -422,39 +128,19 @@ def cmd_classify(args):
         return fail(e, EXIT_USAGE)
     for path, why in inputs.skipped:  # once the run is sure to go ahead
         log.info("%s: skipped: %s", path, why)
-    class_names = engine.spec.class_names
-    appending = existing is not None and existing.fmt is not None
-    if appending and fmt == "csv" and existing.columns != header(class_names):
-        return fail(f"{args.output} has columns {','.join(existing.columns)}; this model writes "
-                    f"{','.join(header(class_names))}. Resume with the model that wrote it, or "
-                    f"write a new file", EXIT_USAGE)
-    earlier, target = None, args.output
-    if appending and fmt == "parquet":
-        # Parquet is written whole: the earlier rows (less those retried) and the new ones go
-        # to a new file, which replaces the old one when the run ends, interrupted or not.
-        earlier = existing.kept_table(plan.retried)
-        target = f"{args.output}.tmp{os.getpid()}"
-    elif appending and (existing.partial or plan.retried):
-        # Drop a row cut by an interruption, and the failed rows about to be retried, by
-        # replacing the file in one step.
-        tmp = f"{args.output}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8", newline="", errors=TEXT_ERRORS) as f:
-            f.write(existing.without(plan.retried))
-        os.replace(tmp, args.output)
-    if not args.output:
-        stdout.reconfigure(errors=TEXT_ERRORS)  # file names that are not UTF-8, as they are
-    stream = open_output(target, fmt, append=appending and fmt != "parquet") if args.output \
-        else stdout
+    try:
+        out = Output(args.output, fmt, engine.spec.class_names, existing, plan.retried, stdout)
+    except UsageError as e:
+        return fail(e, EXIT_USAGE)
     files = plan.files
     progress = Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
-    writer = ResultWriter(stream, fmt, class_names, write_header=not appending, earlier=earlier)
     overlays = Overlays(args.heatmaps) if args.heatmaps else None
     dicom_out = DicomResults(args.dicom_out, engine.clf, args.remote) if args.dicom_out \
         else None
     page, interrupted = Page(args, engine, overlays), None
     try:
         with CtrlC() as ctrl_c:
-            tally = score(engine, files, writer, progress,
+            tally = score(engine, files, out, progress,
                           [w for w in (overlays, dicom_out) if w], page.page, ctrl_c)
     except KeyboardInterrupt:
         progress.close()
@@ -475,15 +161,8 @@ def cmd_classify(args):
         return fail(f"{interrupted}: {failure_reason(e)}; rows written so far are complete "
                     f"({resume_hint(args)})", EXIT_JOB_FAILED)
     finally:
-        try:
-            writer.close()
-            if stream is not stdout:
-                stream.close()
-        except BrokenPipeError:
-            pass  # reported above
-        if target != args.output:
-            os.replace(target, args.output)
-        page.close(writer, interrupted)  # an interrupted run's page shows the rows written
+        out.close()
+        page.close(out, interrupted)  # an interrupted run's page shows the rows written
     progress.close()
     if not args.quiet:
         print(summary_line(tally, plan, inputs=inputs, args=args, overlays=overlays,
@@ -494,15 +173,6 @@ def cmd_classify(args):
         print(f"  ... and {len(tally.failures) - 20} more (see the error column)",
               file=sys.stderr)
     return EXIT_INPUT_FAILED if tally.failures else EXIT_OK
-
-
-def resume_hint(args):
-    """What carries on after a run that stopped early."""
-    if not args.output:
-        return "write to a file with -o to be able to resume"
-    if is_uri(args.output):
-        return "an object in a store is written whole: rerun with --overwrite"
-    return "rerun with --resume"
 
 
 def pipe_closed():
@@ -539,10 +209,10 @@ def add_parser(subparsers):
     c.add_argument("--model", help="ONNX model exported by the trainer (default: bundled)")
     c.add_argument("--providers", help="comma-separated ONNX Runtime providers, e.g. "
                                        "CUDAExecutionProvider,CPUExecutionProvider")
-    c.add_argument("--batch-size", type=int,
+    c.add_argument("--batch-size", type=whole,
                    help=f"images per inference call (default: {CPU_BATCH_SIZE} on the CPU, "
                         f"{DEFAULT_BATCH_SIZE} on a GPU)")
-    c.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads per inference "
+    c.add_argument("--threads", type=whole, help="ONNX Runtime intra-op threads per inference "
                                                "call (default: 1 on the CPU)")
     c.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                    help="which variant of the model runs: auto (float16 on CUDA, int8 on a CPU "
@@ -556,7 +226,7 @@ def add_parser(subparsers):
                    help="the maximum of 16-bit PNG and TIFF inputs that declare no bit depth of "
                         "their own, e.g. 4095 for 12-bit values (default: inferred as DICOM's "
                         "BitsStored would; docs/inputs.md)")
-    c.add_argument("--workers", type=int,
+    c.add_argument("--workers", type=whole,
                    help="worker threads (default: CPUs; on the CPU each decodes and scores "
                         "batches of its own); with --engine ray, the "
                         "number of Ray workers (default: one per GPU share, else per CPU)")

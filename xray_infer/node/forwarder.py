@@ -25,6 +25,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageSt
 from ..decode import decode_bytes
 from ..dicom_results import results_for
 from ..dicomweb import Outcome, Unavailable, store
+from ..result import Status
 from .network import AssociationError, associate, is_stored, response_status
 from .policy import printable
 
@@ -77,6 +78,7 @@ class Forwarder:
         backoff = 0.0
         while not self._stop.is_set():
             pending = self.spool.pending()
+            self.metrics.forwarder_passes.inc()
             batch = self._due(pending)
             if not batch:
                 if not pending:
@@ -129,7 +131,7 @@ class Forwarder:
         results = self.classifier.classify([scan for *_, scan in read]) if read else []
         ready = []
         for (path, uid, source, scan), r in zip(read, results):
-            if r.status == "out_of_scope":  # acknowledged; no result claims a chest finding
+            if r.status is Status.OUT_OF_SCOPE:  # acknowledged; no result claims a chest finding
                 self.metrics.out_of_scope.labels(r.refused_by).inc()
                 log.info("instance %s: out of scope (%s); nothing forwarded", uid, r.refused_by)
                 self._finished(path, uid)

@@ -40,6 +40,9 @@ class NodeMetrics:
         self.quarantined = Counter(p + "quarantined", "Instances moved to failed/", registry=r)
         self.worker_restarts = Counter(p + "worker_restarts", "Times the forwarding worker "
                                        "failed and was restarted", registry=r)
+        self.forwarder_passes = Counter(p + "forwarder_passes", "Times the forwarding worker "
+                                        "looked at the spool (flat: the worker is stuck)",
+                                        registry=r)
         self.associations = Counter(p + "associations", "Associations requested", ["outcome"],
                                     registry=r)
         self.open_associations = Gauge(p + "open_associations", "Associations open now",

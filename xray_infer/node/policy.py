@@ -9,7 +9,6 @@ from ..peer import check_ae_title
 
 DEFAULT_AE_TITLE = "XRAYINFER"
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_BATCH_SIZE = 8
 
 #: PS3.5 9.1: components of digits without leading zeros, separated by dots, 64 characters.
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")

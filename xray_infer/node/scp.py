@@ -17,7 +17,7 @@ from ..model import model_digest
 from .forwarder import Forwarder
 from .metrics import NodeMetrics, Progress
 from .network import GuardedServer
-from .policy import DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE, Allowlist, Limits
+from .policy import DEFAULT_AE_TITLE, Allowlist, Limits
 from .receiver import RADIOGRAPH_CLASSES, TRANSFER_SYNTAXES, Receiver
 from .refusals import RefusalLog
 from .spool import Spool
@@ -29,7 +29,7 @@ class Node:
     """Storage SCP + a worker that classifies the spool and forwards the results."""
 
     def __init__(self, port, forward, spool, allow, *, ae_title=DEFAULT_AE_TITLE,
-                 host="127.0.0.1", batch_size=DEFAULT_BATCH_SIZE, model=None,
+                 host="127.0.0.1", batch_size=None, model=None,
                  limits=Limits(), tls=None, forward_tls=None, metrics_port=None,
                  metrics_host="127.0.0.1", scope=True, ages=None):
         if not isinstance(allow, Allowlist):
@@ -48,7 +48,7 @@ class Node:
         self.forwarder = Forwarder(
             spool=self.spool, classifier=self.classifier, digest=digest, forward=forward,
             forward_tls=forward_tls, ae_title=ae_title, limits=limits, metrics=self.metrics,
-            progress=self.progress, batch_size=batch_size)
+            progress=self.progress, batch_size=self.classifier.batch_size)
         self.receiver = Receiver(
             ae_title=ae_title, allow=self.allow, limits=limits, spool=self.spool,
             metrics=self.metrics, refusals=self.refusals, spec=self.classifier.spec,

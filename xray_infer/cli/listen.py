@@ -1,60 +1,20 @@
-"""``xray-infer send`` (C-STORE files to a peer) and ``xray-infer listen`` (the DICOM node)."""
+"""``xray-infer listen``: the DICOM node (receive radiographs, classify them, forward the
+results)."""
 import logging
 import os
 import signal
-import sys
 import threading
 
 from ..errors import UsageError, XrayInferError
-from ..inputs import collect_inputs
-from ..node.policy import (DEFAULT_AE_TITLE, DEFAULT_BATCH_SIZE, DEFAULT_HOST, Allowlist, Caller,
-                           Limits)
-from ..peer import Peer, check_ae_title
-from ._common import (EXIT_INPUT_FAILED, EXIT_OK, EXIT_USAGE, check_scope_options, checked, fail,
-                      port, positive, quiet_opencv, readable_file, require, setup_logging, whole)
+from ..node.policy import DEFAULT_AE_TITLE, DEFAULT_HOST, Allowlist, Limits
+from ..spec import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
+from ._common import (EXIT_OK, EXIT_USAGE, check_scope_options, fail, port, quiet_opencv,
+                      require, setup_logging, whole)
 from . import dicomweb_options
 from .classify import ages
+from .dicom_options import NETWORKING, add_tls_options, ae_title, caller, tls_from
 
 log = logging.getLogger("xray_infer.cli")
-NETWORKING = ("pynetdicom", "highdicom", "prometheus_client")
-peer, ae_title, caller = map(checked, (Peer.parse, check_ae_title, Caller.parse))
-
-
-def _tls(args, prefix, server):
-    """An SSLContext from --{prefix}cert/key/ca (all three or none), or None."""
-    names = [f"{prefix}tls_{k}" for k in ("cert", "key", "ca")]
-    values = [getattr(args, n) for n in names]
-    if not any(values):
-        return None
-    flags = ["--" + n.replace("_", "-") for n in names]
-    if not all(values):
-        raise UsageError(f"TLS needs all of {', '.join(flags)}")
-    import ssl
-    from ..node.network import tls_context
-    try:
-        return tls_context(*values, server=server)
-    except (OSError, ssl.SSLError) as e:
-        raise UsageError(f"{', '.join(flags)}: {e}") from None
-
-
-def cmd_send(args):
-    require(NETWORKING, "DICOM networking", "xray-infer[dicom]")
-    # folders by content too: archives often name instances by their UID alone
-    files = collect_inputs(args.paths, args.recursive).files
-    if not files:
-        raise UsageError(f"no files to send: {', '.join(args.paths)} hold(s) no DICOM files")
-    tls = _tls(args, "", server=False)
-    from ..node import AssociationError, send
-    report = (lambda line: None) if args.quiet else print
-    try:
-        outcome = send(files, args.to, ae_title=args.ae_title, report=report, tls=tls)
-    except AssociationError as e:
-        return fail(e, EXIT_INPUT_FAILED)
-    refused = [p for p, v in outcome.items() if not isinstance(v, int)]
-    if not args.quiet:
-        print(f"xray-infer: {len(outcome) - len(refused)} stored, {len(refused)} not stored, "
-              f"to {args.to}", file=sys.stderr)
-    return EXIT_INPUT_FAILED if refused else EXIT_OK
 
 
 def _listen_plan(args):
@@ -93,13 +53,12 @@ def _listen_plan(args):
         raise UsageError("--forward-auth: the credentials of a DICOMweb --forward URL; "
                          f"{args.forward} is a DICOM peer")
     else:
-        forward = _tls(args, "forward_", server=False)
-    return allow, limits, _tls(args, "", server=True), forward
+        forward = tls_from(args, "forward_", server=False)
+    return allow, limits, tls_from(args, "", server=True), forward
 
 
 def cmd_listen(args):
     require(NETWORKING, "DICOM networking", "xray-infer[dicom]")
-    positive("--batch-size", args.batch_size)
     allow, limits, tls, forward_tls = _listen_plan(args)
     setup_logging(args.log, console=True, verbose=args.verbose)
     quiet_opencv()
@@ -129,31 +88,12 @@ def cmd_listen(args):
     return EXIT_OK
 
 
-def _tls_options(parser, prefix="", what="this end"):
-    flag = f"--{prefix}tls-"
-    parser.add_argument(flag + "cert", type=readable_file, metavar="FILE",
-                        help=f"TLS: {what}'s certificate (PEM); with the key and CA, DICOM TLS")
-    parser.add_argument(flag + "key", type=readable_file, metavar="FILE",
-                        help=f"TLS: {what}'s private key (PEM)")
-    parser.add_argument(flag + "ca", type=readable_file, metavar="FILE",
-                        help="TLS: the CA a peer's certificate must be signed by (PEM)")
-
-
-def add_parsers(subparsers):
-    n = subparsers.add_parser("send", help="send DICOM files to a DICOM node or PACS (C-STORE)")
-    n.add_argument("paths", nargs="+", metavar="PATH")
-    n.add_argument("--to", required=True, type=peer, metavar="HOST:PORT[:AET]")
-    n.add_argument("--ae-title", type=ae_title, default=DEFAULT_AE_TITLE,
-                   help="this sender's AE title")
-    n.add_argument("-r", "--recursive", action="store_true")
-    n.add_argument("-q", "--quiet", action="store_true")
-    _tls_options(n)
-    n.set_defaults(fn=cmd_send)
+def add_parser(subparsers):
     d = Limits()
     li = subparsers.add_parser("listen", help="a DICOM node: receive radiographs, classify them, "
                                        "forward SR + Secondary Capture results",
-                        description="Only callers named with --allow may associate. See the "
-                                    "README, 'Deploying the node'.")
+                        description="Only callers named with --allow may associate. See "
+                                    "docs/node.md, 'Deploying the node'.")
     li.add_argument("--port", type=port, required=True)
     li.add_argument("--host", default=DEFAULT_HOST,
                     help=f"interface to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)")
@@ -169,7 +109,9 @@ def add_parsers(subparsers):
                          "(http:// or https://) by STOW-RS")
     li.add_argument("--spool", default="xray-infer-spool",
                     help="received instances wait here until their results are delivered")
-    li.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    li.add_argument("--batch-size", type=whole,
+                    help=f"instances classified together (default: {CPU_BATCH_SIZE} on the CPU, "
+                         f"{DEFAULT_BATCH_SIZE} on a GPU)")
     li.add_argument("--model")
     li.add_argument("--max-associations", type=whole, default=d.max_associations,
                     help=f"associations open at once, all callers (default {d.max_associations})")
@@ -205,8 +147,8 @@ def add_parsers(subparsers):
     li.add_argument("--metrics-host", default=DEFAULT_HOST,
                     help=f"interface the metrics listen on (default {DEFAULT_HOST}, whatever "
                          f"--host says)")
-    _tls_options(li)
-    _tls_options(li, "forward-", "the forward connection")
+    add_tls_options(li)
+    add_tls_options(li, "forward-", "the forward connection")
     dicomweb_options.add_options(li, "forward-", "the DICOMweb --forward URL")
     li.add_argument("--scope", choices=("on", "off"), default="on",
                     help="on: instances the model was not made for are acknowledged and nothing "

@@ -102,7 +102,7 @@ class DicomResults:
             log.warning("%s: DICOM results not written: %s", r.source, e)
 
 
-def write_extras(writers, r, max_value=None, remote=None):
+def write_side_outputs(writers, r, max_value=None, remote=None):
     """Overlays and DICOM results of one classified input; they need the scan itself, decoded
     again (with the run's ``max_value``; a DICOMweb instance read again through ``remote``),
     once for all of them. A failure here is counted and logged, never fatal. Returns the scan

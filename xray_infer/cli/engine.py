@@ -1,0 +1,49 @@
+"""Where ``classify`` scores: a Classifier in this process, or Ray workers."""
+from functools import partial
+
+from ..scope import Scope, require_gate
+from . import dicomweb_options
+
+
+class Engine:
+    """Where the scoring runs: a Classifier in this process, or Ray workers (``--engine ray``:
+    connected here, so that an unreachable cluster is reported before any output is touched).
+    Both yield one Result per input, in input order."""
+
+    def __init__(self, args, providers):
+        self.args, self.providers = args, providers
+        if args.engine == "ray":
+            from .. import distributed
+            from ..model import DEFAULT_MODEL, Variant, load_model
+            self.clf = None
+            self.spec = load_model(args.model, providers=["CPUExecutionProvider"])[1]
+            self.variant = Variant(args.model or DEFAULT_MODEL, args.precision,
+                                   "chosen by each Ray worker")
+            require_gate(self.spec, Scope.of(args.scope, args.ages), args.model or DEFAULT_MODEL)
+            from ..ray_terminal import quiet_ray
+            quiet_ray()
+            distributed.connect(args.address)
+            distributed.plan(args.workers, args.gpus_per_worker or 0.0, args.cpus_per_worker)
+        else:
+            from ..classifier import Classifier
+            self.clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
+                                  threads=args.threads, workers=args.workers,
+                                  heatmaps=bool(args.heatmaps or args.dicom_out),
+                                  scope=args.scope, ages=args.ages, precision=args.precision,
+                                  decode=args.decode, max_value=args.max_value)
+            self.spec, self.variant = self.clf.spec, self.clf.variant
+
+    def results(self, files):
+        if self.clf is not None:
+            if self.args.remote is not None:  # DICOMweb instances: each read in its turn
+                from ..batch import Fetched
+                files = [Fetched(f, partial(self.args.remote.fetch, f))
+                         if dicomweb_options.is_dicomweb(f) else f for f in files]
+            return self.clf.iter_classify(files)
+        from .. import distributed
+        a = self.args
+        return distributed.iter_results(
+            files, address=a.address, model=a.model, workers=a.workers,
+            gpus_per_worker=a.gpus_per_worker or 0.0, cpus_per_worker=a.cpus_per_worker,
+            batch_size=a.batch_size, providers=self.providers, scope=a.scope, ages=a.ages,
+            precision=a.precision, decode=a.decode, max_value=a.max_value)

@@ -1,0 +1,155 @@
+"""The scoring loop of ``classify`` and what it reports: progress, the first Ctrl-C, the tally,
+the summary line and the results page."""
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..result import Status
+from .side_outputs import write_side_outputs
+
+log = logging.getLogger("xray_infer.cli")
+
+
+class Progress:
+    def __init__(self, total, enabled):
+        self.total, self.enabled = total, enabled
+        self.done = self.failed = 0
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, ok):
+        self.done += 1
+        self.failed += not ok
+        now = time.perf_counter()
+        if self.enabled and (now - self.last > 0.2 or self.done == self.total):
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else 0
+            sys.stderr.write(f"\r{self.done}/{self.total} ({100 * self.done / self.total:.0f}%) "
+                             f"{rate:.0f} img/s, {self.failed} failed, ETA {eta:.0f}s  ")
+            sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+@dataclass
+class Tally:
+    """What the scoring loop saw."""
+    classified: int = 0
+    out_of_scope: int = 0
+    failures: list = field(default_factory=list)
+
+
+def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, warnings=0):
+    """The run's one-line summary (stderr)."""
+    msg = (f"xray-infer: {tally.classified} classified, {tally.out_of_scope} out of scope, "
+           f"{len(tally.failures)} failed")
+    if args.scope == "off":
+        msg += " (scope gate off)"
+    if plan.skipped:
+        msg += f", {plan.skipped} skipped (already in {args.output}"
+        msg += (f"; {plan.skipped_failed} of them with an error (--retry-failed scores them "
+                f"again))" if plan.skipped_failed else ")")
+    if plan.retried:
+        msg += f", {len(plan.retried)} failed earlier and retried"
+    if inputs.repeats:
+        msg += f", {inputs.repeats} repeated input(s) scored once"
+    if inputs.skipped:
+        reasons = Counter(why.split(":")[0].split(" (")[0] for _, why in inputs.skipped)
+        found_in = "DICOMweb instance(s)" if args.remote and not any(
+            os.path.exists(p) for p in args.paths) else "file(s) in folders"
+        msg += (f"; {len(inputs.skipped)} {found_in} skipped (" +
+                ", ".join(f"{n} {why}" for why, n in reasons.most_common()) +
+                ("; --log lists them)" if not args.log else f"; listed in {args.log})"))
+    if overlays:
+        msg += f"; {overlays.written} heatmap(s) in {args.heatmaps}"
+        if overlays.failed:
+            msg += f", {overlays.failed} not written (see --log)"
+    if dicom_out:
+        where = "stored at" if dicom_out.client is not None else "in"
+        msg += f"; DICOM SR + SC for {dicom_out.written} input(s) {where} {args.dicom_out}"
+        if dicom_out.not_dicom:
+            msg += f", none for {dicom_out.not_dicom} non-DICOM input(s)"
+        if dicom_out.failed:
+            msg += f", {dicom_out.failed} not written (see --log)"
+    if warnings:
+        msg += (f"; {warnings} library warning(s) " +
+                (f"in {args.log}" if args.log else "(--log FILE keeps them)"))
+    return msg
+
+
+class CtrlC:
+    """SIGINT while scoring: the first one stops the run between two rows (raised in the middle
+    of a write or inside a library's lock, KeyboardInterrupt could leave a row cut or a lock
+    held that the workers' shutdown then waits on); a second one interrupts at once."""
+
+    def __init__(self):
+        self.pressed = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def _press(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+    def check(self):
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+def score(engine, files, writer, progress, side_outputs, page=None, ctrl_c=None):
+    """Write a row per input (and to the results ``page``) and return the Tally;
+    KeyboardInterrupt (``ctrl_c``: between rows) and a failed Ray job pass through (the rows
+    written until then are complete, and the page holds each of them)."""
+    tally = Tally()
+    max_value = engine.args.max_value
+    for r in engine.results(files):
+        if ctrl_c is not None:
+            ctrl_c.check()
+        writer.write(r)
+        scan = None
+        try:
+            progress.update(r.status is not Status.FAILED)
+            if r.status is Status.FAILED:
+                tally.failures.append(r)
+                log.info("%s: %s", r.source, r.error)
+            elif r.status is Status.OUT_OF_SCOPE:
+                tally.out_of_scope += 1
+                log.info("%s: %s", r.source, r.refusal)
+            else:
+                tally.classified += 1
+                if side_outputs:
+                    scan = write_side_outputs(side_outputs, r, max_value, engine.args.remote)
+        finally:
+            if page is not None:
+                page.add(r, scan)  # the scan decoded for the side outputs, not decoded again
+    return tally
+
+
+class Page:
+    """The results page, if asked for: it holds a row for every row written, and says when the
+    run was interrupted."""
+
+    def __init__(self, args, engine, overlays):
+        self.page = None
+        if args.report:
+            from .results_page import ResultsPage
+            self.page = ResultsPage(args.report, engine.spec, engine.variant, overlays)
+
+    def close(self, writer, interrupted=None):
+        if self.page is None:
+            return
+        if len(self.page.rows) < writer.written:  # interrupted between the two
+            self.page.add(writer.last, picture=False)
+        self.page.close(interrupted)
