@@ -15,7 +15,8 @@ from xray_infer import Classifier, ModelError, ProviderError
 from xray_infer import model as model_module
 from xray_infer import providers
 from xray_infer.errors import ProviderWarning
-from xray_infer.spec import CLASS_NAMES, METADATA_KEY, ModelSpec
+from trainer.classes import CLASS_NAMES
+from xray_infer.spec import METADATA_KEY, ModelSpec
 
 GOOD = {"class_names": list(CLASS_NAMES), "input_size": 64, "mean": 0.5, "std": 0.25,
         "resize": "area-stretch", "schema_version": 1}

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from xray_infer.batch import preprocess_batch
-from xray_infer.spec import CLASS_NAMES, ModelSpec
+from xray_infer.spec import ModelSpec
+
+from .classes import CLASS_NAMES
 
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".cache"
 

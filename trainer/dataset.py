@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from xray_infer import groundtruth
-from xray_infer.spec import CLASS_NAMES, NUM_CLASSES
+from .classes import CLASS_NAMES, NUM_CLASSES
 
 #: The dataset root (holds ``chest_xray/`` and ``fullres/``): ``$XRAY_DATA``, else
 #: ``../shared/data`` beside the project root. Trainer, benchmarks and tests all read it here;

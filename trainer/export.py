@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from xray_infer.model import load_model, sidecar_path, variant_path
-from xray_infer.spec import CLASS_NAMES, ModelSpec
+from xray_infer.spec import ModelSpec
+
+from .classes import CLASS_NAMES
 
 from . import scope
 from .dataset import VAL_SPLITS, fullres_scans

@@ -3,7 +3,9 @@ scikit-learn."""
 import numpy as np
 from sklearn import metrics as skm
 
-from xray_infer.spec import CLASS_NAMES, NUM_CLASSES, softmax  # noqa: F401  (re-exported)
+from xray_infer.spec import softmax  # noqa: F401  (re-exported)
+
+from .classes import CLASS_NAMES, NUM_CLASSES
 
 NORMAL = CLASS_NAMES.index("normal")
 

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from torch import nn
 
-from xray_infer.spec import NUM_CLASSES
+from .classes import NUM_CLASSES
 
 PADDINGS = ("valid", "same", "reflect")
 DROPOUTS = ("none", "classifier", "spatial")

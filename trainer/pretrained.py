@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from xray_infer.spec import NUM_CLASSES
+from .classes import NUM_CLASSES
 
 #: (repeats, kernel, stride, expansion, channels in, channels out) of the seven stages.
 STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),

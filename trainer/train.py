@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xray_infer.spec import NUM_CLASSES
+from .classes import NUM_CLASSES
 
 from .metrics import softmax, summarize
 from .model import NetConfig, build, net_from_dict

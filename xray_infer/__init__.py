@@ -27,10 +27,10 @@ __version__ = _version()
 # line can check its arguments before paying for those imports.
 _LAZY = {"classify": "classifier", "Classifier": "classifier", "Result": "result",
          "DEFAULT_MODEL": "model", "load_model": "model", "Decoded": "decode",
-         "read_image": "decode", "Encoded": "batch"}
+         "read_image": "decode", "Encoded": "batch", "ScoringOptions": "options"}
 
-__all__ = ["classify", "Classifier", "Result", "ModelSpec", "Decoded", "Encoded", "read_image",
-           "load_model", "DEFAULT_MODEL", "XrayInferError", "InputError", "DecodeError",
+__all__ = ["classify", "Classifier", "Result", "ScoringOptions", "ModelSpec", "Decoded",
+           "Encoded", "read_image", "load_model", "DEFAULT_MODEL", "XrayInferError", "InputError", "DecodeError",
            "ImageError", "ModelError", "ProviderError", "UsageError", "XrayInferWarning", "ProviderWarning"]
 
 

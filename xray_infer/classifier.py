@@ -263,15 +263,11 @@ class Classifier:
         return list(self.iter_classify(inputs, batch_size))
 
 
-def classify(paths, *, model=None, batch_size=None, providers=None, threads=None,
-             workers=None, heatmaps=False, precision="auto", scope=True, ages=None,
-             decode="reduced", max_value=None):
-    """Classify images in one call; see ``Classifier`` for the parameters.
+def classify(paths, **options):
+    """Classify images in one call; ``options`` as ``Classifier``'s parameters.
 
     Returns a list of ``Result`` in input order: a bad input gets ``error`` set and the rest are
     still classified. For repeated calls create a ``Classifier`` once instead.
     """
-    clf = Classifier(model, providers=providers, batch_size=batch_size, threads=threads,
-                     workers=workers, heatmaps=heatmaps, precision=precision, scope=scope,
-                     ages=ages, decode=decode, max_value=max_value)
-    return clf.classify(paths)
+    from .options import ScoringOptions
+    return ScoringOptions.of(**options).classifier().classify(paths)

@@ -12,16 +12,16 @@ the rows back in input order and checks that every input came back exactly once.
 import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from .batch import Encoded
-from .classifier import Classifier
-from .result import Result, Status
 from .decode import check_file
 from .errors import DecodeError, UsageError
 from .inputs import collect_inputs, is_uri
 from .model import load_model
+from .options import ScoringOptions
 from .output import Output, format_for
-from .result import arrow_schema, columns, result_from_row
+from .result import Result, Status, arrow_schema, columns, result_from_row
 from .spec import DEFAULT_BATCH_SIZE
 
 try:
@@ -151,13 +151,9 @@ class ClassifyBatch:
     given.
     """
 
-    def __init__(self, model=None, *, providers=None, batch_size=None, threads=None,
-                 precision="auto", scheme=None, scope=True, ages=None, decode="reduced",
-                 max_value=None):
+    def __init__(self, options, *, threads, scheme=None):
         # ``threads``: the actor's CPUs, one worker thread each (Classifier's ``workers``)
-        self.clf = Classifier(model, providers=providers, batch_size=batch_size, workers=threads,
-                              precision=precision, scope=scope, ages=ages, decode=decode,
-                              max_value=max_value)
+        self.clf = options.classifier(workers=threads, heatmaps=False)
         self.prefix = f"{scheme}://" if scheme else ""
         self.schema = arrow_schema(self.clf.class_names)
 
@@ -168,33 +164,35 @@ class ClassifyBatch:
         return pa.table(columns(results, self.clf.class_names), schema=self.schema)
 
 
-def build_dataset(inputs, *, model=None, workers=None, gpus_per_worker=0.0,
-                  cpus_per_worker=None, batch_size=None, precision="auto",
-                  providers=None, scope=True, ages=None, decode="reduced", max_value=None):
+def build_dataset(inputs, *, workers=None, gpus_per_worker=0.0, cpus_per_worker=None,
+                  **options):
     """The Ray Dataset of result rows for ``inputs`` (files or URIs of one filesystem, already
-    expanded), in input order. For pipelines of your own, e.g. ``.write_parquet("s3://...")``
-    spread over the workers. Needs a connected Ray (``connect``)."""
+    expanded), in input order. ``workers``: Ray actors (each with ``cpus_per_worker`` CPUs, one
+    scoring thread each, and ``gpus_per_worker`` of a GPU); ``options``: scoring options
+    (``options.ScoringOptions``; ``workers`` there is the actors' CPUs). For pipelines of your
+    own, e.g. ``.write_parquet("s3://...")`` spread over the workers. Needs a connected Ray
+    (``connect``)."""
+    options = ScoringOptions.of(**options)
     workers, cpus = plan(workers, gpus_per_worker, cpus_per_worker)
     schemes = {p.split("://", 1)[0] if is_uri(p) else None for p in inputs}
     if len(schemes) > 1:
         raise UsageError(f"inputs mix filesystems ({', '.join(sorted(map(str, schemes)))}); "
                          f"run one job per filesystem")
     scheme = schemes.pop() if schemes else None
-    if providers is None and not gpus_per_worker:
-        providers = ["CPUExecutionProvider"]  # a worker without a GPU share must not take one
+    if options.providers is None and not gpus_per_worker:
+        # a worker without a GPU share must not take one
+        options = replace(options, providers=["CPUExecutionProvider"])
     ds = ray.data.read_binary_files(list(inputs), include_paths=True, num_cpus=READ_CPUS)
     # this dataset's own copy of the context: the driver's other datasets are left alone
     ds.context.execution_options.preserve_order = True  # rows come back in input order
     ds.context.enable_progress_bars = False  # the caller reports progress
     return ds.map_batches(
-        ClassifyBatch, batch_size=(batch_size or DEFAULT_BATCH_SIZE) * BATCHES_PER_CALL,
+        ClassifyBatch, batch_size=(options.batch_size or DEFAULT_BATCH_SIZE) * BATCHES_PER_CALL,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
         num_gpus=gpus_per_worker or None,
-        fn_constructor_kwargs=dict(model=model, providers=providers, batch_size=batch_size,
-                                   threads=max(1, round(cpus)), precision=precision,
-                                   scheme=scheme, scope=scope, ages=ages, decode=decode,
-                                   max_value=max_value))
+        fn_constructor_args=(options,),
+        fn_constructor_kwargs=dict(threads=max(1, round(cpus)), scheme=scheme))
 
 
 def _screen(inputs):
@@ -218,14 +216,15 @@ def iter_results(inputs, *, address=None, **options):
     """Yield one Result per input, in input order, scored on Ray (options as
     ``build_dataset``). Raises RuntimeError if Ray's output loses, repeats or reorders an
     input, rather than passing such a result set on."""
-    from .scope import Scope
+    placement = {k: options.pop(k) for k in ("workers", "gpus_per_worker", "cpus_per_worker")
+                 if k in options}
+    scope = ScoringOptions.of(**options).scope_label()  # unknown options: TypeError, at once
     connect(address)
-    scope = Scope.of(options.get("scope", True), options.get("ages")).label()
     screened = _screen(inputs)
     readable = [item for item, error in screened if error is None]
     rows = iter(())
     if readable:
-        rows = iter(build_dataset(readable, **options).iter_rows())
+        rows = iter(build_dataset(readable, **placement, **options).iter_rows())
     for item, error in screened:
         if error is not None:
             yield Result(item, error=error, scope=scope)

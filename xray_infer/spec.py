@@ -15,10 +15,6 @@ from .errors import ModelError
 METADATA_KEY = "xray_infer.spec"
 SCHEMA_VERSION = 1
 
-#: Output order of every model this project trains.
-CLASS_NAMES = ("normal", "bacterial", "viral")
-NUM_CLASSES = len(CLASS_NAMES)
-
 #: The resize rule of ``xray_infer.preprocess``: area resampling to a square, aspect ratio not
 #: kept (the training images are whole radiographs squashed to a square).
 RESIZE_RULE = "area-stretch"

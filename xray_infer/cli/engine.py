@@ -1,8 +1,20 @@
-"""Where ``classify`` scores: a Classifier in this process, or Ray workers."""
+"""Where ``classify`` scores: a Classifier in this process, or Ray workers, with the scoring
+options the command line gave, gathered once."""
+from dataclasses import asdict
 from functools import partial
 
+from ..options import ScoringOptions
 from ..scope import Scope, require_gate
 from . import dicomweb_options
+
+
+def scoring_options(args, providers):
+    """The ScoringOptions of a ``classify`` command line."""
+    return ScoringOptions(model=args.model, providers=providers, batch_size=args.batch_size,
+                          threads=args.threads, workers=args.workers,
+                          heatmaps=bool(args.heatmaps or args.dicom_out), precision=args.precision,
+                          scope=args.scope, ages=args.ages, decode=args.decode,
+                          max_value=args.max_value)
 
 
 class Engine:
@@ -11,7 +23,7 @@ class Engine:
     Both yield one Result per input, in input order."""
 
     def __init__(self, args, providers):
-        self.args, self.providers = args, providers
+        self.args, self.options = args, scoring_options(args, providers)
         if args.engine == "ray":
             from .. import distributed
             from ..model import DEFAULT_MODEL, Variant, load_model
@@ -25,12 +37,7 @@ class Engine:
             distributed.connect(args.address)
             distributed.plan(args.workers, args.gpus_per_worker or 0.0, args.cpus_per_worker)
         else:
-            from ..classifier import Classifier
-            self.clf = Classifier(args.model, providers=providers, batch_size=args.batch_size,
-                                  threads=args.threads, workers=args.workers,
-                                  heatmaps=bool(args.heatmaps or args.dicom_out),
-                                  scope=args.scope, ages=args.ages, precision=args.precision,
-                                  decode=args.decode, max_value=args.max_value)
+            self.clf = self.options.classifier()
             self.spec, self.variant = self.clf.spec, self.clf.variant
 
     def results(self, files):
@@ -42,8 +49,10 @@ class Engine:
             return self.clf.iter_classify(files)
         from .. import distributed
         a = self.args
+        # on Ray, --workers is the number of actors; each scores on its CPUs' threads
+        scoring = {k: v for k, v in asdict(self.options).items()
+                   if k not in ("workers", "threads", "heatmaps")}
         return distributed.iter_results(
-            files, address=a.address, model=a.model, workers=a.workers,
+            files, address=a.address, workers=a.workers,
             gpus_per_worker=a.gpus_per_worker or 0.0, cpus_per_worker=a.cpus_per_worker,
-            batch_size=a.batch_size, providers=self.providers, scope=a.scope, ages=a.ages,
-            precision=a.precision, decode=a.decode, max_value=a.max_value)
+            **scoring)

@@ -12,7 +12,7 @@ import time
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from ..classifier import Classifier
+from ..options import ScoringOptions
 from ..model import model_digest
 from .forwarder import Forwarder
 from .metrics import NodeMetrics, Progress
@@ -42,8 +42,8 @@ class Node:
         self.metrics = NodeMetrics(lambda: len(self.spool.pending()))
         self.refusals = RefusalLog(self.metrics, limits.refusal_log_interval)
         self.progress = Progress()
-        self.classifier = Classifier(model, heatmaps=True, batch_size=batch_size, workers=2,
-                                     scope=scope, ages=ages)
+        self.classifier = ScoringOptions(model=model, batch_size=batch_size, scope=scope,
+                                         ages=ages, heatmaps=True, workers=2).classifier()
         digest = model_digest(self.classifier.variant.path)  # the file that scores
         self.forwarder = Forwarder(
             spool=self.spool, classifier=self.classifier, digest=digest, forward=forward,
