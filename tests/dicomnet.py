@@ -12,31 +12,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
-from test_dicom import write_dicom
+from test_dicom import chest_dicoms  # noqa: F401 (the node tests import it from here)
 
-from helpers import SAMPLES, wait_for  # noqa: F401 (the node tests import it from here)
+from helpers import wait_for  # noqa: F401 (the node tests import it from here)
 from orthanc import free_port
-from xray_infer.decode import read_image
 
 NODE_AET = "XRAYINFER"
 DX = DigitalXRayImageStorageForPresentation
-
-
-def chest_dicoms(folder, n, patient):
-    """``n`` DX instances of the sample scans, one study, unique UIDs, patient ``patient``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study = pydicom.uid.generate_uid()
-    series = pydicom.uid.generate_uid()
-    out = []
-    for i in range(n):
-        scan = SAMPLES[i % len(SAMPLES)]
-        out.append(write_dicom(
-            folder / f"{patient}-{i:03d}.dcm", read_image(scan).pixels, 8, PatientName="Test^Child",
-            PatientID=patient, PatientBirthDate="20200101", PatientSex="O", StudyInstanceUID=study,
-            SeriesInstanceUID=series, StudyDate="20230101", StudyTime="120000",
-            AccessionNumber=patient[:16], ReferringPhysicianName="", StudyID="1", SeriesNumber=1,
-            InstanceNumber=i + 1))
-    return out
 
 
 class NodeProcess:

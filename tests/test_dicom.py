@@ -11,7 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid  
 from xray_infer import Classifier  # noqa: E402
 from xray_infer.decode import read_image  # noqa: E402
 from xray_infer.errors import DecodeError  # noqa: E402
-from helpers import run_cli  # noqa: E402
+from helpers import SAMPLES, run_cli  # noqa: E402
 
 SCANS = ["IM-0001-0001.jpeg", "person100_bacteria_475.jpeg", "person10_virus_35.jpeg"]  # samples
 
@@ -48,6 +48,23 @@ def write_dicom(path, pixels, bits_stored, photometric="MONOCHROME2", syntax=Exp
 @pytest.fixture(scope="module")
 def clf():
     return Classifier(providers=["CPUExecutionProvider"])
+
+
+def chest_dicoms(folder, n, patient):
+    """``n`` DX instances of the sample scans, one study, unique UIDs, patient ``patient``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = pydicom.uid.generate_uid()
+    series = pydicom.uid.generate_uid()
+    out = []
+    for i in range(n):
+        scan = SAMPLES[i % len(SAMPLES)]
+        out.append(write_dicom(
+            folder / f"{patient}-{i:03d}.dcm", read_image(scan).pixels, 8, PatientName="Test^Child",
+            PatientID=patient, PatientBirthDate="20200101", PatientSex="O", StudyInstanceUID=study,
+            SeriesInstanceUID=series, StudyDate="20230101", StudyTime="120000",
+            AccessionNumber=patient[:16], ReferringPhysicianName="", StudyID="1", SeriesNumber=1,
+            InstanceNumber=i + 1))
+    return out
 
 
 def variants(tmp_path, gray, i):

@@ -109,18 +109,9 @@ def test_cli_writes_one_overlay_per_classified_input(tmp_path):
 
 
 def _dicom_sources(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
-    from test_dicom import write_dicom
-    out = []
-    study = pydicom.uid.generate_uid()
-    for i, p in enumerate(SAMPLES[:3]):
-        out.append(write_dicom(
-            tmp_path / f"{p.stem}.dcm", read_image(p).pixels, 8, PatientName="Test^Child",
-            PatientID="XRI-1", PatientBirthDate="20200101", PatientSex="O",
-            StudyInstanceUID=study, SeriesInstanceUID=pydicom.uid.generate_uid(),
-            StudyDate="20230101", StudyTime="120000", AccessionNumber="ACC1",
-            ReferringPhysicianName="", StudyID="1", SeriesNumber=1, InstanceNumber=i + 1))
-    return out
+    pytest.importorskip("pydicom")
+    from test_dicom import chest_dicoms
+    return chest_dicoms(tmp_path / "sources", 3, "XRI-1")
 
 
 def test_dicom_results_read_back_and_reference_their_source(tmp_path):

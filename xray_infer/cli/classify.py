@@ -22,8 +22,24 @@ from .resume import check_resume_names, resume_hint, resume_plan
 from .scoring import CtrlC, Page, Progress, score, summary_line
 
 log = logging.getLogger("xray_infer.cli")
+
+
+def _share(least, strict):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value < least or (strict and value == least):
+            raise ValueError(f"{text!r} is not a number {'above' if strict else 'of at least'} "
+                             f"{least:g}")
+        return value
+    return parse
+
+
 ages = checked(parse_ages)
 max_value = checked(check_max_value)
+gpu_share, cpu_share = checked(_share(0, strict=False)), checked(_share(0, strict=True))
 
 
 def check_arguments(args):
@@ -45,10 +61,6 @@ def check_arguments(args):
         if args.heatmaps or args.dicom_out:
             raise UsageError("--heatmaps and --dicom-out need the scans' pixels on this machine: "
                              "use the local engine")
-        if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
-            raise UsageError(f"--gpus-per-worker must be at least 0, got {args.gpus_per_worker}")
-        if args.cpus_per_worker is not None and args.cpus_per_worker <= 0:
-            raise UsageError(f"--cpus-per-worker must be above 0, got {args.cpus_per_worker}")
         require(["ray"], "--engine ray", "xray-infer[ray]")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite contradict each other; choose one")
@@ -235,9 +247,9 @@ def add_parser(subparsers):
                         "a cluster's (--address), same rows (needs the ray extra)")
     c.add_argument("--address", help="with --engine ray: the cluster, HOST:PORT, "
                                      "ray://HOST:PORT or auto (default: a local Ray)")
-    c.add_argument("--gpus-per-worker", type=float,
+    c.add_argument("--gpus-per-worker", type=gpu_share,
                    help="with --engine ray: GPUs each worker holds (fractions share a GPU)")
-    c.add_argument("--cpus-per-worker", type=float,
+    c.add_argument("--cpus-per-worker", type=cpu_share,
                    help="with --engine ray: CPUs (decode threads) per worker (default: the "
                         "cluster's CPUs shared among the workers)")
     c.add_argument("--heatmaps", metavar="DIR",

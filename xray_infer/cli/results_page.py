@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..groundtruth import truth
 from ..inputs import is_uri
+from ..result import Status
 
 log = logging.getLogger("xray_infer.cli")
 
@@ -76,11 +77,11 @@ class ResultsPage:
         """A row for Result ``r``; ``scan``: its decoded pixels where the caller has them;
         ``picture``: False for none (the row stands alone)."""
         i = len(self.rows)
-        row = {"i": i, "path": r.source, "status": r.status, "label": r.label,
+        row = {"i": i, "path": r.source, "status": r.status.value, "label": r.label,
                "p": r.probabilities, "reason": r.reason, "truth": truth(r.source),
                "thumb": None, "heat": None, "overlay": None}
         self.rows.append(row)  # first: an interruption while drawing keeps the row
-        if picture and r.status != "failed":
+        if picture and r.status is not Status.FAILED:
             try:
                 pictures = _thumbnail(r, scan)
                 if pictures:
@@ -102,7 +103,8 @@ class ResultsPage:
         known = [r for r in self.rows if r["truth"]]
         confusion = None
         if known:
-            confusion = {t: {p: 0 for p in names + ["out_of_scope", "failed"]} for t in names}
+            confusion = {t: {p: 0 for p in names + [Status.OUT_OF_SCOPE.value, Status.FAILED.value]}
+                         for t in names}
             for r in known:
                 confusion[r["truth"]][r["label"] or r["status"]] += 1
         return {"n": len(self.rows), "status": dict(status),
