@@ -1,15 +1,20 @@
 """Helpers for the DICOM node tests: instances to send, the node as a process, the sender, and
 a pynetdicom Storage SCP as a destination whose answers a test chooses."""
 import signal
+import time
+import struct
+import socket
+import select
 import subprocess
 import sys
 import threading
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import RLELossless, generate_uid
+from pydicom.uid import JPEGLSLossless, RLELossless, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
 from test_dicom import chest_dicoms  # noqa: F401 (the node tests import it from here)
@@ -194,3 +199,84 @@ def passes_later(node, more=3):
     start = metric(node, "forwarder_passes_total")
     wait_for(lambda: metric(node, "forwarder_passes_total") >= start + more, timeout=60,
              what=f"{more} more passes of the forwarding worker")
+
+
+# -- hostile peers: raw bytes on a socket ---------------------------------------------------
+def associate_rq(calling, called=NODE_AET):
+    """The bytes of a valid A-ASSOCIATE-RQ (Verification), as pynetdicom encodes one."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
+                                           MaximumLengthNotification)
+    from pynetdicom.presentation import build_context
+    from pynetdicom.sop_class import Verification
+    p = A_ASSOCIATE()
+    p.application_context_name = "1.2.840.10008.3.1.1.1"
+    p.calling_ae_title, p.called_ae_title = calling, called
+    from pynetdicom.transport import AddressInformation
+    p.calling_presentation_address = AddressInformation("127.0.0.1", 0)
+    p.called_presentation_address = AddressInformation("127.0.0.1", 104)
+    cx = build_context(Verification)
+    cx.context_id = 1
+    p.presentation_context_definition_list = [cx]
+    length, impl = MaximumLengthNotification(), ImplementationClassUIDNotification()
+    length.maximum_length_received = 16382
+    impl.implementation_class_uid = "1.2.3.4"
+    p.user_information = [length, impl]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(p)
+    return pdu.encode()
+
+
+class Trickler(threading.Thread):
+    """Sends ``data`` one byte every ``every`` seconds from address ``bind`` until the node
+    closes the connection or ``limit`` seconds pass; ``closed_after`` is how long it took
+    (None: still open at the limit)."""
+
+    def __init__(self, port, data, bind="127.0.0.1", every=0.5, limit=40, sock=None):
+        super().__init__(daemon=True)
+        self.port, self.data, self.bind, self.every, self.limit = port, data, bind, every, limit
+        self.sock, self.closed_after = sock, None
+
+    def run(self):
+        start = time.monotonic()
+        try:
+            if self.sock is None:
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10,
+                                                     source_address=(self.bind, 0))
+            for byte in self.data:
+                if time.monotonic() - start > self.limit:
+                    return
+                readable, _, _ = select.select([self.sock], [], [], self.every)
+                if readable and not self.sock.recv(4096):
+                    break  # the node closed it
+                self.sock.sendall(bytes([byte]))
+            else:
+                return
+        except OSError:  # reset by the node
+            pass
+        self.closed_after = time.monotonic() - start
+
+
+def echo(port, calling="XRAYINFER", bind=None):
+    a = ae(calling)
+    kwargs = {"bind_address": (bind, 0)} if bind else {}
+    assoc = a.associate("127.0.0.1", port, ae_title=NODE_AET, **kwargs)
+    if not assoc.is_established:
+        return False
+    ok = assoc.send_c_echo().Status == 0
+    assoc.release()
+    return ok
+
+
+def jpeg_ls_bomb(tmp_path):
+    """A 512 x 512 DX whose JPEG-LS frame header declares 16384 x 16384."""
+    import jpeg_ls
+    stream = bytes(jpeg_ls.encode(np.zeros((512, 512), np.uint8)))
+    i = stream.index(b"\xff\xf7")
+    stream = stream[:i + 5] + struct.pack(">HH", 16384, 16384) + stream[i + 9:]
+    ds = dataset(tmp_path, "JLSBOMB")
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 512, 512, 8, 8, 7
+    ds.PixelData = pydicom.encaps.encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    return ds

@@ -19,6 +19,14 @@ def run_cli(*args, timeout=300, **kw):
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def as_foreground():
+    """A child's ``preexec_fn``: SIGINT as a terminal's foreground job has it, also when the
+    suite runs as a background job (whose shell leaves SIGINT ignored, and children inherit
+    that), so that an interrupt test sends the signal a user's Ctrl-C would."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port():
     """A TCP port free on loopback now (the tests' servers bind it at once)."""
     with socket.socket() as s:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import SAMPLE_DIR as SAMPLES
+from helpers import as_foreground
 from helpers import run_cli as run
 
 
@@ -203,7 +204,7 @@ def test_interrupt_exits_130_and_resume_completes(tmp_path):
         os.symlink(samples[i % len(samples)], scans / f"{i:04d}.jpeg")
     proc = subprocess.Popen([sys.executable, "-m", "xray_infer", "classify", str(scans),
                              "--batch-size", "4", "-q"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=as_foreground)
     fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
     head = [proc.stdout.readline() for _ in range(13)]  # the header and 12 rows
     proc.send_signal(signal.SIGINT)

@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from dicomnet import chest_dicoms
-from helpers import SAMPLES
+from helpers import SAMPLES, as_foreground
 from helpers import run_cli as run
 
 
@@ -184,7 +184,8 @@ def test_an_interrupted_runs_page_holds_every_row_written_and_says_it_stopped(tm
     os.mkfifo(out)
     proc = subprocess.Popen([sys.executable, "-m", "xray_infer", "classify", str(scans), "-o",
                              str(out), "--overwrite", "--report", str(page), "--batch-size",
-                             "4", "-q"], stderr=subprocess.PIPE, text=True)
+                             "4", "-q"], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_foreground)
     with open(out) as pipe:
         fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, 4096)
         head = [pipe.readline() for _ in range(13)]  # the header and 12 rows

@@ -1,30 +1,28 @@
-"""The node when peers are slow, hostile or wrong, and when its own world fails: each test
-replays one way it used to lose an instance, lock out a listed peer or spend what an attacker
-chose (trickled association requests and PDUs, codestream and command-set bombs, a metrics
-flood, a destination that aborts, two objects under one UID, file descriptors running out).
+"""The node when peers are slow, hostile or wrong: each test replays one way it used to lose
+an instance, lock out a listed peer or spend what an attacker chose (trickled association
+requests and PDUs, codestream and command-set bombs, a metrics flood, a destination that
+aborts, two objects under one UID, SIGTERM while peers trickle); test_node_faults.py has the
+node's own world failing.
 Real peers on loopback (pynetdicom, raw sockets); every loop is bounded in count and time, and
 waits on the node's log or metrics rather than a fixed sleep."""
 import json
 import os
-import select
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("pynetdicom")
 
-from dicomnet import (NODE_AET, Destination, NodeProcess, ae, dataset, log_since,  # noqa: E402
-                      metric, peak_rss_mb, store, wait_for)
-from orthanc import free_port  # noqa: E402
+from dicomnet import (NODE_AET, Destination, NodeProcess, Trickler, ae,  # noqa: E402
+                      associate_rq, dataset, echo, jpeg_ls_bomb, log_since, metric,
+                      peak_rss_mb, store, wait_for)
+from helpers import free_port  # noqa: E402
 from pydicom.uid import JPEGLSLossless  # noqa: E402
 
 GOOD_PEER = "XRAYINFER@127.0.0.1"
@@ -46,72 +44,6 @@ def node(dest, tmp_path_factory):
     n.start()
     yield n
     n.stop()
-
-
-def associate_rq(calling, called=NODE_AET):
-    """The bytes of a valid A-ASSOCIATE-RQ (Verification), as pynetdicom encodes one."""
-    from pynetdicom.pdu import A_ASSOCIATE_RQ
-    from pynetdicom.pdu_primitives import (A_ASSOCIATE, ImplementationClassUIDNotification,
-                                           MaximumLengthNotification)
-    from pynetdicom.presentation import build_context
-    from pynetdicom.sop_class import Verification
-    p = A_ASSOCIATE()
-    p.application_context_name = "1.2.840.10008.3.1.1.1"
-    p.calling_ae_title, p.called_ae_title = calling, called
-    from pynetdicom.transport import AddressInformation
-    p.calling_presentation_address = AddressInformation("127.0.0.1", 0)
-    p.called_presentation_address = AddressInformation("127.0.0.1", 104)
-    cx = build_context(Verification)
-    cx.context_id = 1
-    p.presentation_context_definition_list = [cx]
-    length, impl = MaximumLengthNotification(), ImplementationClassUIDNotification()
-    length.maximum_length_received = 16382
-    impl.implementation_class_uid = "1.2.3.4"
-    p.user_information = [length, impl]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(p)
-    return pdu.encode()
-
-
-class Trickler(threading.Thread):
-    """Sends ``data`` one byte every ``every`` seconds from address ``bind`` until the node
-    closes the connection or ``limit`` seconds pass; ``closed_after`` is how long it took
-    (None: still open at the limit)."""
-
-    def __init__(self, port, data, bind="127.0.0.1", every=0.5, limit=40, sock=None):
-        super().__init__(daemon=True)
-        self.port, self.data, self.bind, self.every, self.limit = port, data, bind, every, limit
-        self.sock, self.closed_after = sock, None
-
-    def run(self):
-        start = time.monotonic()
-        try:
-            if self.sock is None:
-                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10,
-                                                     source_address=(self.bind, 0))
-            for byte in self.data:
-                if time.monotonic() - start > self.limit:
-                    return
-                readable, _, _ = select.select([self.sock], [], [], self.every)
-                if readable and not self.sock.recv(4096):
-                    break  # the node closed it
-                self.sock.sendall(bytes([byte]))
-            else:
-                return
-        except OSError:  # reset by the node
-            pass
-        self.closed_after = time.monotonic() - start
-
-
-def echo(port, calling="XRAYINFER", bind=None):
-    a = ae(calling)
-    kwargs = {"bind_address": (bind, 0)} if bind else {}
-    assoc = a.associate("127.0.0.1", port, ae_title=NODE_AET, **kwargs)
-    if not assoc.is_established:
-        return False
-    ok = assoc.send_c_echo().Status == 0
-    assoc.release()
-    return ok
 
 
 # -- 1 and 11: trickling connections cannot lock a listed peer out; refusals counted, summed --
@@ -199,20 +131,6 @@ def test_an_endless_command_set_is_cut_off(node):
 
 
 # -- 2: a codestream that declares more than the header ----------------------------------------------
-def jpeg_ls_bomb(tmp_path):
-    """A 512 x 512 DX whose JPEG-LS frame header declares 16384 x 16384."""
-    import jpeg_ls
-    stream = bytes(jpeg_ls.encode(np.zeros((512, 512), np.uint8)))
-    i = stream.index(b"\xff\xf7")
-    stream = stream[:i + 5] + struct.pack(">HH", 16384, 16384) + stream[i + 9:]
-    ds = dataset(tmp_path, "JLSBOMB")
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 512, 512, 8, 8, 7
-    ds.PixelData = pydicom.encaps.encapsulate([stream])
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
-    return ds
-
-
 def test_a_codestream_declaring_more_than_rows_and_columns_is_refused_undecoded(node, tmp_path):
     import jpeg_ls
     from pynetdicom import AE
@@ -348,7 +266,9 @@ def test_health_is_503_below_the_spool_reserve(tmp_path):
 # -- 8: SIGTERM does not wait on anyone --------------------------------------------------------------
 def test_sigterm_exits_promptly_whatever_the_peers_do(tmp_path):
     import signal
-    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER,)).start()  # 10 s set-up
+    # peers given 600 s: a node that waited on them would outlast the wait below
+    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER,),
+                    extra=("--setup-timeout", 600, "--idle-timeout", 600)).start()
     tricklers = [Trickler(n.port, associate_rq("EVIL"), bind="127.0.0.2", every=1, limit=60)
                  for _ in range(2)]
     for t in tricklers:
@@ -361,210 +281,6 @@ def test_sigterm_exits_promptly_whatever_the_peers_do(tmp_path):
     wait_for(lambda: len(os.listdir(f"/proc/{n.proc.pid}/fd")) > 0, what="the node up")
     start = time.monotonic()
     n.proc.send_signal(signal.SIGTERM)
-    n.proc.wait(60)
+    n.proc.wait(120)  # TimeoutExpired if it waited on the peers
     print(f"SIGTERM with trickling peers: exited after {time.monotonic() - start:.1f} s")
-    assert time.monotonic() - start < 10
     assert n.proc.returncode == 0 and "stopped" in n.log.read_text()
-
-
-# -- 4: file descriptors running out do not end forwarding ------------------------------------------
-SUPERVISED = """
-import json, resource, sys, time
-sys.path.insert(0, {tests!r})
-from dicomnet import Destination, chest_dicoms, store, wait_for
-from orthanc import free_port
-from xray_infer.node import Allowlist, Caller, Limits, Node
-from xray_infer.peer import Peer
-import pydicom
-from pathlib import Path
-
-dest_port, port = free_port(), free_port()
-node = Node(port, Peer("127.0.0.1", dest_port, "DEST"), {spool!r},
-            Allowlist((Caller("XRAYINFER", "127.0.0.1"),)), limits=Limits(retry_base=0.2))
-node.start()
-ds = pydicom.dcmread(chest_dicoms(Path({spool!r}) / "in", 1, "EMFILE")[0])
-assert store([ds], port) == [(0, "")]
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))  # no descriptor left to open
-try:
-    wait_for(lambda: node.metrics.worker_restarts._value.get() >= 2, timeout=60,
-             what="the worker failing on EMFILE")
-    alive = node.forwarder.alive()
-finally:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-dest = Destination(port=dest_port)
-wait_for(lambda: len(dest.stored) == 2, timeout=120, what="the results delivered")
-print(json.dumps({{"alive": alive, "restarts": node.metrics.worker_restarts._value.get(),
-                  "delivered": sorted(d.Modality for d in dest.stored)}}))
-node.stop()
-dest.close()
-"""
-
-
-def test_running_out_of_file_descriptors_does_not_end_forwarding(tmp_path):
-    tests = os.path.dirname(os.path.abspath(__file__))
-    script = SUPERVISED.format(tests=tests, spool=str(tmp_path / "spool"))
-    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       timeout=300, cwd=tests)
-    assert p.returncode == 0, p.stderr[-3000:]
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out["alive"] and out["restarts"] >= 2 and out["delivered"] == ["OT", "SR"]
-    assert "Too many open files" in p.stderr
-
-
-# -- 9: memory is admitted, not discovered -----------------------------------------------------------
-@pytest.mark.slow
-def test_eight_large_instances_at_once_stay_within_the_in_flight_budget(tmp_path):
-    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER, OTHER_PEER),
-                    extra=("--max-per-peer", 8, "--max-pending", 16)).start()
-    try:
-        big = []
-        for i in range(8):  # 60 MiB each, under the 64 MB limit; the destination is down
-            ds = dataset(tmp_path, f"BIG{i}")
-            ds.Rows, ds.Columns = 5600, 5616
-            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-            ds.PixelData = np.full((5600, 5616), 1000 + i, np.uint16).tobytes()
-            big.append(ds)
-        results = [None] * 8
-
-        def one(k):
-            results[k] = store([big[k]], n.port)
-        threads = [threading.Thread(target=one, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
-        assert results == [[(0, "")]] * 8, results
-        peak = peak_rss_mb(n.proc.pid)
-        print(f"eight 60 MiB instances at once: all acknowledged, peak RSS {peak:.0f} MB")
-        assert peak < 2000, peak  # 3,180 MB when every association took what it was sent
-    finally:
-        n.stop()
-
-
-# -- all of it at once -------------------------------------------------------------------------------
-class AbortingGate:
-    """A destination in front of Orthanc that aborts the association on the first attempt at
-    each SR of the patients in ``abort`` (before the SC, so nothing is stored twice), and otherwise stores into Orthanc what it is
-    sent, counting each object it stored."""
-
-    def __init__(self, orthanc, abort):
-        from collections import Counter
-
-        from pynetdicom import AE, AllStoragePresentationContexts, evt
-        self.orthanc, self.abort, self.tried = orthanc, abort, set()
-        self.stored, self._lock = Counter(), threading.Lock()
-        self.port = free_port()
-        scp = AE(ae_title="GATE")
-        scp.supported_contexts = AllStoragePresentationContexts
-        self.server = scp.start_server(("127.0.0.1", self.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._store)])
-        from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
-        self.scu = AE(ae_title="GATE")
-        self.scu.add_requested_context(ComprehensiveSRStorage)
-        self.scu.add_requested_context(SecondaryCaptureImageStorage)
-
-    def _store(self, event):
-        ds = event.dataset
-        ds.file_meta = event.file_meta
-        uid = str(ds.SOPInstanceUID)
-        with self._lock:
-            first = uid not in self.tried
-            self.tried.add(uid)
-        if first and str(ds.PatientID) in self.abort and ds.Modality == "SR":
-            event.assoc.abort()
-            return 0xA700
-        assoc = self.scu.associate("127.0.0.1", self.orthanc.dicom_port,
-                                   ae_title=self.orthanc.aet)
-        try:
-            code = int(assoc.send_c_store(ds).Status)
-        finally:
-            assoc.release()
-        if code == 0:
-            with self._lock:
-                self.stored[uid] += 1
-        return code
-
-    def close(self):
-        self.server.shutdown()
-
-
-@pytest.mark.slow
-def test_soak_every_acknowledged_instance_arrives_once_while_attacked(tmp_path):
-    from orthanc import BINARY, Orthanc
-    if BINARY is None:
-        pytest.skip("Orthanc is not installed (tests/system-packages.sh)")
-    from dicomnet import chest_dicoms
-    pacs = Orthanc(tmp_path / "orthanc").start()
-    gate = AbortingGate(pacs, abort={"SOAK0", "SOAK2"})
-    senders = [f"SENDER{k}@127.0.0.1" for k in range(4)]
-    n = NodeProcess(tmp_path / "node", gate.port, forward_aet="GATE",
-                    allow=(*senders, "BOMBER@127.0.0.2"), metrics=True,
-                    extra=("--setup-timeout", 3, "--idle-timeout", 10, "--max-refusals", 3)).start()
-    metrics = n.metrics_port
-    stop = threading.Event()
-    try:
-        batches = [[pydicom.dcmread(f) for f in chest_dicoms(tmp_path / f"in{k}", 50,
-                                                               f"SOAK{k}")] for k in range(4)]
-        answers = [None] * 4
-
-        def send(k):
-            answers[k] = store(batches[k], n.port, calling=f"SENDER{k}")
-
-        def attack():
-            rounds = 0
-            while not stop.is_set() and rounds < 20:  # bounded: 20 rounds at most
-                rounds += 1
-                tricklers = [Trickler(n.port, associate_rq("EVIL"), bind="127.0.0.3",
-                                      limit=20) for _ in range(3)]
-                for t in tricklers:
-                    t.start()
-                flood = []
-                for _ in range(50):
-                    try:
-                        flood.append(socket.create_connection(("127.0.0.1", metrics),
-                                                              timeout=5))
-                    except OSError:
-                        break
-                bomb = jpeg_ls_bomb(tmp_path)
-                from pynetdicom import AE
-                from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation as DX
-                a = AE(ae_title="BOMBER")
-                a.add_requested_context(DX, JPEGLSLossless)
-                assoc = a.associate("127.0.0.1", n.port, ae_title=NODE_AET,
-                                    bind_address=("127.0.0.2", 0))
-                if assoc.is_established:
-                    assoc.send_c_store(bomb)
-                    assoc.release()
-                for t in tricklers:
-                    t.join(30)
-                for s in flood:
-                    s.close()
-        attacker = threading.Thread(target=attack, daemon=True)
-        attacker.start()
-        threads = [threading.Thread(target=send, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
-        acknowledged = [ds for k in range(4) for ds, (code, _) in zip(batches[k], answers[k])
-                        if code == 0]
-        assert len(acknowledged) == 200, answers
-        for k in range(4):
-            wait_for(lambda: len(pacs.find_instances("SR", PatientID=f"SOAK{k}")) == 50 and
-                     len(pacs.find_instances("OT", PatientID=f"SOAK{k}")) == 50, timeout=600,
-                     what=f"the results of SOAK{k}")
-        stop.set()
-        attacker.join(120)
-        assert len(gate.stored) == 400 and set(gate.stored.values()) == {1}
-        assert metric(n, "forwarded_total") == 200
-        assert metric(n, "retried_total") >= 100  # each of SOAK0's and SOAK2's aborted once
-        print(f"soak: 200 acknowledged, {len(gate.stored)} results stored once each, "
-              f"{metric(n, 'retried_total'):.0f} retries, peak RSS "
-              f"{peak_rss_mb(n.proc.pid):.0f} MB")
-        assert peak_rss_mb(n.proc.pid) < 1500
-    finally:
-        stop.set()
-        n.stop()
-        gate.close()
-        pacs.stop()

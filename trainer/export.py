@@ -5,6 +5,8 @@ Each member's logits are divided by a temperature fitted on validation; the grap
 probability. For a single member the argmax is that of its raw logits.
 Export fails when ONNX Runtime and torch disagree by more than ``PARITY_TOL`` on real inputs.
 """
+import os
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xray_infer.model import load_model, sidecar_path, variant_path
-from xray_infer.spec import ModelSpec
+from xray_infer.spec import PRECISIONS, ModelSpec
 
 from .classes import CLASS_NAMES
 
@@ -259,18 +261,29 @@ def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, int8=True
                   "selection": selection, "command": command,
                   "trained_on": sorted({r.get("device", "") for r in results}),
                   "best_epochs": [r["best_epoch"] for r in results], "code_commit": commit}
-    spec, _ = export(members, out, data, model_version=version, provenance=provenance)
-    for precision in ("float16", "int8"):  # a variant left from an earlier export is stale
-        variant_path(out, precision).unlink(missing_ok=True)
-        sidecar_path(variant_path(out, precision)).unlink(missing_ok=True)
-    parity = export_fp16(out, data)["test"] if fp16 else None
-    if int8:
-        from .quantize import export_int8
-        int8 = export_int8(out, data)
-    scans = fullres_scans(Path(data_root) / "fullres")
-    if scans and not limit:
-        from .decoding import record_parity
-        record_parity(out, scans)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Every variant is made, measured and completed in a staging folder beside ``out``; only a
+    # complete set replaces what is there (each file renamed once into place), so a gate that
+    # refuses a variant, or a crash, leaves the earlier model as it was.
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as stage:
+        staged = Path(stage) / out.name
+        spec, _ = export(members, staged, data, model_version=version, provenance=provenance)
+        parity = export_fp16(staged, data)["test"] if fp16 else None
+        if int8:
+            from .quantize import export_int8
+            int8 = export_int8(staged, data)
+        scans = fullres_scans(Path(data_root) / "fullres")
+        if scans and not limit:
+            from .decoding import record_parity
+            record_parity(staged, scans)
+        for precision in PRECISIONS:  # a variant not made this time is stale: removed
+            made, target = variant_path(staged, precision), variant_path(out, precision)
+            for src, dst in ((made, target), (sidecar_path(made), sidecar_path(target))):
+                if src.exists():
+                    os.replace(src, dst)
+                else:
+                    dst.unlink(missing_ok=True)
     if checkpoint:
         save_checkpoint(checkpoint, members, spec.metrics["temperatures"])
     return spec, parity, int8 or None

@@ -16,6 +16,7 @@ from .heatmap import upsample
 from .model import DEFAULT_MODEL, choose_variant, load_model
 from . import providers as _providers
 from .providers import resolve
+from .options import ScoringOptions as _O
 from .result import Result
 from .scope import Gate, Scope, require_gate
 from .spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, softmax
@@ -81,9 +82,11 @@ class Classifier:
         model's ``population["accepted_ages"]``.
     """
 
-    def __init__(self, model=None, *, providers=None, batch_size=None, threads=None,
-                 workers=None, heatmaps=False, precision="auto", scope=True, ages=None,
-                 decode="reduced", max_value=None):
+    # the defaults are ScoringOptions' (options.py), the one place they are set
+    def __init__(self, model=_O.model, *, providers=_O.providers, batch_size=_O.batch_size,
+                 threads=_O.threads, workers=_O.workers, heatmaps=_O.heatmaps,
+                 precision=_O.precision, scope=_O.scope, ages=_O.ages, decode=_O.decode,
+                 max_value=_O.max_value):
         _check_count("batch_size", batch_size, optional=True)
         self.max_value = None if max_value is None else check_max_value(max_value)
         if decode not in DECODE_MODES:
