@@ -8,6 +8,8 @@
     python -m benchmarks ray --cycle 10  # Ray engine vs in-process over 2,400 inputs (ray extra)
     python -m benchmarks scope        # the scope gate: kept, refused per collection, its cost
     python -m benchmarks accuracy --json docs/bench/accuracy.json   # each variant, test split
+    python -m benchmarks calibration --json docs/bench/calibration.json \
+        --out docs/img/reliability.png  # expected calibration error, reliability diagram
     python -m benchmarks robustness --json docs/bench/robustness.json --out docs/robustness.md
                                       # label and scope agreement under real exports' changes
     python -m benchmarks all --json-dir docs/bench --baseline-model benchmarks/models/v1.0.0.onnx
@@ -31,8 +33,8 @@ COMMANDS = {"preprocess": speed.preprocess, "decode": speed.decode, "inference":
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", choices=[*COMMANDS, "ray", "scope", "robustness", "accuracy", "all",
-                                     "report"])
+    p.add_argument("which", choices=[*COMMANDS, "ray", "scope", "robustness", "accuracy",
+                                     "calibration", "all", "report"])
     p.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/, fullres/)")
     p.add_argument("--limit", type=int, default=0, help="use only N inputs (smoke runs)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
@@ -57,7 +59,7 @@ def main(argv=None):
                    help="report: Markdown for the GPU section")
     p.add_argument("--out", default=None,
                    help="report: the Markdown file to write (default docs/benchmarks.md); "
-                        "robustness: its docs page")
+                        "robustness: its docs page; calibration: the reliability diagram (PNG)")
     a = p.parse_args(argv)
     if a.which == "report":
         from .report import write
@@ -75,6 +77,10 @@ def main(argv=None):
     if a.which == "accuracy":  # an evaluation, not a speed benchmark
         from .accuracy import accuracy
         accuracy(a)
+        return
+    if a.which == "calibration":  # likewise
+        from .calibration import calibration
+        calibration(a)
         return
     if a.which == "robustness":  # likewise
         from .robustness import robustness

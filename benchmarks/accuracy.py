@@ -23,7 +23,7 @@ def _test_scans(limit):
     paths = sorted(p for p in folder.rglob("*.jpeg") if truth(p))
     if not paths:
         raise SystemExit(f"no test scans under {folder} (set --data)")
-    return paths[:limit] if limit else paths
+    return paths[::max(1, len(paths) // limit)][:limit] if limit else paths  # every class
 
 
 def figures(results):

@@ -60,3 +60,26 @@ def test_report_is_written_from_the_json_alone(tmp_path, data):
     assert f"{default['scans_per_s']:.1f}" in md and "GPU figures go here." in md
     assert "model v1.0.0" in md and "Accuracy parity" in md
     assert "reduced vs full-size decoding, int8" in md and "Single-scan latency" in md
+
+
+def test_expected_calibration_error_is_the_weighted_gap():
+    from benchmarks.calibration import reliability
+    # ten answers at 0.95 of which nine are right, ten at 0.55 of which five are right
+    rows, ece = reliability([0.95] * 10 + [0.55] * 10, [1] * 9 + [0] + [1] * 5 + [0] * 5)
+    assert [r["n"] for r in rows] == [10, 10]
+    assert ece == pytest.approx(0.5 * 0.05 + 0.5 * 0.05)
+    assert reliability([0.8, 0.8], [1, 0])[1] == pytest.approx(0.3)
+    assert reliability([1.0], [1])[0][0]["bin"] == 14  # a probability of 1 is in the last bin
+
+
+def test_accuracy_and_calibration_on_a_few_scans(tmp_path, data):
+    for name in ("accuracy", "calibration"):
+        out = tmp_path / f"{name}.json"
+        extra = ["--out", str(tmp_path / "r.png")] if name == "calibration" else []
+        main([name, "--limit", "12", "--json", str(out), *extra])
+        payload = json.loads(out.read_text())
+        assert payload["benchmark"] == name
+    accuracy = json.loads((tmp_path / "accuracy.json").read_text())["rows"]["float32"]
+    assert accuracy["n"] == 12 and 0 <= accuracy["accuracy_3class"] <= 1
+    calibration = json.loads((tmp_path / "calibration.json").read_text())["results"]
+    assert calibration["float32"]["test"]["n"] == 12 and (tmp_path / "r.png").stat().st_size
