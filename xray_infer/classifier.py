@@ -273,4 +273,4 @@ def classify(paths, **options):
     still classified. For repeated calls create a ``Classifier`` once instead.
     """
     from .options import ScoringOptions
-    return ScoringOptions.of(**options).classifier().classify(paths)
+    return ScoringOptions(**options).classifier().classify(paths)

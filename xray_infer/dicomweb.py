@@ -240,14 +240,14 @@ def store_results(client, datasets, attempts=3, wait=1.0):
         except Unavailable as e:
             why = f"the DICOMweb server {e}"
             continue
-        retry = [ds for ds in pending if outcome[str(ds.SOPInstanceUID)][0] is Outcome.RETRY]
-        refused = [outcome[str(ds.SOPInstanceUID)][1] for ds in pending
-                   if outcome[str(ds.SOPInstanceUID)][0] is Outcome.REFUSED]
+        answers = [(ds, *outcome[str(ds.SOPInstanceUID)]) for ds in pending]
+        refused = [reason for _, kind, reason in answers if kind is Outcome.REFUSED]
         if refused:
             return f"refused by the DICOMweb server: {refused[0]}"
+        retry = [(ds, reason) for ds, kind, reason in answers if kind is Outcome.RETRY]
         if not retry:
             return None
-        pending, why = retry, outcome[str(retry[0].SOPInstanceUID)][1]
+        pending, why = [ds for ds, _ in retry], retry[0][1]
     return f"not stored after {attempts} attempts: {why}"
 
 

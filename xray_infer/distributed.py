@@ -172,7 +172,7 @@ def build_dataset(inputs, *, workers=None, gpus_per_worker=0.0, cpus_per_worker=
     (``options.ScoringOptions``; ``workers`` there is the actors' CPUs). For pipelines of your
     own, e.g. ``.write_parquet("s3://...")`` spread over the workers. Needs a connected Ray
     (``connect``)."""
-    options = ScoringOptions.of(**options)
+    options = ScoringOptions(**options)  # an unknown option: TypeError naming it
     workers, cpus = plan(workers, gpus_per_worker, cpus_per_worker)
     schemes = {p.split("://", 1)[0] if is_uri(p) else None for p in inputs}
     if len(schemes) > 1:
@@ -218,7 +218,7 @@ def iter_results(inputs, *, address=None, **options):
     input, rather than passing such a result set on."""
     placement = {k: options.pop(k) for k in ("workers", "gpus_per_worker", "cpus_per_worker")
                  if k in options}
-    scope = ScoringOptions.of(**options).scope_label()  # unknown options: TypeError, at once
+    scope = ScoringOptions(**options).scope_label()  # unknown options: TypeError, at once
     connect(address)
     screened = _screen(inputs)
     readable = [item for item, error in screened if error is None]

@@ -7,6 +7,7 @@ the same names.
 import os
 from dataclasses import dataclass, field
 
+from .dicomweb import is_dicomweb
 from .errors import UsageError
 from .formats import HEAD_BYTES, recognise
 
@@ -127,7 +128,7 @@ def collect_inputs(sources, recursive=False, remote=None):
     out, seen = Inputs(), set()
     for source in sources:
         source = os.fspath(source)
-        if is_uri(source) and source.lower().startswith(("http://", "https://")):
+        if is_dicomweb(source):
             if remote is None:
                 raise UsageError(f"{source}: a DICOMweb URL is read by xray-infer classify "
                                  f"with the local engine")

@@ -1,7 +1,7 @@
 """How inputs are scored: every option of ``Classifier`` and its default, in one record. The
 one-shot ``classify``, the Ray engine, the node and the command line build a ScoringOptions
 and hand it on, rather than restating the options and their defaults."""
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -19,11 +19,6 @@ class ScoringOptions:
     decode: str = "reduced"    # one of spec.DECODE_MODES
     max_value: int = None      # the maximum of 16-bit inputs that declare none
 
-    @classmethod
-    def of(cls, **options):
-        """The record for ``options`` (TypeError naming an unknown one)."""
-        return cls(**options)
-
     def classifier(self, **changes):
         """A Classifier with these options, ``changes`` applied."""
         from .classifier import Classifier
@@ -33,5 +28,3 @@ class ScoringOptions:
         from .scope import Scope
         return Scope.of(self.scope, self.ages).label()
 
-
-NAMES = tuple(f.name for f in fields(ScoringOptions))

@@ -77,8 +77,8 @@ def check_arguments(args):
     if args.output and not is_uri(args.output):
         check_writable_file("--output", args.output)
     for option, folder in (("--heatmaps", args.heatmaps), ("--dicom-out", args.dicom_out)):
-        if folder is not None and not (option == "--dicom-out" and args.remote
-                                       and dicomweb_options.is_dicomweb(folder)):
+        if folder is not None and not (option == "--dicom-out"
+                                       and dicomweb_options.is_dicomweb(folder)):  # STOW-RS
             check_writable_folder(option, folder)
     if args.dicom_out:
         require(["pydicom", "highdicom"], "--dicom-out", "xray-infer[dicom]")

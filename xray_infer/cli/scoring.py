@@ -1,13 +1,13 @@
 """The scoring loop of ``classify`` and what it reports: progress, the first Ctrl-C, the tally,
 the summary line and the results page."""
 import logging
-import os
 import signal
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..dicomweb import is_dicomweb
 from ..result import Status
 from .side_outputs import write_side_outputs
 
@@ -61,8 +61,8 @@ def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, wa
         msg += f", {inputs.repeats} repeated input(s) scored once"
     if inputs.skipped:
         reasons = Counter(why.split(":")[0].split(" (")[0] for _, why in inputs.skipped)
-        found_in = "DICOMweb instance(s)" if args.remote and not any(
-            os.path.exists(p) for p in args.paths) else "file(s) in folders"
+        found_in = "DICOMweb instance(s)" if all(is_dicomweb(p) for p, _ in inputs.skipped) \
+            else "file(s) in folders"
         msg += (f"; {len(inputs.skipped)} {found_in} skipped (" +
                 ", ".join(f"{n} {why}" for why, n in reasons.most_common()) +
                 ("; --log lists them)" if not args.log else f"; listed in {args.log})"))

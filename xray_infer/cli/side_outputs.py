@@ -35,7 +35,9 @@ class Overlays:
         self.names, self.written, self.failed = Names(), 0, 0
         self.paths = {}  # input -> its overlay, for the results page
 
-    def write(self, r, scan):
+    def write(self, r, scan, data=None):
+        """``data``: the input's bytes where it is not a local file (unused: the overlay is
+        drawn from ``scan``)."""
         import cv2
 
         from ..heatmap import caption, overlay
@@ -123,8 +125,5 @@ def write_side_outputs(writers, r, max_value=None, remote=None):
         log.warning("%s: no heatmap or DICOM results: %s", r.source, e.reason)
         return None
     for w in writers:
-        if isinstance(w, DicomResults):
-            w.write(r, scan, data)
-        else:
-            w.write(r, scan)
+        w.write(r, scan, data)
     return scan

@@ -200,8 +200,8 @@ class Forwarder:
                 log.warning("instances wait in the spool: %s %s", self.forward, e)
                 return False
             self.destination_last_seen = time.time()
-            missed = [outcome[str(o.SOPInstanceUID)] for o in (sr, sc)
-                      if outcome[str(o.SOPInstanceUID)][0] is not Outcome.STORED]
+            missed = [answer for answer in (outcome[str(o.SOPInstanceUID)] for o in (sr, sc))
+                      if answer[0] is not Outcome.STORED]
             if not missed:
                 self._delivered_ok(path, uid, label, sr, sc)
             else:
