@@ -21,6 +21,7 @@ from helpers import free_port  # noqa: E402
 from orthanc import BINARY, DICOMWEB_PLUGIN, Orthanc  # noqa: E402
 from test_node_tls import make_ca, make_leaf  # noqa: E402
 
+FORGED = "FORGED-PHRASE \x1b[2J"
 needs_orthanc = pytest.mark.skipif(BINARY is None or DICOMWEB_PLUGIN is None,
                                    reason="Orthanc or its DICOMweb plugin is not installed "
                                           "(Debian: orthanc, orthanc-dicomweb)")
@@ -109,7 +110,7 @@ class Front:
                 if what == "partial":
                     answer["00081199"] = seq([ref(uids[0])])
                 data = json.dumps(answer).encode()
-                self.send_response(status)
+                self.send_response(status, FORGED)  # a reason phrase the log must not carry
                 self.send_header("Content-Type", "application/dicom+json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -194,7 +195,7 @@ def test_node_keeps_each_instance_until_stow_confirms_it(tmp_path):
         wait_for(lambda: not node.spooled(), what="the first instance out of the spool")
         assert front.seen == [503, "drop", "partial", "pass"]
         log = node.log.read_text()
-        assert "answered HTTP 503" in log
+        assert "answered HTTP 503 Service Unavailable" in log and "FORGED" not in log
         assert "did not store the results: the connection failed mid-request" in log
         assert "refused the results: failure reason 0xA700" in log
         assert not list((node.spool / "failed").glob("*.dcm"))

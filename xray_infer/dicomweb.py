@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from enum import Enum
+from http import HTTPStatus
 from urllib.parse import quote, urlsplit
 
 from .errors import InputError
@@ -177,6 +178,13 @@ def _uids(answer, keyword):
             for item in (answer.get(keyword) or [])} if answer is not None else {}
 
 
+def _phrase(code):
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return ""
+
+
 def _never_connected(e):
     """Whether a ConnectionError happened before any request was sent: no connection (refused,
     no route) or no TLS session (a certificate not trusted)."""
@@ -198,8 +206,8 @@ def store(client, datasets):
     except requests.HTTPError as e:
         code = e.response.status_code
         if code in SERVER_BUSY or code in NOT_ALLOWED:
-            raise Unavailable(f"answered HTTP {code} {e.response.reason or ''}".rstrip()) \
-                from None
+            # the standard phrase, never the server's own text: it would land in the log
+            raise Unavailable(f"answered HTTP {code} {_phrase(code)}".rstrip()) from None
         kind = Outcome.RETRY if code >= 500 else Outcome.REFUSED
         answer, default = _answer(e.response), (kind, f"HTTP {code}")
     except requests.ConnectionError as e:
