@@ -221,6 +221,13 @@ class GuardedServer(ThreadedAssociationServer):
             conn.pending, conn.reason = False, Refusal.IDLE
             conn.deadline = time.monotonic() + self.limits.network_timeout
 
+    def malformed(self, assoc):
+        """What arrived before any association request was no PDU of one: the reaper closes
+        the connection at its next turn and counts it as malformed."""
+        conn = getattr(assoc, "xray_conn", None)
+        if conn is not None and conn.pending:
+            conn.reason, conn.deadline = Refusal.MALFORMED, time.monotonic()
+
     def hold(self, assoc):
         """The node, not the peer, is working on the association: no deadline runs."""
         conn = getattr(assoc, "xray_conn", None)

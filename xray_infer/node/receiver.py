@@ -74,7 +74,7 @@ class Receiver:
         return [(evt.EVT_REQUESTED, self._on_requested),
                 (evt.EVT_ESTABLISHED, self._on_established),
                 (evt.EVT_CONN_CLOSE, self._on_closed), (evt.EVT_PDU_RECV, self._on_pdu),
-                (evt.EVT_C_STORE, self._on_store)]
+                (evt.EVT_C_STORE, self._on_store), (evt.EVT_FSM_TRANSITION, self._on_transition)]
 
     # -- associations --------------------------------------------------------------------------
     def _on_requested(self, event):
@@ -99,6 +99,12 @@ class Receiver:
         self.refusals.add(address, refusal, detail)  # counted before the peer hears of it
         assoc.acse.send_reject(*refusal.code)
         assoc.kill()  # waits until the A-ASSOCIATE-RJ is sent, as pynetdicom's own rejections do
+
+    def _on_transition(self, event):
+        # An invalid PDU before any association request (Evt19 in Sta2; pynetdicom answers with
+        # an A-ABORT and waits for ARTIM): closed now, as malformed, not at the set-up deadline.
+        if event.fsm_event == "Evt19" and event.current_state == "Sta2":
+            self.server.malformed(event.assoc)
 
     def open_associations(self):
         with self._lock:
