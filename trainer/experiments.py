@@ -66,12 +66,24 @@ TRANSFER = {
     # The second candidate and the frozen batch-norm statistics were added on validation
     # evidence from a first attempt (runs/lite160-bnlag), before any test figure of these runs
     # was read; see docs/experiments-notes.md.
-    "candidates": [LITE, replace(LITE, name="lite0-lpft-lr3e-4", lr=3e-4)],
+    "candidates": [LITE, replace(LITE, name="lite0-lpft-lr3e-4", lr=3e-4)],  # shipped as 2.0.0
     "comparisons": [replace(LITE, name="lite0-scratch", net=LiteConfig(160, pretrained=False),
                             probe_epochs=0, epochs=5, lr=2e-3, weight_decay=5e-4,
                             freeze_bn_stats=False),
                     replace(LITE, name="lite0-lpft-no-jitter", shift_augment=0.0)],
 }
+
+#: Model v3 (``python -m trainer transfer --grid v3``): v2's shipped recipe with exports'
+#: presentation (windowing, gamma, bit depth, JPEG) added to its augmentation, at v2's fine-tune
+#: length and at five epochs. Candidates and selection fixed in docs/experiments-notes.md
+#: before any run.
+V2 = replace(LITE, name="lite0-lpft-lr3e-4", lr=3e-4)
+V3 = {
+    "candidates": [replace(V2, name="v3-present", present_augment=1.0),
+                   replace(V2, name="v3-present-ft5", present_augment=1.0, epochs=5)],
+    "comparisons": [],
+}
+GRIDS = {"v2": TRANSFER, "v3": V3}
 
 _DATA = {}  # per-process memo of loaded arrays, keyed by what preprocessing and the split use
 
@@ -194,14 +206,15 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
     return results, summary
 
 
-def run_transfer(out_dir, group, seeds=(0,), device="cpu", limit=0, log=print):
-    """Run one group of ``TRANSFER`` one run at a time (each uses every core); resumable."""
+def run_transfer(out_dir, group, seeds=(0,), device="cpu", limit=0, log=print, grid="v2"):
+    """Run one group of a transfer grid (``GRIDS``) one run at a time (each uses every core);
+    resumable."""
     out_dir = Path(out_dir)
     summary_path = out_dir / "summary.json"
     summary = (json.loads(summary_path.read_text()) if summary_path.exists() else
                {"selection": "validation macro-F1 of the runs in group 'candidates'",
                 "runs": {}, "failed": []})
-    for cfg in TRANSFER[group]:
+    for cfg in GRIDS[grid][group]:
         for seed in seeds:
             res = _run_one((replace(cfg, seed=seed), out_dir, device, limit))
             if "error" in res:

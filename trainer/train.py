@@ -36,6 +36,8 @@ class RunConfig:
     val_split: str = "random"
     # Strength of ``acquisition_jitter`` (aspect ratio, resolution, sharpness, noise); 0 = off.
     shift_augment: float = 0.0
+    # Strength of ``presentation_jitter`` (windowing, gamma, bit depth, JPEG re-encoding); 0 = off.
+    present_augment: float = 0.0
     # Linear probe first: epochs training only the classifier on frozen features (batch-norm
     # statistics frozen too) at ``probe_lr``, before ``epochs`` of fine-tuning everything
     # (LP-FT, Kumar et al. 2022).
@@ -136,6 +138,35 @@ def acquisition_jitter(x, gen, mean, std, strength=1.0):
     return (v.clamp(0, 1) - mean) / std
 
 
+def presentation_jitter(x, gen, mean, std, strength=1.0):
+    """How an export presents the same film, on a normalised batch (each change on about half
+    of the images, at strength 1): a window cut from the range (up to 6% of it off each end, then
+    stretched back, as a percentile window does); gamma from 0.67 to 1.5; the values quantised to
+    5 to 7 bits; JPEG re-encoding at quality 30 to 90. What ``python -m benchmarks robustness``
+    varies, on the training images only.
+    """
+    import cv2
+    n, dev = x.shape[0], x.device
+    rand = lambda *s: torch.rand(*s, device=dev, generator=gen)  # noqa: E731
+    on = lambda: (rand(n) < 0.5 * min(1.0, strength)).view(n, 1, 1, 1)  # noqa: E731
+    v = (x * std + mean).clamp(0, 1)
+    lo, hi = (rand(n) * 0.06 * strength).view(n, 1, 1, 1), \
+        (1 - rand(n) * 0.06 * strength).view(n, 1, 1, 1)
+    v = torch.where(on(), ((v - lo) / (hi - lo)).clamp(0, 1), v)
+    gamma = torch.exp((rand(n) * 2 - 1) * math.log(1.5) * strength).view(n, 1, 1, 1)
+    v = torch.where(on(), v.clamp_min(1e-6) ** gamma, v)
+    levels = (2 ** (5 + torch.floor(rand(n) * 3))).view(n, 1, 1, 1) - 1
+    v = torch.where(on(), torch.round(v * levels) / levels, v)
+    quality = (30 + rand(n) * 60).round().int().tolist()
+    recode = (rand(n) < 0.5 * min(1.0, strength)).tolist()
+    if any(recode):
+        img = (v * 255).round().to(torch.uint8).cpu().numpy()
+        for i in (i for i in range(n) if recode[i]):
+            ok, buf = cv2.imencode(".jpg", img[i, 0], [cv2.IMWRITE_JPEG_QUALITY, quality[i]])
+            v[i, 0] = torch.from_numpy(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)).to(dev) / 255.0
+    return (v - mean) / std
+
+
 @torch.no_grad()
 def predict_logits(model, x, device, batch_size=256):
     """Logits for a float32 NCHW array (numpy or tensor), in eval mode, as float32 numpy."""
@@ -229,6 +260,8 @@ def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True)
                     xb = augment(xb, gen, cfg.mean, cfg.std, cfg.augment)
                 if cfg.shift_augment > 0:
                     xb = acquisition_jitter(xb, gen, cfg.mean, cfg.std, cfg.shift_augment)
+                if cfg.present_augment > 0:
+                    xb = presentation_jitter(xb, gen, cfg.mean, cfg.std, cfg.present_augment)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits = model(xb)
                 loss = F.cross_entropy(logits.float(), yb, weight=w_dev,
