@@ -144,6 +144,21 @@ def test_acquisition_jitter_keeps_range_and_changes_images():
     assert (y - x).abs().mean() > 0.01
 
 
+def test_presentation_jitter_is_seeded_keeps_range_and_changes_images():
+    from trainer.train import presentation_jitter
+    # a smooth film-like gradient, so JPEG and quantisation change it in a measurable way
+    ramp = torch.linspace(-1, 1, 64).view(1, 1, 1, 64).expand(16, 1, 64, 64).contiguous()
+    runs = [presentation_jitter(ramp, torch.Generator().manual_seed(3), 0.5, 0.5)
+            for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])  # the generator decides everything, cv2 included
+    y = runs[0]
+    assert y.shape == ramp.shape and y.min() >= -1 - 1e-6 and y.max() <= 1 + 1e-6
+    changed = (y - ramp).abs().flatten(1).mean(1) > 0.005
+    assert 0 < int(changed.sum()) <= 16
+    assert torch.equal(presentation_jitter(ramp, torch.Generator(), 0.5, 0.5, strength=0.0)
+                       .round(decimals=4), ramp.round(decimals=4))
+
+
 def test_later_phases_without_phase_one_say_so(tmp_path):
     p = subprocess.run([sys.executable, "-m", "trainer", "experiments", "--out", str(tmp_path),
                         "--phases", "2", "3", "--limit", "2"], capture_output=True, text=True,

@@ -53,7 +53,8 @@ def cmd_experiments(a):
 def cmd_transfer(a):
     from .experiments import run_transfer
     run_transfer(a.out, a.group, seeds=tuple(a.seeds), device=_device(a.device), limit=a.limit,
-                 log=lambda m: print(m, flush=True), grid=a.grid)
+                 log=lambda m: print(m, flush=True), grid=a.grid,
+                 names=a.runs or ())
 
 
 def cmd_export(a):
@@ -189,6 +190,9 @@ def main(argv=None):
     tr.add_argument("--group", choices=("candidates", "comparisons"), default="candidates")
     tr.add_argument("--grid", choices=("v2", "v3"), default="v2",
                     help="v2: the runs behind model 2.0.0; v3: those behind 3.0.0")
+    tr.add_argument("--runs", nargs="+", metavar="NAME",
+                    help="only these configurations of the group (e.g. the chosen recipe's "
+                         "further seeds)")
     tr.add_argument("--seeds", type=int, nargs="+", default=[0])
     tr.add_argument("--device", default="auto")
     tr.set_defaults(fn=cmd_transfer)

@@ -206,15 +206,19 @@ def run_grid(out_dir, seeds=(0, 1), workers=1, device="cpu", epochs=None, size=N
     return results, summary
 
 
-def run_transfer(out_dir, group, seeds=(0,), device="cpu", limit=0, log=print, grid="v2"):
-    """Run one group of a transfer grid (``GRIDS``) one run at a time (each uses every core);
-    resumable."""
+def run_transfer(out_dir, group, seeds=(0,), device="cpu", limit=0, log=print, grid="v2",
+                 names=()):
+    """Run one group of a transfer grid (``GRIDS``), or its configurations ``names``, one run at
+    a time (each uses every core); resumable."""
     out_dir = Path(out_dir)
     summary_path = out_dir / "summary.json"
     summary = (json.loads(summary_path.read_text()) if summary_path.exists() else
                {"selection": "validation macro-F1 of the runs in group 'candidates'",
                 "runs": {}, "failed": []})
-    for cfg in GRIDS[grid][group]:
+    unknown = set(names) - {c.name for c in GRIDS[grid][group]}
+    if unknown:
+        raise ValueError(f"not in {grid} {group}: {', '.join(sorted(unknown))}")
+    for cfg in (c for c in GRIDS[grid][group] if not names or c.name in names):
         for seed in seeds:
             res = _run_one((replace(cfg, seed=seed), out_dir, device, limit))
             if "error" in res:
