@@ -7,32 +7,13 @@ Scored through the library with the scope gate off, so that every scan counts.
 import time
 from pathlib import Path
 
-import numpy as np
-
 from trainer.dataset import load_splits
+from trainer.metrics import ECE_BINS as BINS, reliability
 from xray_infer import Classifier
 from xray_infer.model import DEFAULT_MODEL, variant_path
 from xray_infer.result import Status
 
 from . import common
-
-BINS = 15
-
-
-def reliability(confidence, correct, bins=BINS):
-    """Per equal-width bin of ``confidence``: (count, mean confidence, accuracy), and the
-    expected calibration error (the count-weighted mean gap)."""
-    confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
-    which = np.minimum((confidence * bins).astype(int), bins - 1)
-    rows, ece = [], 0.0
-    for b in range(bins):
-        inside = which == b
-        n = int(inside.sum())
-        if n:
-            conf, acc = float(confidence[inside].mean()), float(correct[inside].mean())
-            ece += n / len(confidence) * abs(acc - conf)
-            rows.append({"bin": b, "n": n, "confidence": conf, "accuracy": acc})
-    return rows, ece
 
 
 def _split(clf, records):

@@ -63,7 +63,7 @@ def test_report_is_written_from_the_json_alone(tmp_path, data):
 
 
 def test_expected_calibration_error_is_the_weighted_gap():
-    from benchmarks.calibration import reliability
+    from trainer.metrics import reliability
     # ten answers at 0.95 of which nine are right, ten at 0.55 of which five are right
     rows, ece = reliability([0.95] * 10 + [0.55] * 10, [1] * 9 + [0] + [1] * 5 + [0] * 5)
     assert [r["n"] for r in rows] == [10, 10]

@@ -40,3 +40,23 @@ def summarize(labels, probs, loss=None):
     if loss is not None:
         out["loss"] = float(loss)
     return out
+
+
+#: Equal-width bins of the top probability for the expected calibration error.
+ECE_BINS = 15
+
+
+def reliability(confidence, correct, bins=ECE_BINS):
+    """Per equal-width bin of ``confidence``: (count, mean confidence, accuracy), and the
+    expected calibration error (the count-weighted mean gap)."""
+    confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        n = int(inside.sum())
+        if n:
+            conf, acc = float(confidence[inside].mean()), float(correct[inside].mean())
+            ece += n / len(confidence) * abs(acc - conf)
+            rows.append({"bin": b, "n": n, "confidence": conf, "accuracy": acc})
+    return rows, ece

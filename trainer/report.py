@@ -206,6 +206,52 @@ def _intro():
             "checkpoint kept from each run is its epoch with the best validation macro-F1.", ""]
 
 
+def seed_record(runs):
+    """Per run with its probabilities (folders, not the archive): test figures and the test
+    ECE after a temperature fitted on the run's own validation probabilities, as export
+    fits it; and per configuration with several seeds, their mean and spread. Markdown lines."""
+    from .dataset import load_splits
+    from .export import fit_temperature
+    from .metrics import reliability, softmax
+    rows = [(n, r) for n, rs in runs.items() for r in sorted(rs, key=lambda r: r["config"]["seed"])
+            if "val_probs" in r and "test_probs" in r]
+    if not rows:
+        return []
+    labels = {}
+    md = ["Each run's test figures with the 234 normal scans' errors and the expected calibration "
+          "error (15 bins of the top probability) after a temperature fitted on that run's "
+          "validation probabilities; the last rows: mean ± standard deviation over seeds.", "",
+          "| run | seed | val macro-F1 | test acc | test normal-vs-pneumonia acc | normals called "
+          "pneumonia | test AUC | temperature | test ECE |", "|---|---|---|---|---|---|---|---|---|"]
+    per_config = {}
+    for name, r in rows:
+        scheme = RunConfig.from_dict(r["config"]).val_split
+        if scheme not in labels:
+            splits = load_splits(scheme=scheme)
+            labels[scheme] = {s: np.array([rec.label for rec in splits[s]]) for s in ("val", "test")}
+        y = labels[scheme]
+        val_logits = np.log(np.clip(np.array(r["val_probs"]), 1e-5, 1))
+        test_logits = np.log(np.clip(np.array(r["test_probs"]), 1e-5, 1))
+        t = fit_temperature(val_logits, y["val"])
+        p = softmax(test_logits / t)
+        _, ece = reliability(p.max(1), p.argmax(1) == y["test"])
+        cm = np.array(r["test"]["confusion"])
+        fig = {"val macro-F1": r["val"]["macro_f1"], "test acc": r["test"]["accuracy"],
+               "binary": r["test"]["binary_accuracy"],
+               "normals": float(cm[NORMAL].sum() - cm[NORMAL, NORMAL]),
+               "auc": r["test"]["binary_auc"], "t": t, "ece": ece}
+        per_config.setdefault(name, []).append(fig)
+        md.append(f"| {name} | {r['config']['seed']} | {fig['val macro-F1']:.3f} | "
+                  f"{fig['test acc']:.3f} | {fig['binary']:.3f} | {fig['normals']:.0f} | "
+                  f"{fig['auc']:.3f} | {t:.3f} | {ece:.3f} |")
+    for name, figs in per_config.items():
+        if len(figs) > 1:
+            cells = [_fmt([f[k] for f in figs], 0 if k == "normals" else 3)
+                     for k in ("val macro-F1", "test acc", "binary", "normals", "auc", "t", "ece")]
+            md.append(f"| {name} | {len(figs)} seeds | " + " | ".join(cells) + " |")
+    return md + [""]
+
+
 def _grid_section(tag, summary, runs, img):
     """Markdown lines for one grid: its selection, and per group a table and learning curves."""
     first = next(iter(runs.values()))[0]
@@ -243,6 +289,8 @@ def _grid_section(tag, summary, runs, img):
                    "run; kept because they are real results, not part of the latest "
                    "selection.", ""]
         md += [table(runs, shown, base_cfg), ""]
+        if group == "candidates":
+            md += seed_record({n: runs[n] for n in names})
         png = img / f"{tag}-{group}.png"
         plot_curves(runs, shown, png, f"{tag}: {group}")
         md += [f"![{group} learning curves](img/{png.name})", ""]
