@@ -12,7 +12,8 @@
         --out docs/img/reliability.png  # expected calibration error, reliability diagram
     python -m benchmarks robustness --json docs/bench/robustness.json --out docs/robustness.md
                                       # label and scope agreement under real exports' changes
-    python -m benchmarks all --json-dir docs/bench --baseline-model benchmarks/models/v1.0.0.onnx
+    python -m benchmarks all --json-dir docs/bench --baseline-model benchmarks/models/v1.0.0.onnx \
+        --baseline-model benchmarks/models/v2.0.0.onnx
     python -m benchmarks report      # docs/benchmarks.md from docs/bench/*.json
 """
 import argparse
@@ -52,9 +53,9 @@ def main(argv=None):
     p.add_argument("--cycle", type=int, default=1,
                    help="e2e, ray: each timed pass goes over the scans this many times (a pass of a "
                         "few hundred scans on a fast machine is too short to time)")
-    p.add_argument("--baseline-model",
+    p.add_argument("--baseline-model", action="append",
                    help="e2e: also time this model through the same pipeline, in the same run "
-                        "(e.g. benchmarks/models/v1.0.0.onnx)")
+                        "(e.g. benchmarks/models/v1.0.0.onnx; repeat for more)")
     p.add_argument("--gpu-note", default=str(ROOT / "docs" / "bench" / "gpu.md"),
                    help="report: Markdown for the GPU section")
     p.add_argument("--out", default=None,

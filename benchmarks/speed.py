@@ -232,11 +232,11 @@ def e2e(args):
         for name, spin in ((HANDOFF, False),
                            ("same, ONNX Runtime threads spin-waiting (2.0.0)", True)):
             clfs[name] = _handoff(Classifier(args.model, providers=args.providers), spin)
-    if args.baseline_model:
-        name = "model v1.0.0 path (float32, full-size decoding)"
-        clfs[name] = Classifier(args.baseline_model, providers=args.providers, scope=False,
-                                batch_size=args.batch_size, precision="float32",
-                                decode="full")  # v1 has no scope gate
+    for path in args.baseline_model or ():  # each on the path of "float32, full-size decoding"
+        base = load_model(path, providers=["CPUExecutionProvider"], precision="float32")[1]
+        clfs[f"model v{base.model_version} path (float32, full-size decoding)"] = Classifier(
+            path, providers=args.providers, scope=bool(base.scope_output),  # v1 has no gate
+            batch_size=args.batch_size, precision="float32", decode="full")
     model, torch = _torch_model(args, args.device)
     spec = default.spec
     for clf in clfs.values():

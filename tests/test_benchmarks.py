@@ -33,13 +33,16 @@ def test_parity_smoke_agrees(tmp_path, data):
 def test_e2e_compares_the_baseline_model_in_the_same_run(tmp_path, data):
     out = tmp_path / "e2e.json"
     main(["e2e", "--limit", "4", "--repeat", "1", "--json", str(out),
-          "--baseline-model", str(ROOT / "benchmarks" / "models" / "v1.0.0.onnx")])
+          "--baseline-model", str(ROOT / "benchmarks" / "models" / "v1.0.0.onnx"),
+          "--baseline-model", str(ROOT / "benchmarks" / "models" / "v2.0.0.onnx")])
     r = json.loads(out.read_text())["results"]
     paths = r["paths"]
     # every library path, the thread-split row and the baseline model, against one bound
     assert {v["variant"] for v in paths.values()} >= {"float32", "int8"}
     assert {v["decode"] for v in paths.values()} == {"full", "reduced"}
-    assert any("spin" in name for name in paths) and any("v1.0.0" in name for name in paths)
+    assert any("spin" in name for name in paths)
+    assert {"model v1.0.0 path (float32, full-size decoding)",
+            "model v2.0.0 path (float32, full-size decoding)"} <= set(paths)
     assert all(v["scans_per_s"] > 0 and v["fraction_of_decode_bound"] > 0 for v in paths.values())
     assert r["fraction_of_decode_bound"] == paths[r["default"]]["fraction_of_decode_bound"]
     for v in r["single_scan_latency"].values():
