@@ -74,5 +74,5 @@ def parity(args):
     print_table(f"parity on {len(records)} test images and {len(pairs)} full-resolution/224 pairs",
                 ["check", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else v]
                                      for k, v in table.items()])
-    save(args.json, "parity", {"results": res})
+    save(args.json, "parity", {"model_version": s.model_version, "results": res})
     return res
