@@ -232,11 +232,14 @@ def e2e(args):
         for name, spin in ((HANDOFF, False),
                            ("same, ONNX Runtime threads spin-waiting (2.0.0)", True)):
             clfs[name] = _handoff(Classifier(args.model, providers=args.providers), spin)
-    for path in args.baseline_model or ():  # each on the path of "float32, full-size decoding"
+    for path in args.baseline_model or ():  # as "float32/int8, full-size decoding" above
         base = load_model(path, providers=["CPUExecutionProvider"], precision="float32")[1]
-        clfs[f"model v{base.model_version} path (float32, full-size decoding)"] = Classifier(
-            path, providers=args.providers, scope=bool(base.scope_output),  # v1 has no gate
-            batch_size=args.batch_size, precision="float32", decode="full")
+        for precision in ("float32", "int8"):
+            if precision == "int8" and not variant_path(path, "int8").exists():
+                continue
+            clfs[f"model v{base.model_version} path ({precision}, full-size decoding)"] = \
+                Classifier(path, providers=args.providers, scope=bool(base.scope_output),
+                           batch_size=args.batch_size, precision=precision, decode="full")
     model, torch = _torch_model(args, args.device)
     spec = default.spec
     for clf in clfs.values():

@@ -42,7 +42,8 @@ def test_e2e_compares_the_baseline_model_in_the_same_run(tmp_path, data):
     assert {v["decode"] for v in paths.values()} == {"full", "reduced"}
     assert any("spin" in name for name in paths)
     assert {"model v1.0.0 path (float32, full-size decoding)",
-            "model v2.0.0 path (float32, full-size decoding)"} <= set(paths)
+            "model v2.0.0 path (float32, full-size decoding)",
+            "model v2.0.0 path (int8, full-size decoding)"} <= set(paths)
     assert all(v["scans_per_s"] > 0 and v["fraction_of_decode_bound"] > 0 for v in paths.values())
     assert r["fraction_of_decode_bound"] == paths[r["default"]]["fraction_of_decode_bound"]
     for v in r["single_scan_latency"].values():
