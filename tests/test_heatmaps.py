@@ -83,11 +83,21 @@ def test_maps_of_the_trained_model_differ_from_randomised_weights():
     corr = [abs(spearmanr(maps[i, k[i]].flatten(), random_maps[i, k[i]].flatten())[0])
             for i in range(len(SAMPLES))]
     assert np.mean(corr) < 0.5, corr
-    # ... while the trained maps of different scans share structure (the lungs), so the
-    # check above is not passing merely because any two maps disagree.
-    same = [abs(spearmanr(maps[i, k[i]].flatten(), maps[j, k[j]].flatten())[0])
-            for i in range(len(SAMPLES)) for j in range(i)]
-    assert np.mean(same) > np.mean(corr)
+    # ... while the same scan re-encoded (JPEG quality 90) gives the trained model nearly the
+    # same map, so the check above is not passing merely because any two maps disagree.
+    # (Maps of different scans were the guard until 2.0.0, whose maps shared the lungs' shape,
+    # mean 0.62; 3.0.0's share less, 0.34.)
+    import cv2
+    again = []
+    for p in SAMPLES:
+        ok, buf = cv2.imencode(".jpg", read_image(p).pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        again.append(preprocess(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE), size=spec.input_size,
+                                mean=spec.mean, std=spec.std))
+    with torch.no_grad():
+        _, maps_again = member_outputs(trained, torch.from_numpy(np.stack(again)[:, None]))
+    same = [abs(spearmanr(maps[i, k[i]].flatten(), maps_again[i, k[i]].flatten())[0])
+            for i in range(len(SAMPLES))]
+    assert min(same) > 0.9 > np.mean(corr), (same, corr)
 
 
 def test_cli_writes_one_overlay_per_classified_input(tmp_path):
