@@ -30,8 +30,11 @@ def test_int8_variant_is_gated_on_validation_and_reports_test():
     assert record["val"]["n"] == 788 and record["test"]["n"] == 624
     assert record["val"]["agreement"] >= 0.99 and record["val"]["scope_agreement"] >= 0.99
     assert record["val"]["macro_f1_float32"] - record["val"]["macro_f1_int8"] <= 0.01
-    assert record["test"]["agreement"] >= 0.99
-    assert abs(record["test"]["accuracy_float32"] - record["test"]["accuracy_int8"]) <= 0.01
+    # the test split is measured and recorded, never a gate (3.0.0: 97.9% agreement, reported
+    # in docs/model.md as a missed target)
+    assert "test reported only" in record["gates"]
+    assert 0.9 <= record["test"]["agreement"] <= 1 and 0.9 <= record["test"]["scope_agreement"] <= 1
+    assert record["leading_float"] >= 1 and len(record["rejected"]) == record["leading_float"] - 1
     # the variant keeps the whole contract: the same classes, gate and heatmap output
     _, spec32 = load_model(providers=CPU, precision="float32")
     assert spec.scope == spec32.scope and spec.heatmap_output == spec32.heatmap_output
