@@ -213,3 +213,28 @@ def test_node_keeps_each_instance_until_stow_confirms_it(tmp_path):
         node.stop()
         front.close()
         orthanc.stop()
+
+
+@needs_orthanc
+@pytest.mark.slow
+def test_a_server_that_cannot_be_reached_costs_no_classification_until_it_can(tmp_path):
+    """Nothing listens at the DICOMweb URL: the instance is classified once, then each backoff
+    tries a TCP connection and classifies nothing; once the server listens, it is delivered."""
+    from dicomnet import metric
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True)  # its port chosen, not started
+    node = NodeProcess(tmp_path / "node", orthanc.dicomweb, metrics=True).start()
+    try:
+        [scan] = chest_dicoms(tmp_path / "a", 1, "DOWN-1")
+        assert send([scan], node.port, "XRAYINFER").returncode == 0
+        wait_for(lambda: node.log.read_text().count("still cannot be reached") >= 2,
+                 timeout=120, what="two backoffs that found the server still down")
+        assert metric(node, "classified_total") == 1
+        orthanc.start()
+        wait_for(lambda: len(orthanc.find_instances("SR", PatientID="DOWN-1")) == 1,
+                 timeout=180, what="the SR stored once the server listens")
+        wait_for(lambda: not node.spooled(), what="the instance out of the spool")
+        assert metric(node, "classified_total") == 2  # the first try and the delivery
+        assert metric(node, "forwarded_total") == 1
+    finally:
+        node.stop()
+        orthanc.stop()

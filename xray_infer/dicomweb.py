@@ -158,7 +158,29 @@ class Outcome(Enum):
 
 class Unavailable(Exception):
     """The server takes nothing now (down, busy, or this client not allowed): no instance is to
-    blame; what waits, waits."""
+    blame; what waits, waits. ``unreachable``: no connection opened at all (``connects`` says
+    when that changes)."""
+
+    def __init__(self, reason, unreachable=False):
+        super().__init__(reason)
+        self.unreachable = unreachable
+
+
+def connects(url, timeout=10.0):
+    """Whether a TCP connection opens now to where a request for ``url`` goes (its host, or the
+    proxy the environment names for it): a server that could not be reached is tried this
+    cheaply before anything is computed for it again."""
+    import socket
+
+    from requests.utils import get_environ_proxies
+    target = get_environ_proxies(url).get(urlsplit(url).scheme) or url
+    parts = urlsplit(target if "://" in target else f"http://{target}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _answer(response):
@@ -212,7 +234,9 @@ def store(client, datasets):
         answer, default = _answer(e.response), (kind, f"HTTP {code}")
     except requests.ConnectionError as e:
         if _never_connected(e):
-            raise Unavailable(f"cannot be reached ({type(e).__name__})") from None
+            raise Unavailable(f"cannot be reached ({type(e).__name__})",
+                              unreachable=not isinstance(e, requests.exceptions.SSLError)) \
+                from None
         return {u: (Outcome.RETRY, "the connection failed mid-request") for u in uids}
     except requests.Timeout:
         return {u: (Outcome.RETRY, "no answer in time") for u in uids}

@@ -24,7 +24,7 @@ from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageSt
 
 from ..decode import decode_bytes
 from ..dicom_results import results_for
-from ..dicomweb import Outcome, Unavailable, store
+from ..dicomweb import Outcome, Unavailable, connects, store
 from ..result import Status
 from .network import AssociationError, associate, is_stored, response_status
 from .policy import printable
@@ -41,6 +41,7 @@ class Forwarder:
         # a DICOMweb base URL comes with an Access (dicomweb.Access) in forward_tls
         self.web = forward_tls.client(forward) if isinstance(forward, str) else None
         self.destination_last_seen = None  # time.time() of the last association with it
+        self._unreachable = False  # the last STOW-RS request opened no connection
         self._retry = {}         # spool file name -> (refusals so far, not before monotonic)
         self._delivered = set()  # delivered, but the spool would not let us remove them
         self._stop, self.wake = threading.Event(), threading.Event()
@@ -191,14 +192,22 @@ class Forwarder:
 
     def _process_web(self, batch):
         """``_process`` over DICOMweb: one STOW-RS request per instance (its SR and SC), read
-        per object. HTTP has no association to try first: a server that takes nothing costs
+        per object. HTTP has no association to try first: after a request that opened no
+        connection, a TCP connection is tried before the batch is classified again (a server
+        that is down costs no work per backoff); one that answers 401/403/429/503 still costs
         the batch's classification once per backoff."""
+        if self._unreachable and not connects(self.forward, self.limits.dimse_timeout):
+            log.warning("%d instance(s) wait in the spool: %s still cannot be reached",
+                        len(batch), self.forward)
+            return False
         for path, uid, label, sr, sc in self._results(batch):
             try:
                 outcome = store(self.web, [sr, sc])
             except Unavailable as e:
+                self._unreachable = e.unreachable
                 log.warning("instances wait in the spool: %s %s", self.forward, e)
                 return False
+            self._unreachable = False
             self.destination_last_seen = time.time()
             missed = [answer for answer in (outcome[str(o.SOPInstanceUID)] for o in (sr, sc))
                       if answer[0] is not Outcome.STORED]
