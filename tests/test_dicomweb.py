@@ -203,54 +203,88 @@ def test_credentials_stay_off_the_command_line_and_out_of_messages(tmp_path, bas
     assert p.returncode == 2 and "--query" in p.stderr
 
 
-# -- a server that answers too much ----------------------------------------------------------
+# -- a WADO-RS server in this process -----------------------------------------------------------
+class Wado:
+    """A study of one series on loopback: ``instances`` maps an instance UID to its file's bytes,
+    or to None for one whose answer declares 10 GiB; ``retrieved`` counts reads per UID."""
+    study, series = "1.2.3", "1.2.3.4"
+
+    def __init__(self, instances):
+        from collections import Counter
+        self.retrieved = Counter()
+        listing = json.dumps([{"0020000E": {"vr": "UI", "Value": [self.series]},
+                               "00080018": {"vr": "UI", "Value": [uid]},
+                               "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.1.1"]}}
+                              for uid in instances]).encode()
+        wado = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                multipart = 'multipart/related; type="application/dicom"; boundary=b'
+                if self.path.split("?")[0].endswith("/instances"):
+                    body = b"[]" if "offset=" in self.path and "offset=0" not in self.path \
+                        else listing
+                    kind = "application/dicom+json"
+                else:
+                    uid = self.path.rsplit("/", 1)[1]
+                    wado.retrieved[uid] += 1
+                    if instances[uid] is None:
+                        self.send_response(200)
+                        self.send_header("Content-Type", multipart)
+                        self.send_header("Content-Length", str(10 << 30))
+                        self.end_headers()
+                        return
+                    body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" +
+                            instances[uid] + b"\r\n--b--")
+                    kind = multipart
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web/studies/" \
+                   f"{self.study}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_a_server_cannot_choose_how_much_memory_a_read_takes(tmp_path):
     """A WADO-RS server declaring a 10 GiB instance: that row fails at once, naming it; the
     listing's other instance is scored."""
-    study, series = "1.2.3", "1.2.3.4"
     [good] = chest_dicoms(tmp_path / "in", 1, "BIG-1")
     good_uid = str(pydicom.dcmread(good).SOPInstanceUID)
-    listing = json.dumps([{"0020000E": {"vr": "UI", "Value": [series]},
-                           "00080018": {"vr": "UI", "Value": [uid]},
-                           "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.1.1"]}}
-                          for uid in ("9.9.9", good_uid)]).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            if self.path.split("?")[0].endswith("/instances"):
-                if "offset=2" in self.path:
-                    body, kind = b"[]", "application/dicom+json"
-                else:
-                    body, kind = listing, "application/dicom+json"
-            elif self.path.endswith("/9.9.9"):
-                self.send_response(200)
-                self.send_header("Content-Type",
-                                 'multipart/related; type="application/dicom"; boundary=b')
-                self.send_header("Content-Length", str(10 << 30))
-                self.end_headers()
-                return
-            else:
-                body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + good.read_bytes()
-                        + b"\r\n--b--")
-                kind = 'multipart/related; type="application/dicom"; boundary=b'
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = Wado({"9.9.9": None, good_uid: good.read_bytes()})
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web/studies/{study}"
-        p = run_cli("classify", url, "--scope", "off")
+        p = run_cli("classify", server.url, "--scope", "off")
         rows = {r["path"].rsplit("/", 1)[1]: r for r in csv.DictReader(io.StringIO(p.stdout))}
         assert p.returncode == 1, p.stderr
         assert "not retrieved: an answer of 10240 MiB" in rows["9.9.9"]["error"]
         assert rows[good_uid]["status"] == "classified"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
+
+
+def test_heatmaps_and_dicom_results_come_from_the_bytes_scored(tmp_path):
+    """With --heatmaps and --dicom-out, each instance is retrieved once: its side outputs are
+    drawn from the bytes that were scored."""
+    files = chest_dicoms(tmp_path / "in", 3, "ONCE-1")
+    instances = {str(pydicom.dcmread(f).SOPInstanceUID): f.read_bytes() for f in files}
+    server = Wado(instances)
+    try:
+        p = run_cli("classify", server.url, "--heatmaps", tmp_path / "maps", "--dicom-out",
+                    tmp_path / "results", "-q")
+        assert p.returncode == 0, p.stderr
+        assert len(list(csv.DictReader(io.StringIO(p.stdout)))) == 3
+        assert len(list((tmp_path / "maps").iterdir())) == 3
+        assert len(list((tmp_path / "results").glob("*.dcm"))) == 6
+        assert server.retrieved == {uid: 1 for uid in instances}, server.retrieved
+    finally:
+        server.close()

@@ -1,5 +1,7 @@
 """The DICOMweb options ``classify`` and ``listen`` share: where credentials and certificates
 come from, checked before anything loads, and the value types of the URLs."""
+import threading
+from collections import OrderedDict
 from urllib.parse import parse_qsl
 
 from ..dicomweb import AUTH_ENV, Access, check_url, is_dicomweb
@@ -58,12 +60,19 @@ def access(auth, ca=None, cert=None, key=None, options="--dicomweb-*"):
     return a
 
 
+#: The most bytes of retrieved instances a run keeps for its heatmaps and DICOM results.
+KEEP_BYTES = 256 << 20
+
+
 class Remote:
     """A run's DICOMweb servers, reached with one Access: listing inputs (QIDO-RS), reading
-    them (WADO-RS), one client per base URL."""
+    them (WADO-RS), one client per base URL. ``keep``: each instance's bytes are kept, up to
+    KEEP_BYTES in all, until its side outputs take them (``fetch_again``): they are drawn from
+    the bytes that were scored, without a second retrieval."""
 
-    def __init__(self, access, query=None):
+    def __init__(self, access, query=None, keep=False):
         self.access, self.query, self.clients = access, query, {}
+        self.keep, self._kept, self._lock = keep, OrderedDict(), threading.Lock()
 
     def client(self, base):
         if base not in self.clients:
@@ -87,8 +96,27 @@ class Remote:
             raise UsageError(f"{url}: cannot list: {type(e).__name__}") from None
 
     def fetch(self, url):
+        """The instance at ``url`` (retrieved; kept where ``keep``), or InputError."""
         from ..dicomweb import Address, retrieve
-        return retrieve(self.client(Address.parse(url).base), url)
+        data = retrieve(self.client(Address.parse(url).base), url)
+        if self.keep and len(data) <= KEEP_BYTES:
+            with self._lock:  # workers fetch concurrently; the oldest kept go first
+                self._kept[url] = data
+                while sum(map(len, self._kept.values())) > KEEP_BYTES:
+                    self._kept.popitem(last=False)
+        return data
+
+    def fetch_again(self, url):
+        """The bytes ``fetch`` returned for ``url`` where still kept (then no longer kept),
+        else retrieved again."""
+        with self._lock:
+            data = self._kept.pop(url, None)
+        return data if data is not None else self.fetch(url)
+
+    def forget(self, url):
+        """``url``'s row is written: its bytes are not needed any more."""
+        with self._lock:
+            self._kept.pop(url, None)
 
 
 def check_run(args):
@@ -119,4 +147,5 @@ def check_run(args):
         if address.study is not None and args.query:
             raise UsageError(f"--query searches from a base URL; {url} names a study")
     return Remote(access(args.dicomweb_auth, args.dicomweb_ca, args.dicomweb_cert,
-                         args.dicomweb_key), args.query)
+                         args.dicomweb_key), args.query,
+                  keep=bool(urls) and bool(args.heatmaps or args.dicom_out))

@@ -134,6 +134,8 @@ def score(engine, files, writer, progress, side_outputs, page=None, ctrl_c=None)
         finally:
             if page is not None:
                 page.add(r, scan)  # the scan decoded for the side outputs, not decoded again
+            if engine.args.remote is not None:
+                engine.args.remote.forget(r.source)
     return tally
 
 

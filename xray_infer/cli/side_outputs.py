@@ -106,7 +106,7 @@ class DicomResults:
 
 def write_side_outputs(writers, r, max_value=None, remote=None):
     """Overlays and DICOM results of one classified input; they need the scan itself, decoded
-    again (with the run's ``max_value``; a DICOMweb instance read again through ``remote``),
+    again (with the run's ``max_value``; a DICOMweb instance from the bytes ``remote`` kept),
     once for all of them. A failure here is counted and logged, never fatal. Returns the scan
     (for the results page), or None where it no longer decodes."""
     from ..decode import decode_bytes, read_image
@@ -115,7 +115,7 @@ def write_side_outputs(writers, r, max_value=None, remote=None):
     data = None
     try:
         if remote is not None and is_dicomweb(r.source):
-            data = remote.fetch(r.source)
+            data = remote.fetch_again(r.source)
             scan = decode_bytes(data, r.source, None, max_value)
         else:
             scan = read_image(r.source, max_value=max_value)
