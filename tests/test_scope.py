@@ -173,3 +173,48 @@ def test_no_heatmap_and_no_dicom_result_for_a_refused_input(tmp_path):
     assert p.returncode == 0, p.stderr
     assert sorted(f.name for f in maps.iterdir()) == ["chest.png"]
     assert sorted(f.name for f in dicom.iterdir()) == ["chest.SC.dcm", "chest.SR.dcm"]
+
+
+def test_results_of_an_algorithm_are_refused_when_they_come_back(clf, tmp_path):
+    """A study sent back with its results (a routing rule forwarding everything): the Secondary
+    Capture names a processing algorithm in its Contributing Equipment (IHE AIR), the heatmap
+    overlay is a colour image; neither gets a label. Without that item the SC's colour still
+    refuses it; with the scope off its pixels are classified (research)."""
+    chest = dx(tmp_path / "chest.dcm")
+    maps, dicom = tmp_path / "maps", tmp_path / "dicom"
+    p = run("classify", chest, "--heatmaps", maps, "--dicom-out", dicom, "-q")
+    assert p.returncode == 0, p.stderr
+    sc, overlay = dicom / "chest.SC.dcm", maps / "chest.png"
+    anonymous = tmp_path / "anonymous-sc.dcm"
+    ds = pydicom.dcmread(sc)
+    del ds.ContributingEquipmentSequence
+    ds.save_as(anonymous)
+    by_item, by_colour, overlay_r = clf.classify([sc, anonymous, overlay])
+    assert by_item.status == "out_of_scope" and by_item.refused_by == "ContributingEquipment"
+    assert "a processing algorithm's result" in by_item.refusal
+    for r in (by_colour, overlay_r):
+        assert r.status == "out_of_scope" and r.refused_by == "image", r
+        assert "a colour image (" in r.refusal and "of its pixels in colour" in r.refusal
+    assert all(r.ok for r in Classifier(providers=["CPUExecutionProvider"], scope=False)
+               .classify([sc, overlay]))
+
+
+def test_a_grey_film_stored_in_colour_is_classified_and_a_colour_image_is_not(clf, tmp_path):
+    """Grey stored as RGB (PNG) or YCbCr (JPEG), and a film with a small burned-in coloured mark,
+    are classified; the same film in false colour is refused by its colour alone."""
+    scan = read_image(SAMPLES[0]).pixels
+    bgr = cv2.cvtColor(scan, cv2.COLOR_GRAY2BGR)
+    marked = bgr.copy()
+    h, w = scan.shape
+    cv2.rectangle(marked, (w // 20, h // 20), (w // 20 + w // 6, h // 20 + h // 6), (0, 0, 255),
+                  -1)  # a red label over 1/36 of the film
+    cases = {"grey.png": bgr, "grey.jpeg": bgr, "marked.png": marked,
+             "false-colour.png": cv2.applyColorMap(scan, cv2.COLORMAP_JET)}
+    paths = []
+    for name, image in cases.items():
+        paths.append(tmp_path / name)
+        assert cv2.imwrite(str(paths[-1]), image)
+    grey_png, grey_jpeg, mark, false_colour = clf.classify(paths)
+    assert grey_png.ok and grey_jpeg.ok and mark.ok, (grey_png, grey_jpeg, mark)
+    assert grey_png.label == clf.classify([scan])[0].label
+    assert false_colour.status == "out_of_scope" and "a colour image" in false_colour.refusal

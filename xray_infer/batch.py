@@ -81,7 +81,7 @@ def prepare_input(item, out, spec, source, gate=None, reduced=True, max_value=No
         preprocess_into(decoded.pixels, out, mean=spec.mean, std=spec.std,
                         maxval=decoded.maxval, source=source)  # also checks shape and values
         if gate is not None:
-            gate.check_image(decoded.pixels, source)
+            gate.check_image(decoded.pixels, source, decoded.colour)
         return None, decoded.shape
     except InputError as e:
         return e, None

@@ -37,11 +37,13 @@ class Decoded(NamedTuple):
     """A decoded scan: 2-D ``pixels`` (uint8, uint16 or float32) and the declared maximum;
     for DICOM, ``attributes`` holds the header values the scope gate reads. ``size``: the
     scan's own (height, width) where ``pixels`` were decoded at a reduced size
-    (``preprocess.jpeg_scale``), else None."""
+    (``preprocess.jpeg_scale``), else None. ``colour``: for an image decoded from colour, the
+    share of its pixels in colour (``colour_share``), else None."""
     pixels: np.ndarray
     maxval: float
     attributes: dict = None
     size: tuple = None
+    colour: float = None
 
     @property
     def shape(self):
@@ -93,6 +95,21 @@ def jpeg_complete(data):
                     return False
                 i = m.start()
     return False
+
+
+#: A pixel is in colour where its channels differ by more than this part of their range: a grey
+#: film stored as RGB or YCbCr differs by a level or two (rounding, chroma subsampling).
+CHROMA = 1 / 8
+
+
+def colour_share(img, maxval):
+    """The share of the pixels of ``img`` (H x W x C, the first three channels R, G, B in any
+    order) whose channels differ by more than CHROMA of ``maxval``; every 4th row and column
+    of a large image is enough for a share."""
+    step = 4 if min(img.shape[:2]) >= 64 else 1
+    sample = img[::step, ::step, :3]
+    spread = sample.max(axis=2).astype(np.float64) - sample.min(axis=2)
+    return float(np.count_nonzero(spread > CHROMA * maxval)) / max(1, spread.size)
 
 
 def _to_gray(img, path):
@@ -163,6 +180,8 @@ def decode_bytes(data, source="<bytes>", target=None, max_value=None):
         raise DecodeError(source, "not a decodable image (unknown format or corrupt data)")
     if img.dtype not in (np.uint8, np.uint16):
         raise DecodeError(source, f"unsupported pixel type {img.dtype}")
+    colour = colour_share(img, np.iinfo(img.dtype).max) \
+        if img.ndim == 3 and img.shape[2] >= 3 else None
     img = _to_gray(img, source)
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise DecodeError(source, f"{img.shape[1]}x{img.shape[0]} pixels is over the limit "
@@ -170,13 +189,13 @@ def decode_bytes(data, source="<bytes>", target=None, max_value=None):
     maxval = 255.0 if img.dtype == np.uint8 else \
         bitdepth.maxval(img, bitdepth.declared(data), max_value, source)
     if scale == 1:
-        return Decoded(np.ascontiguousarray(img), maxval)
+        return Decoded(np.ascontiguousarray(img), maxval, colour=colour)
     # The scan's own size, in the decoded orientation (an EXIF rotation may swap the sides).
     width, height = size
     h, w = img.shape
     full = (height, width) if (h, w) == (-(-height // scale), -(-width // scale)) else \
         (width, height)
-    return Decoded(np.ascontiguousarray(img), maxval, size=full)
+    return Decoded(np.ascontiguousarray(img), maxval, size=full, colour=colour)
 
 
 def _too_large(source, size):

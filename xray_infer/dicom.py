@@ -19,6 +19,10 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 #: Colour images (scanned films, secondary captures) are converted to luminance; pydicom
 #: returns the YBR ones as RGB.
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+#: IHE AI Results' Purpose of Reference (code value, scheme) for the equipment that made an
+#: object: a processing algorithm. An object naming one is an algorithm's result (a heatmap, an
+#: annotated capture), this program's own included, not an acquired radiograph.
+PROCESSING_ALGORITHM = ("Newcode1", "99IHE", "Processing Algorithm")
 
 
 def is_dicom(data):
@@ -27,9 +31,10 @@ def is_dicom(data):
 
 
 def decode_dicom(data, source, max_pixels, bare=False):
-    """(pixels float32 in [0, 1], maxval 1.0, the scope gate's attributes); ``bare``: a data
-    set without the preamble and marker (``formats.dicom_kind``), which pydicom reads only when
-    told to."""
+    """(pixels float32 in [0, 1], maxval 1.0, the scope gate's attributes, None, the share of
+    pixels in colour: ``decode.colour_share``, None for a grey image): ``decode.Decoded``'s
+    fields; ``bare``: a data set without the preamble and marker (``formats.dicom_kind``), which
+    pydicom reads only when told to."""
     try:
         import pydicom
     except ImportError:
@@ -42,7 +47,8 @@ def decode_dicom(data, source, max_pixels, bare=False):
     except Exception as e:  # pydicom raises several types for malformed files
         raise DecodeError(source, f"unreadable DICOM: {e}") from None
     try:
-        return _pixels(ds, source, max_pixels), 1.0, _attributes(ds)
+        pixels, colour = _pixels(ds, source, max_pixels)
+        return pixels, 1.0, _attributes(ds), None, colour
     except DecodeError:
         raise
     except Exception as e:
@@ -83,7 +89,9 @@ def _check_codestream(ds, source, rows, cols):
 
 
 def _attributes(ds):
-    """The header values the scope gate reads, as stripped strings ('' when absent)."""
+    """The header values the scope gate reads, as stripped strings ('' when absent), and
+    ``ProcessingAlgorithm``: "YES" where a Contributing Equipment item's purpose is
+    PROCESSING_ALGORITHM."""
     from .scope import ATTRIBUTES
     out = {}
     for keyword in ATTRIBUTES:
@@ -92,7 +100,19 @@ def _attributes(ds):
             out[keyword] = str(value if value is not None else "").strip()
         except Exception:  # a malformed value: as if absent
             out[keyword] = ""
+    out["ProcessingAlgorithm"] = "YES" if _names_an_algorithm(ds) else ""
     return out
+
+
+def _names_an_algorithm(ds):
+    try:
+        return any((str(code.get("CodeValue", "")).strip(),
+                    str(code.get("CodingSchemeDesignator", "")).strip())
+                   == PROCESSING_ALGORITHM[:2]
+                   for item in ds.get("ContributingEquipmentSequence", None) or []
+                   for code in item.get("PurposeOfReferenceCodeSequence", None) or [])
+    except Exception:  # a malformed sequence: as if absent
+        return False
 
 
 def _pixels(ds, source, max_pixels):
@@ -130,9 +150,11 @@ def _pixels(ds, source, max_pixels):
         if stored.shape != (rows, cols, 3):
             raise DecodeError(source, f"unexpected colour pixel array shape {stored.shape}")
         # ITU-R BT.601 luminance, as for colour JPEG and PNG, over the declared bit depth.
+        from .decode import colour_share
         bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
         luma = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        return np.ascontiguousarray(np.clip(luma / (2 ** bits - 1), 0.0, 1.0), np.float32)
+        return (np.ascontiguousarray(np.clip(luma / (2 ** bits - 1), 0.0, 1.0), np.float32),
+                colour_share(stored, 2 ** bits - 1))
     if stored.ndim != 2:
         raise DecodeError(source, f"unexpected pixel array shape {stored.shape}")
     x = np.asarray(apply_modality_lut(stored, ds), np.float64)
@@ -166,4 +188,4 @@ def _pixels(ds, source, max_pixels):
     np.clip(y, 0.0, 1.0, out=y)
     if photometric == "MONOCHROME1":
         np.subtract(1.0, y, out=y)
-    return np.ascontiguousarray(y, np.float32)
+    return np.ascontiguousarray(y, np.float32), None

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from . import __version__
+from . import __version__, dicom
 from .heatmap import caption, overlay
 
 MANUFACTURER = "xray-infer"
@@ -41,7 +41,7 @@ PROCEDURE = hd.sr.CodedConcept("168731009", "SCT", "Standard chest X-ray")
 PRIVATE_SCHEME = "99XRAYINFER"
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 #: IHE AIR's Purpose of Reference for the equipment that made a result: the algorithm.
-PROCESSING_ALGORITHM = hd.sr.CodedConcept("Newcode1", "99IHE", "Processing Algorithm")
+PROCESSING_ALGORITHM = hd.sr.CodedConcept(*dicom.PROCESSING_ALGORITHM)
 #: The private coding schemes the objects use, declared so that a validator or viewer knows
 #: who answers for them (PS3.3 C.12.1.1.3, Coding Scheme Identification Sequence).
 CODING_SCHEMES = (

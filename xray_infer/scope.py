@@ -9,7 +9,12 @@ Two checks, both read from the model's metadata (``ModelSpec.population`` and
   an input (the image gate still applies);
 - the image gate, for every input: the distance of the image's features from the training
   radiographs', an output of the graph, against the threshold fitted with it (and, before
-  that, an image of one value throughout holds no radiograph).
+  that, an image of one value throughout holds no radiograph, nor does a colour image).
+
+Two rules belong to no model: a DICOM object whose Contributing Equipment names a processing
+algorithm (IHE AI Results) is an algorithm's result, this program's heatmaps included, not an
+acquired radiograph; and an image with more than COLOUR_SHARE of its pixels in colour
+(``decode.colour_share``) is no radiograph (burned-in coloured marks cover less).
 """
 import re
 from dataclasses import dataclass
@@ -24,6 +29,9 @@ _STUDY_DATES = ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate")
 #: The DICOM attributes the metadata gate reads (``dicom.decode_dicom`` returns them).
 ATTRIBUTES = ("Modality", "BodyPartExamined", "ViewPosition", "PatientAge", "PatientBirthDate",
               *_STUDY_DATES)
+#: The largest share of pixels in colour an image the gate admits may have; fixed before any
+#: image was measured against it (docs/scope.md).
+COLOUR_SHARE = 0.05
 
 
 def parse_ages(text):
@@ -98,7 +106,13 @@ class Gate:
 
     def check_metadata(self, attributes, source):
         """Raise OutOfScope when a DICOM attribute places the input outside the population."""
-        if not self.scope.enabled or not attributes or not self.population:
+        if not self.scope.enabled or not attributes:
+            return
+        if attributes.get("ProcessingAlgorithm"):
+            raise OutOfScope(source, "out of scope: a processing algorithm's result (its "
+                                     "Contributing Equipment says so), not an acquired "
+                                     "radiograph", "ContributingEquipment")
+        if not self.population:
             return
         pop = self.population
         modality = attributes.get("Modality", "").upper()
@@ -122,10 +136,16 @@ class Gate:
                                      f"{trained[0]}-{trained[1]} years; ages widens it)",
                              "PatientAge")
 
-    def check_image(self, pixels, source):
+    def check_image(self, pixels, source, colour=None):
         """Raise OutOfScope for an image of one value throughout: no radiograph in it (and
-        features of a constant image are not informative about anything)."""
-        if self.scope.enabled and pixels.size and pixels.min() == pixels.max():
+        features of a constant image are not informative about anything); nor for one with
+        ``colour`` (its share of pixels in colour) over COLOUR_SHARE."""
+        if not self.scope.enabled:
+            return
+        if colour is not None and colour > COLOUR_SHARE:
+            raise OutOfScope(source, f"out of scope: a colour image ({colour:.0%} of its pixels "
+                                     f"in colour; radiographs are grey)", "image")
+        if pixels.size and pixels.min() == pixels.max():
             raise OutOfScope(source, "out of scope: the image is uniform (one value throughout)",
                              "image")
 
