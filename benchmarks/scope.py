@@ -10,13 +10,15 @@ full-resolution originals. Out of scope, in two collections kept apart:
 - independent: pydicom's bundled test files (less any file also in ``ood-dev``), the images
   bundled with scikit-image and scikit-learn, and synthetic cases made from test scans (rotated
   90 degrees, upside down, inverted polarity, a heavy crop, blank, noise, text).
-Images are classified with the image gate alone (no DICOM metadata is consulted), so these
-rates are those of an image arriving without a trustworthy header.
+The pydicom files are read as files, their headers consulted as they would be in use; every
+other set is classified as pixels, by the image gate alone (the rates of an image arriving
+without a trustworthy header). Each row records which gate refused what (``refused_by``).
 """
 import glob
 import hashlib
 import os
 import time
+from collections import Counter
 
 import cv2
 import numpy as np
@@ -129,7 +131,9 @@ def scope(a):
 
     def add(group, name, results, labels=None):
         n, ok, refused, failed = _rates(results)
-        entry = {"n": n, "classified": ok, "out_of_scope": refused, "failed": failed}
+        entry = {"n": n, "classified": ok, "out_of_scope": refused, "failed": failed,
+                 "refused_by": dict(sorted(Counter(r.refused_by for r in results
+                                                   if r.status == "out_of_scope").items()))}
         if labels is not None:
             entry["accuracy_classified"] = _accuracy(results, labels)
             entry["accuracy_all"] = _accuracy(off.classify(inputs[name]), labels)
@@ -181,7 +185,7 @@ def scope(a):
                              "scope_off_per_s": len(work) / off_t,
                              "ratio_on_over_off": off_t / on}
     payload["model"] = {"version": spec.model_version, "sha256": _digest(clf.model_path)}
-    common.print_table("Scope gate (image gate only; threshold "
+    common.print_table("Scope gate (image threshold "
                        f"{spec.scope['threshold']:.0f}, {spec.scope['threshold_rule']})",
                        ["collection", "set", "n", "classified", "out of scope", "failed",
                         "rate", "accuracy (classified)"], rows)
