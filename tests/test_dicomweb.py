@@ -288,3 +288,16 @@ def test_heatmaps_and_dicom_results_come_from_the_bytes_scored(tmp_path):
         assert server.retrieved == {uid: 1 for uid in instances}, server.retrieved
     finally:
         server.close()
+
+
+def test_retry_after_is_read_as_seconds_or_a_date_and_bounded():
+    from datetime import datetime, timezone
+
+    from xray_infer.dicomweb import MAX_RETRY_AFTER, retry_after
+    now = datetime(2026, 12, 3, 12, 0, 0, tzinfo=timezone.utc)
+    assert retry_after("120", now) == 120.0 and retry_after(" 7 ", now) == 7.0
+    assert retry_after("Thu, 03 Dec 2026 12:01:30 GMT", now) == 90.0
+    assert retry_after("Thu, 03 Dec 2026 11:00:00 GMT", now) == 0.0  # already past
+    assert retry_after("99999999", now) == MAX_RETRY_AFTER  # a server cannot park us for days
+    for garbled in (None, "", "soon", "-5", "1.5", "Thu, 03 Dec 2026 12:01:30"):
+        assert retry_after(garbled, now) is None, garbled

@@ -9,6 +9,7 @@ import shutil
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -75,11 +76,13 @@ class Front:
     """A STOW-RS endpoint in this process: the n-th request gets ``script[n]`` ("pass": handed
     to Orthanc, its answer returned; "drop": the connection closed mid-upload; "partial": 202
     with the first object stored and the second failed; a number: that status, with every
-    object in the Failed SOP Sequence); past the script, "pass". ``tls``: an SSLContext to
-    serve HTTPS with; ``token``: the bearer token a request must carry (401 otherwise)."""
+    object in the Failed SOP Sequence; (status, seconds): that status with a Retry-After);
+    past the script, "pass". ``seen`` and ``times`` (monotonic) record each request.
+    ``tls``: an SSLContext to serve HTTPS with; ``token``: the bearer token a request must
+    carry (401 otherwise)."""
 
     def __init__(self, orthanc, script, tls=None, token=None):
-        self.orthanc, self.script, self.seen = orthanc, list(script), []
+        self.orthanc, self.script, self.seen, self.times = orthanc, list(script), [], []
         front = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -95,6 +98,7 @@ class Front:
                     return
                 what = front.script.pop(0) if front.script else "pass"
                 front.seen.append(what)
+                front.times.append(time.monotonic())
                 if what == "drop":  # half the upload read, then gone
                     self.rfile.read(1024)
                     self.connection.shutdown(socket.SHUT_RDWR)
@@ -104,13 +108,16 @@ class Front:
                 uids = part_uids(body, self.headers["Content-Type"])
                 if what == "pass":
                     return front.relay(self, body)
-                status = 202 if what == "partial" else what
+                status, wait = (what if isinstance(what, tuple) else
+                                (202 if what == "partial" else what, None))
                 answer = {"00081198": seq([ref(u, failure=0xA700) for u in
                                            (uids[1:] if what == "partial" else uids)])}
                 if what == "partial":
                     answer["00081199"] = seq([ref(uids[0])])
                 data = json.dumps(answer).encode()
                 self.send_response(status, FORGED)  # a reason phrase the log must not carry
+                if wait is not None:
+                    self.send_header("Retry-After", str(wait))
                 self.send_header("Content-Type", "application/dicom+json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -237,4 +244,29 @@ def test_a_server_that_cannot_be_reached_costs_no_classification_until_it_can(tm
         assert metric(node, "forwarded_total") == 1
     finally:
         node.stop()
+        orthanc.stop()
+
+
+@needs_orthanc
+def test_a_busy_server_gets_the_time_it_asks_for(tmp_path):
+    """503 with Retry-After 5: the node sends again no sooner (its own backoff would be 2 s),
+    the instance is charged nothing, and it is delivered."""
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
+    front = Front(orthanc, [(503, 5)])
+    node = NodeProcess(tmp_path / "node", front.url).start()
+    try:
+        [scan] = chest_dicoms(tmp_path / "a", 1, "BUSY-1")
+        assert send([scan], node.port, "XRAYINFER").returncode == 0
+        wait_for(lambda: len(orthanc.find_instances("SR", PatientID="BUSY-1")) == 1,
+                 timeout=120, what="the SR stored after the wait asked for")
+        wait_for(lambda: not node.spooled(), what="the instance out of the spool")
+        assert front.seen == [(503, 5), "pass"]
+        assert front.times[1] - front.times[0] >= 5.0  # a bound below: no machine is too fast
+        log = node.log.read_text()
+        assert "answered HTTP 503 Service Unavailable; it asked for 5 s" in log
+        assert "refused the results" not in log
+        assert not list((node.spool / "failed").glob("*.dcm"))
+    finally:
+        node.stop()
+        front.close()
         orthanc.stop()

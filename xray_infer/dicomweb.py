@@ -29,6 +29,9 @@ NOT_ALLOWED = (401, 403, 404, 405, 407)
 #: The largest HTTP answer read (an instance retrieved, a listing): a file's bound, as
 #: ``decode.MAX_FILE_BYTES``; a multipart wrapping adds little.
 MAX_ANSWER_BYTES = (512 << 20) + (1 << 20)
+#: The longest a server's Retry-After is honoured, in seconds: a server cannot park the node for
+#: longer than this at a time.
+MAX_RETRY_AFTER = 600.0
 #: QIDO-RS page size: studies are listed a page at a time.
 PAGE = 100
 _IMAGE_CLASS_SUFFIXES = ("Image Storage", "Image Storage - For Presentation",
@@ -159,11 +162,27 @@ class Outcome(Enum):
 class Unavailable(Exception):
     """The server takes nothing now (down, busy, or this client not allowed): no instance is to
     blame; what waits, waits. ``unreachable``: no connection opened at all (``connects`` says
-    when that changes)."""
+    when that changes); ``retry_after``: the seconds a busy server asked for, or None."""
 
-    def __init__(self, reason, unreachable=False):
+    def __init__(self, reason, unreachable=False, retry_after=None):
         super().__init__(reason)
-        self.unreachable = unreachable
+        self.unreachable, self.retry_after = unreachable, retry_after
+
+
+def retry_after(value, now=None):
+    """The seconds a Retry-After header asks for (delta-seconds, or an HTTP date after ``now``),
+    at most MAX_RETRY_AFTER; None where there is none or it does not parse."""
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value) if value.isdigit() else \
+            (parsedate_to_datetime(value) - (now or datetime.now(timezone.utc))).total_seconds()
+    except (TypeError, ValueError, OverflowError):  # garbled, or a date without a zone
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 def connects(url, timeout=10.0):
@@ -229,7 +248,10 @@ def store(client, datasets):
         code = e.response.status_code
         if code in SERVER_BUSY or code in NOT_ALLOWED:
             # the standard phrase, never the server's own text: it would land in the log
-            raise Unavailable(f"answered HTTP {code} {_phrase(code)}".rstrip()) from None
+            asked = retry_after(e.response.headers.get("Retry-After")) \
+                if code in SERVER_BUSY else None
+            raise Unavailable(f"answered HTTP {code} {_phrase(code)}".rstrip(),
+                              retry_after=asked) from None
         kind = Outcome.RETRY if code >= 500 else Outcome.REFUSED
         answer, default = _answer(e.response), (kind, f"HTTP {code}")
     except requests.ConnectionError as e:
@@ -258,19 +280,20 @@ def store(client, datasets):
     return out
 
 
-def store_results(client, datasets, attempts=3, wait=1.0):
+def store_results(client, datasets, attempts=3, wait=1.0, longest=60.0):
     """``store`` for a one-shot run: what is to be retried is sent again, up to ``attempts``
-    times in all, waiting ``wait`` seconds, then twice that. Returns None when every data set
-    was stored, else why not (one line)."""
+    times in all, waiting ``wait`` seconds, then twice that, or as long as a busy server asks
+    (up to ``longest``). Returns None when every data set was stored, else why not (one line)."""
     pending = list(datasets)
-    why = ""
+    why, asked = "", 0.0
     for attempt in range(attempts):
         if attempt:
-            time.sleep(wait * 2 ** (attempt - 1))
+            time.sleep(max(wait * 2 ** (attempt - 1), min(asked, longest)))
+        asked = 0.0
         try:
             outcome = store(client, pending)
         except Unavailable as e:
-            why = f"the DICOMweb server {e}"
+            why, asked = f"the DICOMweb server {e}", e.retry_after or 0.0
             continue
         answers = [(ds, *outcome[str(ds.SOPInstanceUID)]) for ds in pending]
         refused = [reason for _, kind, reason in answers if kind is Outcome.REFUSED]

@@ -10,7 +10,8 @@ instance, or aborts the association while it is being sent, costs that instance 
 (backoff, then quarantine after ``max_refusals``) and never holds back the others; over
 DICOMweb, so does a 4xx, an instance in the Failed SOP Sequence, a 5xx, a timeout or a
 connection dropped mid-upload. A server that cannot be reached, or answers 401/403/429/503,
-holds everything in the spool (backoff) and costs no instance anything.
+holds everything in the spool (backoff, or the Retry-After a busy server asks for) and costs no
+instance anything.
 """
 import io
 import logging
@@ -42,6 +43,7 @@ class Forwarder:
         self.web = forward_tls.client(forward) if isinstance(forward, str) else None
         self.destination_last_seen = None  # time.time() of the last association with it
         self._unreachable = False  # the last STOW-RS request opened no connection
+        self._asked_wait = None    # the seconds a busy DICOMweb server last asked for
         self._retry = {}         # spool file name -> (refusals so far, not before monotonic)
         self._delivered = set()  # delivered, but the spool would not let us remove them
         self._stop, self.wake = threading.Event(), threading.Event()
@@ -89,10 +91,12 @@ class Forwarder:
                 continue
             if self._process(batch):
                 backoff = 0.0
-            else:  # the destination is down: wait longer each time, up to a minute
+            else:  # the destination is down: wait longer each time, up to a minute, or as
+                # long as a busy server asked (Retry-After, dicomweb.MAX_RETRY_AFTER at most)
                 backoff = min(max(backoff * 2, self.limits.retry_base),
                               self.limits.backoff_cap)
-                self._stop.wait(backoff)
+                asked, self._asked_wait = self._asked_wait, None
+                self._stop.wait(max(backoff, asked or 0.0))
 
     # -- one batch -----------------------------------------------------------------------------
     def _due(self, pending):
@@ -204,8 +208,9 @@ class Forwarder:
             try:
                 outcome = store(self.web, [sr, sc])
             except Unavailable as e:
-                self._unreachable = e.unreachable
-                log.warning("instances wait in the spool: %s %s", self.forward, e)
+                self._unreachable, self._asked_wait = e.unreachable, e.retry_after
+                asked = f"; it asked for {e.retry_after:.0f} s" if e.retry_after else ""
+                log.warning("instances wait in the spool: %s %s%s", self.forward, e, asked)
                 return False
             self._unreachable = False
             self.destination_last_seen = time.time()
