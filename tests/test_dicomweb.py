@@ -301,3 +301,38 @@ def test_retry_after_is_read_as_seconds_or_a_date_and_bounded():
     assert retry_after("99999999", now) == MAX_RETRY_AFTER  # a server cannot park us for days
     for garbled in (None, "", "soon", "-5", "1.5", "Thu, 03 Dec 2026 12:01:30"):
         assert retry_after(garbled, now) is None, garbled
+
+
+def test_a_server_that_takes_nothing_costs_each_later_input_one_request(tmp_path):
+    """--dicom-out to a server answering 503 to everything: the first input's results are tried
+    three times, each later input's once (until one is taken); every row is written and each
+    input's missing results are counted and logged."""
+    posts = []
+
+    class Busy(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sources = chest_dicoms(tmp_path / "in", 3, "BUSY-2")
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        log = tmp_path / "run.log"
+        p = run_cli("classify", *sources, "--dicom-out", url, "--log", log)
+        assert p.returncode == 0, p.stderr
+        assert len(list(csv.DictReader(io.StringIO(p.stdout)))) == 3
+        assert len(posts) == 3 + 1 + 1, posts
+        assert "DICOM SR + SC for 0 input(s) stored at" in p.stderr and "3 not written" in p.stderr
+        assert log.read_text().count("DICOM results not written: the DICOMweb server answered "
+                                     "HTTP 503 Service Unavailable") == 3
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -283,17 +283,18 @@ def store(client, datasets):
 def store_results(client, datasets, attempts=3, wait=1.0, longest=60.0):
     """``store`` for a one-shot run: what is to be retried is sent again, up to ``attempts``
     times in all, waiting ``wait`` seconds, then twice that, or as long as a busy server asks
-    (up to ``longest``). Returns None when every data set was stored, else why not (one line)."""
+    (up to ``longest``). Returns None when every data set was stored, else why not (one line);
+    raises Unavailable when the server took nothing at the last try."""
     pending = list(datasets)
-    why, asked = "", 0.0
+    why, asked, unavailable = "", 0.0, None
     for attempt in range(attempts):
         if attempt:
             time.sleep(max(wait * 2 ** (attempt - 1), min(asked, longest)))
-        asked = 0.0
+        asked, unavailable = 0.0, None
         try:
             outcome = store(client, pending)
         except Unavailable as e:
-            why, asked = f"the DICOMweb server {e}", e.retry_after or 0.0
+            unavailable, asked = e, e.retry_after or 0.0
             continue
         answers = [(ds, *outcome[str(ds.SOPInstanceUID)]) for ds in pending]
         refused = [reason for _, kind, reason in answers if kind is Outcome.REFUSED]
@@ -303,6 +304,8 @@ def store_results(client, datasets, attempts=3, wait=1.0, longest=60.0):
         if not retry:
             return None
         pending, why = [ds for ds, _ in retry], retry[0][1]
+    if unavailable is not None:
+        raise unavailable
     return f"not stored after {attempts} attempts: {why}"
 
 

@@ -59,8 +59,8 @@ class Overlays:
 class DicomResults:
     """For each classified DICOM input, a Structured Report and a Secondary Capture of its
     heatmap: files ``name.SR.dcm``, ``name.SC.dcm`` in a folder, or stored by STOW-RS at a
-    DICOMweb URL (both in one request, tried up to three times); other inputs are counted,
-    not converted."""
+    DICOMweb URL (both in one request, tried up to three times; once, without waiting, while
+    the server took nothing for the input before); other inputs are counted, not converted."""
 
     def __init__(self, target, clf, remote=None):
         from ..dicomweb import is_dicomweb
@@ -74,6 +74,7 @@ class DicomResults:
         # the variant that scores (int8, float16 or the model itself) is the one named
         self.spec, self.digest = clf.spec, model_digest(clf.variant.path)
         self.names, self.written, self.not_dicom, self.failed = Names(), 0, 0, 0
+        self.server_down = False  # the DICOMweb server took nothing for the last input
 
     def write(self, r, scan, data=None):
         """``data``: the input's bytes where it is not a local file (a DICOMweb instance)."""
@@ -81,7 +82,7 @@ class DicomResults:
 
         from ..dicom import is_dicom
         from ..dicom_results import results_for
-        from ..dicomweb import store_results
+        from ..dicomweb import Unavailable, store_results
         try:
             with (io.BytesIO(data) if data is not None else open(r.source, "rb")) as f:
                 if not is_dicom(f.read(132)):
@@ -91,7 +92,13 @@ class DicomResults:
                 source = pydicom.dcmread(f, stop_before_pixels=True)
             sr, sc = results_for(source, r, scan.pixels, scan.maxval, self.spec, self.digest)
             if self.client is not None:
-                why = store_results(self.client, [sr, sc])
+                try:  # a server that is down costs each input one request, not three and 3 s
+                    why = store_results(self.client, [sr, sc],
+                                        attempts=1 if self.server_down else 3)
+                except Unavailable as e:
+                    self.server_down = True
+                    raise OSError(f"the DICOMweb server {e}") from None
+                self.server_down = False
                 if why:
                     raise OSError(why)
             else:
