@@ -95,10 +95,13 @@ class Remote:
         except (requests.RequestException, ValueError, KeyError) as e:  # unreachable, garbled
             raise UsageError(f"{url}: cannot list: {type(e).__name__}") from None
 
+    def _retrieve(self, url):
+        from ..dicomweb import Address, retrieve
+        return retrieve(self.client(Address.parse(url).base), url)
+
     def fetch(self, url):
         """The instance at ``url`` (retrieved; kept where ``keep``), or InputError."""
-        from ..dicomweb import Address, retrieve
-        data = retrieve(self.client(Address.parse(url).base), url)
+        data = self._retrieve(url)
         if self.keep and len(data) <= KEEP_BYTES:
             with self._lock:  # workers fetch concurrently; the oldest kept go first
                 self._kept[url] = data
@@ -108,10 +111,11 @@ class Remote:
 
     def fetch_again(self, url):
         """The bytes ``fetch`` returned for ``url`` where still kept (then no longer kept),
-        else retrieved again."""
+        else retrieved again, and not kept: keeping them could only push out bytes a later
+        row still needs."""
         with self._lock:
             data = self._kept.pop(url, None)
-        return data if data is not None else self.fetch(url)
+        return data if data is not None else self._retrieve(url)
 
     def forget(self, url):
         """``url``'s row is written: its bytes are not needed any more."""
