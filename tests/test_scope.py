@@ -208,13 +208,16 @@ def test_a_grey_film_stored_in_colour_is_classified_and_a_colour_image_is_not(cl
     h, w = scan.shape
     cv2.rectangle(marked, (w // 20, h // 20), (w // 20 + w // 6, h // 20 + h // 6), (0, 0, 255),
                   -1)  # a red label over 1/36 of the film
+    false_colour = cv2.applyColorMap(scan, cv2.COLORMAP_JET)
     cases = {"grey.png": bgr, "grey.jpeg": bgr, "marked.png": marked,
-             "false-colour.png": cv2.applyColorMap(scan, cv2.COLORMAP_JET)}
+             "false-colour.png": false_colour,  # and as a 16-bit export of 12-bit values:
+             "false-colour-12bit.png": false_colour.astype(np.uint16) * 16}
     paths = []
     for name, image in cases.items():
         paths.append(tmp_path / name)
         assert cv2.imwrite(str(paths[-1]), image)
-    grey_png, grey_jpeg, mark, false_colour = clf.classify(paths)
+    grey_png, grey_jpeg, mark, *false_colours = clf.classify(paths)
     assert grey_png.ok and grey_jpeg.ok and mark.ok, (grey_png, grey_jpeg, mark)
     assert grey_png.label == clf.classify([scan])[0].label
-    assert false_colour.status == "out_of_scope" and "a colour image" in false_colour.refusal
+    for r in false_colours:
+        assert r.status == "out_of_scope" and "a colour image" in r.refusal, r

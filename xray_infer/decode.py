@@ -102,14 +102,22 @@ def jpeg_complete(data):
 CHROMA = 1 / 8
 
 
-def colour_share(img, maxval):
-    """The share of the pixels of ``img`` (H x W x C, the first three channels R, G, B in any
-    order) whose channels differ by more than CHROMA of ``maxval``; every 4th row and column
-    of a large image is enough for a share."""
+def _channel_spread(img):
+    """How far apart the first three channels of ``img`` (H x W x C) are, pixel by pixel, on
+    every 4th row and column of a large image (enough for a share)."""
     step = 4 if min(img.shape[:2]) >= 64 else 1
     sample = img[::step, ::step, :3]
-    spread = sample.max(axis=2).astype(np.float64) - sample.min(axis=2)
+    return sample.max(axis=2).astype(np.float64) - sample.min(axis=2)
+
+
+def _share(spread, maxval):
     return float(np.count_nonzero(spread > CHROMA * maxval)) / max(1, spread.size)
+
+
+def colour_share(img, maxval):
+    """The share of the pixels of ``img`` (H x W x C, the first three channels R, G, B in any
+    order) whose channels differ by more than CHROMA of ``maxval``, the image's own maximum."""
+    return _share(_channel_spread(img), maxval)
 
 
 def _to_gray(img, path):
@@ -180,14 +188,15 @@ def decode_bytes(data, source="<bytes>", target=None, max_value=None):
         raise DecodeError(source, "not a decodable image (unknown format or corrupt data)")
     if img.dtype not in (np.uint8, np.uint16):
         raise DecodeError(source, f"unsupported pixel type {img.dtype}")
-    colour = colour_share(img, np.iinfo(img.dtype).max) \
-        if img.ndim == 3 and img.shape[2] >= 3 else None
+    # measured against the maximum found below (a 16-bit file may hold 12-bit values)
+    spread = _channel_spread(img) if img.ndim == 3 and img.shape[2] >= 3 else None
     img = _to_gray(img, source)
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise DecodeError(source, f"{img.shape[1]}x{img.shape[0]} pixels is over the limit "
                                   f"of {MAX_PIXELS:,}")
     maxval = 255.0 if img.dtype == np.uint8 else \
         bitdepth.maxval(img, bitdepth.declared(data), max_value, source)
+    colour = _share(spread, maxval) if spread is not None else None
     if scale == 1:
         return Decoded(np.ascontiguousarray(img), maxval, colour=colour)
     # The scan's own size, in the decoded orientation (an EXIF rotation may swap the sides).
