@@ -6,6 +6,7 @@
     python -m trainer quantize --model xray_infer/models/default.onnx   # its int8 variant
     python -m trainer decoding --model xray_infer/models/default.onnx   # reduced-decoding parity
     python -m trainer train --out runs/one --epochs 10 --size 128     # a single run
+    python -m trainer v4 cv --out runs/v4       # model v4's protocol (trainer/protocol.py)
 """
 import argparse
 import json
@@ -55,6 +56,29 @@ def cmd_transfer(a):
     run_transfer(a.out, a.group, seeds=tuple(a.seeds), device=_device(a.device), limit=a.limit,
                  log=lambda m: print(m, flush=True), grid=a.grid,
                  names=a.runs or ())
+
+
+def cmd_v4(a):
+    from . import protocol
+    from .selection import RequestError
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    device, kw = _device(a.device), dict(data_root=a.data, limit=a.limit, log=log)
+    table = protocol.cv_table(a.out)
+    if a.step == "cv":
+        protocol.run_cv(a.out, recipes=a.recipes, folds=a.folds, device=device, **kw)
+        protocol.print_table(protocol.cv_table(a.out), log)
+    elif a.step == "table":
+        protocol.print_table(table, log)
+    else:
+        recipe = a.recipe or (table["choice"] or {}).get("recipe")
+        if recipe is None or (not a.recipe and len(table["folds"]) < protocol.FOLDS):
+            raise RequestError(f"the cross-validation under {a.out} has finished folds "
+                               f"{table['folds']} of {protocol.FOLDS}: finish it (v4 cv) or "
+                               f"name --recipe")
+        if a.step == "soup":
+            protocol.run_soup(a.out, recipe, device=device, **kw)
+        else:
+            protocol.compare(a.out, recipe, **kw)
 
 
 def cmd_export(a):
@@ -196,6 +220,19 @@ def main(argv=None):
     tr.add_argument("--seeds", type=int, nargs="+", default=[0])
     tr.add_argument("--device", default="auto")
     tr.set_defaults(fn=cmd_transfer)
+
+    v = sub.add_parser("v4", parents=[common],
+                       help="model v4's protocol (docs/experiments-notes.md): cross-validation "
+                            "of the recipes, the table and the rule's choice, the soup of the "
+                            "chosen recipe, its holdout comparison; resumable")
+    v.add_argument("step", choices=("cv", "table", "soup", "compare"))
+    v.add_argument("--out", default="runs/v4", help="the protocol's folder (default: %(default)s)")
+    v.add_argument("--recipes", nargs="+", metavar="NAME", help="cv: only these recipes")
+    v.add_argument("--folds", type=int, nargs="+", metavar="K", help="cv: only these folds")
+    v.add_argument("--recipe", help="soup/compare: this recipe instead of the rule's choice "
+                                    "(smoke runs)")
+    v.add_argument("--device", default="auto")
+    v.set_defaults(fn=cmd_v4)
 
     x = sub.add_parser("export", parents=[common], help="export a run to ONNX with metadata")
     src = x.add_mutually_exclusive_group(required=True)

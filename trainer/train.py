@@ -46,6 +46,12 @@ class RunConfig:
     # Keep the features' batch-norm statistics as initialised (pretrained ones) for the whole
     # run, so training and inference normalise alike; the affine parameters still train.
     freeze_bn_stats: bool = False
+    # Weight of a Jensen-Shannon consistency term between the predictions on the training view
+    # and on a re-export of it (``reexport``; AugMix, Hendrycks et al. 2020); 0 = off.
+    consistency: float = 0.0
+    # Keep the last epoch instead of the one with the best validation macro-F1 (the v4
+    # protocol chooses no epoch on held-out data).
+    keep_last: bool = False
 
     def to_dict(self):
         d = asdict(self)
@@ -167,6 +173,24 @@ def presentation_jitter(x, gen, mean, std, strength=1.0):
     return (v - mean) / std
 
 
+def reexport(x, gen, mean, std):
+    """The consistency term's second view of a normalised batch: what an export may do to the
+    same film (``presentation_jitter``), then unsharp masking of 0 to 1."""
+    n = x.shape[0]
+    v = presentation_jitter(x, gen, mean, std) * std + mean
+    amount = torch.rand(n, device=x.device, generator=gen).view(n, 1, 1, 1)
+    blurred = F.avg_pool2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return ((v + amount * (v - blurred)).clamp(0, 1) - mean) / std
+
+
+def js_divergence(logits_a, logits_b):
+    """Mean Jensen-Shannon divergence between the softmax predictions of two views."""
+    p, q = F.softmax(logits_a, 1), F.softmax(logits_b, 1)
+    log_m = ((p + q) / 2).clamp_min(1e-7).log()
+    return (F.kl_div(log_m, p, reduction="batchmean")
+            + F.kl_div(log_m, q, reduction="batchmean")) / 2
+
+
 @torch.no_grad()
 def predict_logits(model, x, device, batch_size=256):
     """Logits for a float32 NCHW array (numpy or tensor), in eval mode, as float32 numpy."""
@@ -198,18 +222,22 @@ def _end_epoch(cfg, model, phase, epoch, total_epochs, train_loss, train_accurac
     log(f"[{cfg.name} s{cfg.seed}] {phase} epoch {epoch:3d}/{total_epochs} "
         f"loss {train_loss:.4f} acc {train_accuracy:.3f} | "
         f"val loss {val['loss']:.4f} acc {val['accuracy']:.3f} f1 {val['macro_f1']:.3f}")
-    if best is None or (val["macro_f1"], -val["loss"]) > (best["macro_f1"], -best["loss"]):
+    if (best is None or cfg.keep_last
+            or (val["macro_f1"], -val["loss"]) > (best["macro_f1"], -best["loss"])):
         best = dict(val, epoch=epoch)
         best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
     return best, best_state
 
 
-def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True):
+def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True,
+              init_state=None):
     """Train one model.
 
     ``data`` maps ``train``/``val``/``test`` to ``(x, labels)`` arrays at ``cfg.net.input_size``.
-    The checkpoint kept is the epoch with the best validation macro-F1 (ties: lower loss).
-    The test split is evaluated once, on that checkpoint. Returns (result dict, state_dict).
+    The checkpoint kept is the epoch with the best validation macro-F1 (ties: lower loss), or
+    the last with ``cfg.keep_last``. ``init_state`` starts from those weights (a shared linear
+    probe). The test split is evaluated once, on that checkpoint; its figures are stored, never
+    logged. Returns (result dict, state_dict).
     """
     device = torch.device(device)
     seed_everything(cfg.seed, deterministic=device.type == "cpu")
@@ -219,7 +247,10 @@ def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True)
     counts = np.bincount(data["train"][1], minlength=NUM_CLASSES)
     weights = (torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
                if cfg.class_weights else None)
-    model = build(cfg.net).to(device)
+    model = build(cfg.net, pretrained_weights=init_state is None)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     if channels_last(cfg):
         model = model.to(memory_format=torch.channels_last)
         xtr = xtr.contiguous(memory_format=torch.channels_last)
@@ -230,9 +261,11 @@ def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True)
     history, best, best_state = [], None, None
     t0 = time.perf_counter()
     # (phase, epochs, trained parameters, peak learning rate); one one-cycle schedule each.
-    phases = [("fine-tune", cfg.epochs, list(model.parameters()), cfg.lr)]
-    if cfg.probe_epochs:
-        phases.insert(0, ("probe", cfg.probe_epochs, list(model.head.parameters()), cfg.probe_lr))
+    phases = [("probe", cfg.probe_epochs, list(model.head.parameters()), cfg.probe_lr),
+              ("fine-tune", cfg.epochs, list(model.parameters()), cfg.lr)]
+    phases = [p for p in phases if p[1]]
+    if not phases:
+        raise ValueError(f"{cfg.name}: no epochs to train")
     epoch, total_epochs = 0, cfg.probe_epochs + cfg.epochs
     for phase, n_epochs, params, lr in phases:
         probing = phase == "probe"
@@ -262,10 +295,16 @@ def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True)
                     xb = acquisition_jitter(xb, gen, cfg.mean, cfg.std, cfg.shift_augment)
                 if cfg.present_augment > 0:
                     xb = presentation_jitter(xb, gen, cfg.mean, cfg.std, cfg.present_augment)
+                if cfg.consistency:  # both views in one pass (batch-norm statistics frozen)
+                    xb = torch.cat([xb, reexport(xb, gen, cfg.mean, cfg.std)])
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = model(xb)
-                loss = F.cross_entropy(logits.float(), yb, weight=w_dev,
+                    logits = model(xb).float()
+                if cfg.consistency:
+                    logits, other = logits[:len(idx)], logits[len(idx):]
+                loss = F.cross_entropy(logits, yb, weight=w_dev,
                                        label_smoothing=cfg.label_smoothing)
+                if cfg.consistency:
+                    loss = loss + cfg.consistency * js_divergence(logits, other)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
