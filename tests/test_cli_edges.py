@@ -145,6 +145,33 @@ def test_resume_from_another_folder_is_refused_rather_than_duplicated(tmp_path):
     assert len(paths) == 3 and len(set(paths)) == 3
 
 
+@pytest.mark.parametrize("form", ["dotdot", "symlink", "absolute"])
+def test_resume_never_writes_an_input_twice_however_its_path_is_written(tmp_path, form):
+    data = tmp_path / "data" / "NORMAL"
+    data.mkdir(parents=True)
+    for f in SAMPLES[:2]:
+        shutil.copy(f, data)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    out = runs / "out.csv"
+    first = {"dotdot": ("../data/NORMAL", runs),  # the defect: written from beside the data
+             "symlink": ("linked/NORMAL", tmp_path),
+             "absolute": (str(data), runs)}[form]
+    if form == "symlink":
+        os.symlink(tmp_path / "data", tmp_path / "linked")
+    assert run("classify", first[0], "-o", out, "-q", cwd=first[1]).returncode == 0
+    before = out.read_text()
+    p = run("classify", "data/NORMAL", "-o", "runs/out.csv", "--resume", "-q", cwd=tmp_path)
+    if form == "dotdot":  # its rows cannot be matched from here: refused, naming both forms
+        assert p.returncode == 2, p.stderr
+        assert "../data/NORMAL/" in p.stderr and str(data) in p.stderr
+        assert out.read_text() == before
+    else:  # the same files: nothing scored again
+        assert p.returncode == 0, p.stderr
+        assert out.read_text() == before
+    assert len(rows(out.read_text())) == 2
+
+
 def test_parquet_output_resumes_and_retries(tmp_path):
     import pyarrow.parquet as pq
     scans = tmp_path / "scans"

@@ -18,30 +18,41 @@ class ResumePlan:
     retried: set = field(default_factory=set)
 
 
+def resolved(path):
+    """What a row and an input are matched on: the file the path names, symbolic links
+    followed, so a folder named through a link and through its target are one input."""
+    return path if is_uri(path) else os.path.realpath(path)
+
+
 def resume_plan(files, existing, retry_failed):
     if existing is None:
         return ResumePlan(files)
-    keys = [input_key(f) for f in files]
-    retried = {k for k in keys if existing.rows.get(k)} if retry_failed else set()
-    done = {k for k in existing.rows if k not in retried}
+    rows = {resolved(k): failed for k, failed in existing.rows.items()}
+    keys = [resolved(input_key(f)) for f in files]
+    retried = {k for k in keys if rows.get(k)} if retry_failed else set()
+    done = {k for k in rows if k not in retried}
     return ResumePlan([f for f, k in zip(files, keys) if k not in done],
                       skipped=sum(k in done for k in keys),
-                      skipped_failed=sum(k in done and existing.rows[k] for k in keys),
+                      skipped_failed=sum(k in done and rows[k] for k in keys),
                       retried=retried)
 
 
 def check_resume_names(existing, files):
     """UsageError where the earlier output names this run's inputs relative to another folder:
     its relative paths resolve from here to other files, and resuming would score every input
-    again and write it twice."""
-    keys = {input_key(f) for f in files}
+    again and write it twice. A stored path is compared without its leading ``..`` parts, so
+    ``../data/x`` written from a sibling folder is recognised as ``data/x`` from their parent."""
+    keys = {resolved(input_key(f)) for f in files}
     tails = {}
     for k in keys:
         tails.setdefault(os.path.basename(k), []).append(k)
     for path in existing.paths:
-        if is_uri(path) or os.path.isabs(path) or input_key(path) in keys:
+        if is_uri(path) or os.path.isabs(path) or resolved(path) in keys:
             continue
-        rel = os.path.normpath(path)
+        parts = os.path.normpath(path).split(os.sep)
+        while parts and parts[0] == os.pardir:
+            parts.pop(0)
+        rel = os.sep.join(parts)
         for k in tails.get(os.path.basename(rel), ()):
             if k.endswith(os.sep + rel):
                 raise UsageError(
