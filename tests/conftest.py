@@ -20,7 +20,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-from helpers import SAMPLE_DIR  # noqa: E402
+from helpers import PRECISIONS, SAMPLE_DIR  # noqa: E402
+
+
+@pytest.fixture(scope="session", params=PRECISIONS)
+def precision(request):
+    """Each variant in turn, for the checks that compare numbers (helpers.PRECISIONS)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")
