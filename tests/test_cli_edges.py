@@ -226,3 +226,49 @@ def test_an_interrupted_runs_page_holds_every_row_written_and_says_it_stopped(tm
                                 page.read_text(), re.S).group(1).replace("<\\/", "</"))
     assert [r["path"] for r in data["rows"]] == [r["path"] for r in written]
     assert data["meta"]["interrupted"].startswith("interrupted after")
+
+
+def test_results_that_reach_no_server_end_with_status_4_and_their_reasons(tmp_path):
+    from helpers import free_port
+    made = chest_dicoms(tmp_path / "dcm", 2, "UNDELIVERED")
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
+    p = run("classify", made[0].parent, "--dicom-out", url, timeout=300)
+    assert p.returncode == 4, p.stderr
+    assert "2 classified" in p.stderr and "2 not written (reasons below)" in p.stderr
+    assert "see --log" not in p.stderr
+    listed = [ln for ln in p.stderr.splitlines() if "DICOM results not written" in ln]
+    assert len(listed) == 2 and all(str(tmp_path) in ln for ln in listed)
+    log = tmp_path / "run.log"
+    p = run("classify", made[0].parent, "--dicom-out", url, "--log", log, timeout=300)
+    assert p.returncode == 4 and f"(reasons in {log})" in p.stderr
+    assert log.read_text().count("DICOM results not written") == 2
+    broken = tmp_path / "broken.jpeg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    p = run("classify", made[0].parent, broken, "--dicom-out", url, timeout=300)
+    assert p.returncode == 5, p.stderr  # a failed input and undelivered results: 1 + 4
+
+
+def test_the_summary_names_the_model_and_the_variant_that_scored():
+    for precision in ("float32", "int8"):
+        p = run("classify", SAMPLES[0], "--precision", precision)
+        assert p.returncode == 0 and f", {precision})" in p.stderr.splitlines()[-1], p.stderr
+        assert "(model " in p.stderr
+
+
+def test_outputs_of_an_input_named_by_its_uid_keep_the_whole_uid(tmp_path):
+    from xray_infer.cli.side_outputs import output_stem
+    uid = "1.2.826.0.1.3680043.8.498.12345"
+    assert output_stem(f"/scans/{uid}") == uid
+    assert output_stem(f"/scans/{uid}.dcm") == uid
+    assert output_stem("/scans/IM-0001.jpeg") == "IM-0001"
+    assert output_stem(f"https://pacs/dicom-web/studies/1.2/series/1.3/instances/{uid}") == uid
+    made = chest_dicoms(tmp_path / "made", 1, "UIDNAME")[0]
+    named = tmp_path / "in" / uid
+    named.parent.mkdir()
+    shutil.copy(made, named)
+    p = run("classify", named.parent, "--dicom-out", tmp_path / "out", "--heatmaps",
+            tmp_path / "maps")
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [f"{uid}.SC.dcm",
+                                                                     f"{uid}.SR.dcm"]
+    assert [f.name for f in (tmp_path / "maps").iterdir()] == [f"{uid}.png"]

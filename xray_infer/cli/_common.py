@@ -11,6 +11,9 @@ from ..errors import UsageError
 from ..inputs import is_uri
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE, EXIT_JOB_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Every input scored, but a result (heatmap, DICOM SR/SC) did not reach its destination;
+#: with failed inputs too, the two add up (1 + 4 = 5). docs/cli.md has the table.
+EXIT_UNDELIVERED = 4
 #: A closed standard output (``| head``): the status of a tool ended by SIGPIPE, as others end.
 EXIT_PIPE_CLOSED = 141
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -13,7 +13,7 @@ from ..scope import parse_ages
 from ..spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
 from . import dicomweb_options
 from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK,
-                      EXIT_PIPE_CLOSED, EXIT_USAGE, check_scope_options, check_writable_file,
+                      EXIT_PIPE_CLOSED, EXIT_UNDELIVERED, EXIT_USAGE, check_scope_options, check_writable_file,
                       check_writable_folder, checked, fail, quiet_opencv, require, setup_logging,
                       whole)
 from .engine import Engine
@@ -178,13 +178,23 @@ def cmd_classify(args):
     progress.close()
     if not args.quiet:
         print(summary_line(tally, plan, inputs=inputs, args=args, overlays=overlays,
-                           dicom_out=dicom_out, warnings=warnings.count), file=sys.stderr)
-    for r in tally.failures[:20]:
-        print(f"  {r.source}: {r.error}", file=sys.stderr)
-    if len(tally.failures) > 20:
-        print(f"  ... and {len(tally.failures) - 20} more (see the error column)",
-              file=sys.stderr)
-    return EXIT_INPUT_FAILED if tally.failures else EXIT_OK
+                           dicom_out=dicom_out, warnings=warnings.count,
+                           variant=f"model {engine.spec.model_version}, "
+                                   f"{engine.variant.precision}"), file=sys.stderr)
+    _list([(r.source, r.error) for r in tally.failures], "see the error column")
+    missing = [p for w in (overlays, dicom_out) if w for p in w.problems]
+    if not args.log:
+        _list(missing, "--log FILE keeps them all")
+    return ((EXIT_INPUT_FAILED if tally.failures else EXIT_OK)
+            + (EXIT_UNDELIVERED if missing else EXIT_OK))
+
+
+def _list(problems, rest, shown=20):
+    """The first ``shown`` of ``(input, reason)`` on stderr, each on its own line."""
+    for source, why in problems[:shown]:
+        print(f"  {source}: {why}", file=sys.stderr)
+    if len(problems) > shown:
+        print(f"  ... and {len(problems) - shown} more ({rest})", file=sys.stderr)
 
 
 def pipe_closed():

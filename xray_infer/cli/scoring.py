@@ -45,10 +45,14 @@ class Tally:
     failures: list = field(default_factory=list)
 
 
-def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, warnings=0):
-    """The run's one-line summary (stderr)."""
+def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, warnings=0,
+                 variant=None):
+    """The run's one-line summary (stderr); ``variant`` names what scored (model version and
+    precision)."""
     msg = (f"xray-infer: {tally.classified} classified, {tally.out_of_scope} out of scope, "
            f"{len(tally.failures)} failed")
+    if variant:
+        msg += f" ({variant})"
     if args.scope == "off":
         msg += " (scope gate off)"
     if plan.skipped:
@@ -69,18 +73,22 @@ def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, wa
     if overlays:
         msg += f"; {overlays.written} heatmap(s) in {args.heatmaps}"
         if overlays.failed:
-            msg += f", {overlays.failed} not written (see --log)"
+            msg += f", {overlays.failed} not written{_see(args)}"
     if dicom_out:
         where = "stored at" if dicom_out.client is not None else "in"
         msg += f"; DICOM SR + SC for {dicom_out.written} input(s) {where} {args.dicom_out}"
         if dicom_out.not_dicom:
             msg += f", none for {dicom_out.not_dicom} non-DICOM input(s)"
         if dicom_out.failed:
-            msg += f", {dicom_out.failed} not written (see --log)"
+            msg += f", {dicom_out.failed} not written{_see(args)}"
     if warnings:
         msg += (f"; {warnings} library warning(s) " +
                 (f"in {args.log}" if args.log else "(--log FILE keeps them)"))
     return msg
+
+
+def _see(args):
+    return f" (reasons in {args.log})" if args.log else " (reasons below)"
 
 
 class CtrlC:

@@ -5,9 +5,34 @@ import logging
 import os
 from pathlib import Path
 
-from ..inputs import input_key
+from ..inputs import IMAGE_EXTENSIONS, input_key, is_uri
 
 log = logging.getLogger("xray_infer.cli")
+
+
+def output_stem(source):
+    """The name outputs take after an input: its file name without an image or DICOM
+    extension; any other dot is kept, so a file or a DICOMweb instance named by its UID keeps
+    the whole UID."""
+    name = source.rstrip("/").rsplit("/", 1)[-1] if is_uri(source) else Path(source).name
+    base, ext = os.path.splitext(name)
+    return base if ext.lower() in IMAGE_EXTENSIONS else name
+
+
+class SideOutput:
+    """What a writer of side outputs counts: ``written``, and ``problems`` as ``(input,
+    reason)`` for the inputs whose output is missing (the summary lists them)."""
+
+    def __init__(self):
+        self.names, self.written, self.problems = Names(), 0, []
+
+    @property
+    def failed(self):
+        return len(self.problems)
+
+    def missed(self, source, what, reason):
+        self.problems.append((source, f"{what} not written: {reason}"))
+        log.warning("%s: %s not written: %s", source, what, reason)
 
 
 class Names:
@@ -19,20 +44,20 @@ class Names:
 
     def __call__(self, source):
         import hashlib
-        name = Path(source).stem
+        name = output_stem(source)
         if name in self.used:  # the key's bytes: a name that is not UTF-8 has no other
             name += "-" + hashlib.sha1(os.fsencode(input_key(source))).hexdigest()[:8]
         self.used.add(name)
         return name
 
 
-class Overlays:
+class Overlays(SideOutput):
     """One overlay PNG per classified input: the scan, its heatmap, label and probabilities."""
 
     def __init__(self, folder):
+        super().__init__()
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.names, self.written, self.failed = Names(), 0, 0
         self.paths = {}  # input -> its overlay, for the results page
 
     def write(self, r, scan, data=None):
@@ -52,17 +77,17 @@ class Overlays:
             self.written += 1
             self.paths[r.source] = path
         except Exception as e:  # the row is written; a missing picture is reported, not fatal
-            self.failed += 1
-            log.warning("%s: heatmap not written: %s", r.source, e)
+            self.missed(r.source, "heatmap", e)
 
 
-class DicomResults:
+class DicomResults(SideOutput):
     """For each classified DICOM input, a Structured Report and a Secondary Capture of its
     heatmap: files ``name.SR.dcm``, ``name.SC.dcm`` in a folder, or stored by STOW-RS at a
     DICOMweb URL (both in one request, tried up to three times; once, without waiting, while
     the server took nothing for the input before); other inputs are counted, not converted."""
 
     def __init__(self, target, clf, remote=None):
+        super().__init__()
         from ..dicomweb import is_dicomweb
         from ..model import model_digest
         self.client = self.folder = None
@@ -73,7 +98,7 @@ class DicomResults:
             self.folder.mkdir(parents=True, exist_ok=True)
         # the variant that scores (int8, float16 or the model itself) is the one named
         self.spec, self.digest = clf.spec, model_digest(clf.variant.path)
-        self.names, self.written, self.not_dicom, self.failed = Names(), 0, 0, 0
+        self.not_dicom = 0
         self.server_down = False  # the DICOMweb server took nothing for the last input
 
     def write(self, r, scan, data=None):
@@ -107,8 +132,7 @@ class DicomResults:
                 sc.save_as(self.folder / f"{name}.SC.dcm", enforce_file_format=True)
             self.written += 1
         except Exception as e:  # the row is written; missing DICOM results are reported
-            self.failed += 1
-            log.warning("%s: DICOM results not written: %s", r.source, e)
+            self.missed(r.source, "DICOM results", e)
 
 
 def write_side_outputs(writers, r, max_value=None, remote=None):
@@ -128,7 +152,7 @@ def write_side_outputs(writers, r, max_value=None, remote=None):
             scan = read_image(r.source, max_value=max_value)
     except InputError as e:  # changed on disk (or on the server) since it was scored
         for w in writers:
-            w.failed += 1
+            w.problems.append((r.source, f"no longer decodes: {e.reason}"))
         log.warning("%s: no heatmap or DICOM results: %s", r.source, e.reason)
         return None
     for w in writers:
