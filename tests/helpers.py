@@ -20,7 +20,7 @@ PRECISIONS = ("float32", "int8")
 #: JPEG, 12 bits instead of 8, a window), per variant. float32 moves by the input's rounding
 #: (0.0002 on the DICOM test); int8 re-quantises the activations, which amplifies that, and its
 #: kernels differ between CPUs with and without int8 dot products (0.026 at most on the DICOM
-#: test, measured both on a CPU with them and on one without).
+#: test, measured on a CPU with AVX-512 VNNI).
 PROBABILITY_TOLERANCE = {"float32": 0.02, "int8": 0.06}
 
 

@@ -221,3 +221,22 @@ def test_a_grey_film_stored_in_colour_is_classified_and_a_colour_image_is_not(cl
     assert grey_png.label == clf.classify([scan])[0].label
     for r in false_colours:
         assert r.status == "out_of_scope" and "a colour image" in r.refusal, r
+
+
+@pytest.mark.parametrize("modality, kw", [
+    ("MR", dict(photometric="PALETTE COLOR")),
+    ("US", dict(NumberOfFrames=2)),
+])
+def test_a_header_out_of_scope_is_judged_before_pixels_the_decoder_refuses(clf, tmp_path,
+                                                                          modality, kw):
+    gray = read_image(SAMPLES[0]).pixels
+    path = write_dicom(tmp_path / f"{modality}.dcm", gray, 8, Modality=modality, **kw)
+    r = clf.classify([str(path)])[0]
+    assert r.status == "out_of_scope" and r.refused_by == "Modality", r
+    # without the gate the same file is the decoding failure it always was
+    off = Classifier(providers=["CPUExecutionProvider"], scope=False).classify([str(path)])[0]
+    assert off.status == "failed" and "refused" not in (off.refused_by or "")
+    # in a folder with a chest film the run's status stays 0: an out-of-scope input is no error
+    chest = write_dicom(tmp_path / "chest.dcm", gray, 8)
+    p = run("classify", path, chest)
+    assert p.returncode == 0 and "1 classified, 1 out of scope, 0 failed" in p.stderr, p.stderr

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import bitdepth
 from .decode import Decoded, decode_bytes, read_image
-from .errors import InputError
+from .errors import DecodeError, InputError
 from .preprocess import check_radiograph, preprocess_into
 
 
@@ -74,7 +74,13 @@ def prepare_input(item, out, spec, source, gate=None, reduced=True, max_value=No
     Never raises for a bad input: one bad scan must not sink a batch.
     """
     try:
-        decoded = decode_input(item, source, spec.input_size if reduced else None, max_value)
+        try:
+            decoded = decode_input(item, source, spec.input_size if reduced else None,
+                                   max_value)
+        except DecodeError as e:  # pixels refused: a header out of scope still says so
+            if gate is not None and e.attributes is not None:
+                gate.check_metadata(e.attributes, source)
+            raise
         if gate is not None:  # the header first: cheapest, and it names what is wrong
             gate.check_metadata(decoded.attributes, source)
         check_radiograph(decoded.pixels, source, decoded.shape)

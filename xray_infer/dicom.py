@@ -47,8 +47,13 @@ def decode_dicom(data, source, max_pixels, bare=False):
     except Exception as e:  # pydicom raises several types for malformed files
         raise DecodeError(source, f"unreadable DICOM: {e}") from None
     try:
-        pixels, colour = _pixels(ds, source, max_pixels)
-        return pixels, 1.0, _attributes(ds), None, colour
+        attributes = _attributes(ds)  # read first: the scope gate judges the header first
+        try:
+            pixels, colour = _pixels(ds, source, max_pixels)
+        except DecodeError as e:
+            e.attributes = attributes
+            raise
+        return pixels, 1.0, attributes, None, colour
     except DecodeError:
         raise
     except Exception as e:

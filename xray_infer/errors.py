@@ -20,7 +20,12 @@ class InputError(XrayInferError):
 
 
 class DecodeError(InputError):
-    """A file is missing, unreadable, empty, truncated, too large or not a supported image."""
+    """A file is missing, unreadable, empty, truncated, too large or not a supported image.
+    ``attributes``: for a DICOM file whose header was read before its pixels were refused, the
+    header values the scope gate reads (its verdict comes first: an MR with palette-colour
+    pixels is out of scope, not a failure)."""
+
+    attributes = None
 
 
 class ImageError(InputError):
