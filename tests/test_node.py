@@ -159,3 +159,74 @@ def test_results_wait_in_the_spool_while_the_destination_is_down(tmp_path):
         assert node.stop() == 0  # SIGTERM: a clean stop
         orthanc.stop()
     assert "stopped" in node.log.read_text()
+
+
+def _readme_line(command):
+    """The README's own ``xray-infer COMMAND`` example, as arguments (comment cut)."""
+    from helpers import ROOT
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith(f"xray-infer {command} "):
+            return line.split("#")[0].split()[1:]
+    raise AssertionError(f"no xray-infer {command} line in the README")
+
+
+def test_the_readmes_node_and_send_lines_work_as_written(tmp_path):
+    import subprocess
+    import sys
+    orthanc = Orthanc(tmp_path / "pacs")  # the README's PACS: an Orthanc, AE title ORTHANC
+    orthanc.start()
+    node_port = free_port()
+    ports = {"11112": str(node_port), "4242": str(orthanc.dicom_port)}  # free ones, here
+
+    def here(args):
+        for fixed, free in ports.items():
+            args = [a.replace(fixed, free) for a in args]
+        return [sys.executable, "-m", "xray_infer", *args]
+    chest_dicoms(tmp_path / "scans", 2, "README-1")
+    log = open(tmp_path / "node.log", "ab")
+    node = subprocess.Popen(here(_readme_line("listen")), cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: node.poll() is not None
+                 or "listening as" in (tmp_path / "node.log").read_text(), what="the node")
+        assert node.poll() is None, (tmp_path / "node.log").read_text()
+        p = subprocess.run(here(_readme_line("send")), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        wait_for(lambda: len(orthanc.find_instances("SR", PatientID="README-1")) == 2,
+                 what="2 SRs at the PACS")
+        wait_for(lambda: len(orthanc.find_instances("OT", PatientID="README-1")) == 2,
+                 what="2 SCs at the PACS")
+        assert "Traceback" not in (tmp_path / "node.log").read_text()
+    finally:
+        node.terminate()
+        node.wait(60)
+        log.close()
+        orthanc.stop()
+
+
+def test_a_destination_that_does_not_resolve_is_refused_at_start_and_later_in_one_line(
+        tmp_path):
+    from helpers import run_cli
+    from xray_infer.node.network import AssociationError, associate
+    from xray_infer.peer import Peer
+    from pynetdicom import AE
+    p = run_cli("listen", "--port", free_port(), "--allow", "SCANNER@127.0.0.1", "--forward",
+                "pacs.invalid:104:PACS", "--spool", tmp_path / "spool")
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and "does not resolve" in p.stderr
+    assert "pacs.invalid" in p.stderr
+    # a name that stops resolving after the start: an AssociationError (one log line), never a
+    # socket.gaierror traceback from the forwarding worker
+    with pytest.raises(AssociationError, match="no association with .*pacs.invalid"):
+        associate(AE(ae_title="XRAYINFER"), Peer.parse("pacs.invalid:104:PACS"))
+
+
+def test_listen_and_send_help_name_every_default():
+    from helpers import run_cli
+    listen = run_cli("listen", "--help").stdout
+    for text in ("(default XRAYINFER)", "xray-infer-spool in the current folder",
+                 "the DICOM port to listen on", "the bundled model"):
+        assert text in " ".join(listen.split()), text
+    send_help = " ".join(run_cli("send", "--help").stdout.split())
+    assert "(default XRAYINFER)" in send_help and "(default ANY-SCP)" in send_help

@@ -45,6 +45,7 @@ def _listen_plan(args):
         Spool(args.spool, limits.min_free_mb * 2 ** 20).check_writable()
     except OSError as e:
         raise UsageError(f"--spool {args.spool}: not usable: {e}") from None
+    _check_resolves(args.forward)
     if isinstance(args.forward, str):  # a DICOMweb base URL: HTTPS, the CA alone may do
         forward = dicomweb_options.access(args.forward_auth, args.forward_tls_ca,
                                           args.forward_tls_cert, args.forward_tls_key,
@@ -55,6 +56,22 @@ def _listen_plan(args):
     else:
         forward = tls_from(args, "forward_", server=False)
     return allow, limits, tls_from(args, "", server=True), forward
+
+
+def _check_resolves(forward):
+    """UsageError where the destination's host name does not resolve: a node that starts
+    anyway would only ever spool (a typo, or the README's placeholder)."""
+    import socket
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies
+    if isinstance(forward, str) and urlsplit(forward).scheme in getproxies():
+        return  # a proxy resolves it
+    host = urlsplit(forward).hostname if isinstance(forward, str) else forward.host
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"--forward: the host {host!r} does not resolve "
+                         f"({getattr(e, 'strerror', None) or e})") from None
 
 
 def cmd_listen(args):
@@ -94,11 +111,13 @@ def add_parser(subparsers):
                                        "forward SR + Secondary Capture results",
                         description="Only callers named with --allow may associate. See "
                                     "docs/node.md, 'Deploying the node'.")
-    li.add_argument("--port", type=port, required=True)
+    li.add_argument("--port", type=port, required=True,
+                    help="the DICOM port to listen on (104 and 11112 are usual)")
     li.add_argument("--host", default=DEFAULT_HOST,
                     help=f"interface to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)")
     li.add_argument("--ae-title", type=ae_title, default=DEFAULT_AE_TITLE,
-                    help="this node's AE title; a caller must call it by this name")
+                    help=f"this node's AE title; a caller must call it by this name (default "
+                         f"{DEFAULT_AE_TITLE})")
     li.add_argument("--allow", action="append", type=caller, metavar="AET@HOST",
                     help="a caller that may associate (repeatable); HOST an address or name")
     li.add_argument("--allow-any", action="store_true",
@@ -108,11 +127,13 @@ def add_parser(subparsers):
                     help="where the results go: a PACS by C-STORE, or a DICOMweb base URL "
                          "(http:// or https://) by STOW-RS")
     li.add_argument("--spool", default="xray-infer-spool",
-                    help="received instances wait here until their results are delivered")
+                    help="received instances wait here until their results are delivered "
+                         "(default: %(default)s in the current folder)")
     li.add_argument("--batch-size", type=whole,
                     help=f"instances classified together (default: {CPU_BATCH_SIZE} on the CPU, "
                          f"{DEFAULT_BATCH_SIZE} on a GPU)")
-    li.add_argument("--model")
+    li.add_argument("--model", metavar="ONNX",
+                    help="an exported model file (default: the bundled model)")
     li.add_argument("--max-associations", type=whole, default=d.max_associations,
                     help=f"associations open at once, all callers (default {d.max_associations})")
     li.add_argument("--max-per-peer", type=whole, default=d.max_per_peer,

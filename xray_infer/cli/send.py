@@ -30,11 +30,14 @@ def cmd_send(args):
 
 def add_parser(subparsers):
     n = subparsers.add_parser("send", help="send DICOM files to a DICOM node or PACS (C-STORE)")
-    n.add_argument("paths", nargs="+", metavar="PATH")
-    n.add_argument("--to", required=True, type=peer, metavar="HOST:PORT[:AET]")
+    n.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files and folders")
+    n.add_argument("--to", required=True, type=peer, metavar="HOST:PORT[:AET]",
+                   help="the receiving node or PACS, and the AE title it answers to (default "
+                        "ANY-SCP)")
     n.add_argument("--ae-title", type=ae_title, default=DEFAULT_AE_TITLE,
-                   help="this sender's AE title")
-    n.add_argument("-r", "--recursive", action="store_true")
-    n.add_argument("-q", "--quiet", action="store_true")
+                   help=f"this sender's AE title, as the receiver's allowlist names it "
+                        f"(default {DEFAULT_AE_TITLE})")
+    n.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    n.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     add_tls_options(n)
     n.set_defaults(fn=cmd_send)

@@ -59,7 +59,11 @@ _REJECT_REASONS = {(1, 3): "calling AE title not recognised", (1, 7): "called AE
 def associate(ae, peer, tls=None):
     """An established association with ``peer`` (a Peer), or AssociationError saying why."""
     kwargs = {"tls_args": (tls, peer.host)} if tls is not None else {}
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+    try:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, **kwargs)
+    except OSError as e:  # a name that stopped resolving, a network that is down: one line
+        raise AssociationError(f"no association with {peer}: "
+                               f"{e.strerror or type(e).__name__}") from None
     if assoc.is_established:
         return assoc
     if assoc.is_rejected:
