@@ -272,3 +272,23 @@ def test_outputs_of_an_input_named_by_its_uid_keep_the_whole_uid(tmp_path):
     assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [f"{uid}.SC.dcm",
                                                                      f"{uid}.SR.dcm"]
     assert [f.name for f in (tmp_path / "maps").iterdir()] == [f"{uid}.png"]
+
+
+def test_an_existing_report_is_refused_as_an_output_is_and_replaced_whole(tmp_path):
+    page = tmp_path / "page.html"
+    assert run("classify", *SAMPLES[:3], "--report", page, "-q").returncode == 0
+    pictures = page.with_name("page_files")
+    assert len(list(pictures.glob("*.jpg"))) == 3
+    before = page.read_text()
+    p = run("classify", SAMPLES[0], "--report", page, "-q")
+    assert p.returncode == 2 and "--report" in p.stderr and "--overwrite" in p.stderr
+    assert page.read_text() == before
+    assert run("classify", SAMPLES[0], "--report", page, "-q", "--overwrite").returncode == 0
+    assert len(list(pictures.glob("*.jpg"))) == 1  # the old page's thumbnails went with it
+
+
+def test_info_into_a_reader_that_stops_early_ends_quietly():
+    for _ in range(5):  # the defect showed 2 runs in 5
+        p = subprocess.run(f"{sys.executable} -m xray_infer info | head -3", shell=True,
+                           capture_output=True, text=True, timeout=120)
+        assert len(p.stdout.splitlines()) == 3 and "Traceback" not in p.stderr, p.stderr

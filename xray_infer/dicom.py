@@ -1,4 +1,4 @@
-"""DICOM radiographs (needs the optional ``pydicom``: ``pip install 'xray-infer[dicom]'``).
+"""DICOM radiographs (needs the optional ``pydicom``: the ``dicom`` extra).
 
 Single-frame images: grayscale, or colour (RGB, YBR) converted to luminance (ITU-R BT.601)
 over the declared bit depth. Grayscale values go through the file's modality transform
@@ -38,8 +38,9 @@ def decode_dicom(data, source, max_pixels, bare=False):
     try:
         import pydicom
     except ImportError:
-        raise DecodeError(source, "DICOM file, but pydicom is not installed: "
-                                  "pip install 'xray-infer[dicom]'") from None
+        raise DecodeError(source, "DICOM file, but pydicom is not installed: install the "
+                                  "dicom extra (pip install -e '.[dicom]' in the source "
+                                  "folder)") from None
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=bare)
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):

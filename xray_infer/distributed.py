@@ -4,7 +4,7 @@ Ray's file readers (``read_binary_files``) read the bytes, locally or from objec
 actors of ``ClassifyBatch``, each holding one ``Classifier``, decode them with the library's own
 decoder (the same checks and errors as for a file read here) and score them; the driver streams
 the rows back in input order and checks that every input came back exactly once. Needs the
-``ray`` extra: ``pip install 'xray-infer[ray]'``.
+``ray`` extra (``pip install -e '.[ray]'`` in the source folder).
 
     >>> from xray_infer.distributed import classify_dataset
     >>> classify_dataset(["s3://bucket/scans/"], output="results.parquet", gpus_per_worker=1)
@@ -29,7 +29,8 @@ try:
     import ray
     import ray.data
 except ImportError as e:  # the core library does not need Ray
-    raise ImportError("the Ray engine needs Ray Data: pip install 'xray-infer[ray]'") from e
+    raise ImportError("the Ray engine needs Ray Data: install the ray extra (pip install -e "
+                      "'.[ray]' in the source folder)") from e
 
 
 #: Logical CPUs a read task asks for. Reading bytes is I/O; with a whole CPU per read task,

@@ -41,6 +41,9 @@ def main(argv=None):
     except UsageError as e:
         print(f"xray-infer: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `xray-infer info | head -3`: the reader had enough
+        from .classify import pipe_closed
+        return pipe_closed()
 
 
 if __name__ == "__main__":

@@ -106,8 +106,16 @@ def require(modules, what, extra):
         for name in modules:
             importlib.import_module(name)
     except ImportError:
-        raise UsageError(f"{what} needs {', '.join(modules)}: pip install "
-                         f"'{extra}'") from None
+        raise UsageError(f"{what} needs {', '.join(modules)}: {install_hint(extra)}") from None
+
+
+def install_hint(extra):
+    """How to add an optional extra (``"xray-infer[dicom]"``): the package is installed from
+    its source folder, not from a package index."""
+    if "[" not in extra:  # a plain package
+        return f"pip install {extra}"
+    name = extra.split("[", 1)[1].rstrip("]")
+    return f"install the {name} extra (pip install -e '.[{name}]' in the source folder)"
 
 
 class WarningCount(logging.Handler):

@@ -74,6 +74,9 @@ def check_arguments(args):
     for option, path in (("--report", args.report), ("--log", args.log)):
         if path is not None:
             check_writable_file(option, path)
+    if args.report and os.path.exists(args.report) and not (args.overwrite or args.resume):
+        raise UsageError(f"--report {args.report} exists; --overwrite replaces it (and its "
+                         f"thumbnails)")
     if args.output and not is_uri(args.output):
         check_writable_file("--output", args.output)
     for option, folder in (("--heatmaps", args.heatmaps), ("--dicom-out", args.dicom_out)):
@@ -227,7 +230,8 @@ def add_parser(subparsers):
     c.add_argument("--retry-failed", action="store_true",
                    help="with --resume: score again the inputs whose row holds an error "
                         "(their old rows are replaced)")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output and --report")
     c.add_argument("--model", help="ONNX model exported by the trainer (default: bundled)")
     c.add_argument("--providers", help="comma-separated ONNX Runtime providers, e.g. "
                                        "CUDAExecutionProvider,CPUExecutionProvider")

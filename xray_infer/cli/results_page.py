@@ -61,6 +61,8 @@ class ResultsPage:
         self.path = Path(path)
         self.files = self.path.with_name(self.path.stem + "_files")
         self.files.mkdir(parents=True, exist_ok=True)
+        for old in self.files.glob("*.jpg"):  # a replaced page's pictures go with it
+            old.unlink()
         self.spec, self.variant, self.overlays = spec, variant, overlays
         self.rows, self.failed_pictures = [], 0
 
