@@ -198,3 +198,18 @@ def test_dicom_results_pass_the_validator(tmp_path):
         p = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=60)
         errors = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("Error")]
         assert not errors, (f.name, errors)
+
+
+def test_overlays_of_large_scans_are_bounded_unless_full_size_is_asked(data, tmp_path):
+    from xray_infer.heatmap import OVERLAY_LONG_SIDE
+    scan = max(sorted((data / "fullres").glob("*/*.jpeg"))[:40],
+               key=lambda p: read_image(p).pixels.shape[1])
+    h, w = read_image(scan).pixels.shape
+    assert max(h, w) > OVERLAY_LONG_SIDE
+    for extra, want in (((), OVERLAY_LONG_SIDE), (("--heatmap-size", "0"), max(h, w))):
+        out = tmp_path / f"maps{len(extra)}"
+        p = run("classify", scan, "--heatmaps", out, "-q", *extra)
+        assert p.returncode == 0, p.stderr
+        png = cv2.imread(str(out / f"{scan.stem}.png"))
+        assert max(png.shape[:2]) == want and abs(png.shape[1] / png.shape[0] - w / h) < 0.01
+    assert run("classify", scan, "--heatmaps", out, "--heatmap-size", "-1").returncode == 2

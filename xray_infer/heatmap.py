@@ -19,9 +19,22 @@ def upsample(class_map, shape):
     return (m - lo) / (hi - lo)
 
 
-def overlay(pixels, maxval, heatmap, caption_lines, alpha=0.4):
+#: Longest side of an overlay PNG by default (``classify --heatmap-size``): enough to read a
+#: film's regions, a few hundred kB a PNG; a full-size overlay of a 2,900 px scan is 1.5 MB.
+OVERLAY_LONG_SIDE = 1024
+
+
+def overlay(pixels, maxval, heatmap, caption_lines, alpha=0.4, long_side=OVERLAY_LONG_SIDE):
     """The scan in grey with the heatmap as a colour overlay and the caption written on it:
-    a BGR uint8 image of the scan's size."""
+    a BGR uint8 image of the scan's size, shrunk to ``long_side`` pixels where it is longer
+    (0 or None: full size)."""
+    h, w = np.shape(pixels)
+    if long_side and max(h, w) > long_side:  # shrink first: drawing and PNG cost follow size
+        f = long_side / max(h, w)
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        pixels = cv2.resize(np.asarray(pixels, np.float32), size, interpolation=cv2.INTER_AREA)
+        heatmap = cv2.resize(np.asarray(heatmap, np.float32), size,
+                             interpolation=cv2.INTER_AREA)
     grey = np.clip(np.asarray(pixels, np.float64) / float(maxval) * 255.0, 0, 255).astype(np.uint8)
     base = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     colour = cv2.applyColorMap((heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)

@@ -74,6 +74,9 @@ def check_arguments(args):
     for option, path in (("--report", args.report), ("--log", args.log)):
         if path is not None:
             check_writable_file(option, path)
+    if args.heatmap_size < 0:
+        raise UsageError(f"--heatmap-size {args.heatmap_size}: a number of pixels, or 0 for "
+                         f"full size")
     if args.report and os.path.exists(args.report) and not (args.overwrite or args.resume):
         raise UsageError(f"--report {args.report} exists; --overwrite replaces it (and its "
                          f"thumbnails)")
@@ -149,7 +152,7 @@ def cmd_classify(args):
         return fail(e, EXIT_USAGE)
     files = plan.files
     progress = Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
-    overlays = Overlays(args.heatmaps) if args.heatmaps else None
+    overlays = Overlays(args.heatmaps, args.heatmap_size) if args.heatmaps else None
     dicom_out = DicomResults(args.dicom_out, engine.clf, args.remote) if args.dicom_out \
         else None
     page, interrupted = Page(args, engine, overlays), None
@@ -210,6 +213,7 @@ def pipe_closed():
 
 
 def add_parser(subparsers):
+    from ..heatmap import OVERLAY_LONG_SIDE
     c = subparsers.add_parser("classify", help="classify image files and folders",
                               description=f"Folders contribute files ending in "
                                           f"{', '.join(IMAGE_EXTENSIONS)} (any case) and other "
@@ -269,6 +273,9 @@ def add_parser(subparsers):
     c.add_argument("--heatmaps", metavar="DIR",
                    help="write one PNG per classified input here: the scan with the predicted "
                         "class's activation map over it, label and probabilities")
+    c.add_argument("--heatmap-size", type=int, metavar="PIXELS", default=OVERLAY_LONG_SIDE,
+                   help="longest side of an overlay PNG; larger scans are shrunk to it, 0 keeps "
+                        "the scan's full size (default %(default)s)")
     c.add_argument("--dicom-out", metavar="DIR|URL", type=dicomweb_options.folder_or_url,
                    help="for every classified DICOM input, a Structured Report (TID 1500) and a "
                         "Secondary Capture of its heatmap: files in this folder, or stored by "

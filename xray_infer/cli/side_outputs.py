@@ -54,8 +54,9 @@ class Names:
 class Overlays(SideOutput):
     """One overlay PNG per classified input: the scan, its heatmap, label and probabilities."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, long_side=None):
         super().__init__()
+        self.long_side = long_side  # None: heatmap.OVERLAY_LONG_SIDE; 0: full size
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.paths = {}  # input -> its overlay, for the results page
@@ -65,11 +66,12 @@ class Overlays(SideOutput):
         drawn from ``scan``)."""
         import cv2
 
-        from ..heatmap import caption, overlay
+        from ..heatmap import OVERLAY_LONG_SIDE, caption, overlay
         try:
             path = self.folder / f"{self.names(r.source)}.png"
+            side = OVERLAY_LONG_SIDE if self.long_side is None else self.long_side
             ok, png = cv2.imencode(".png", overlay(scan.pixels, scan.maxval, r.heatmap,
-                                                   caption(r)))
+                                                   caption(r), long_side=side))
             if not ok:
                 raise OSError("OpenCV could not encode the PNG")
             # Python writes the file, whatever bytes its name holds (OpenCV takes UTF-8 text)
