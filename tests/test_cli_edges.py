@@ -115,7 +115,7 @@ def test_no_inputs_suggests_recursive_and_symlinked_folders_are_reported(tmp_pat
     (top / "patient1").mkdir(parents=True)
     shutil.copy(SAMPLES[0], top / "patient1")
     p = run("classify", top)
-    assert p.returncode == 2 and "1 sub-folder(s) not searched: -r descends" in p.stderr
+    assert p.returncode == 2 and "1 sub-folder not searched: -r descends" in p.stderr
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(SAMPLES[1], elsewhere)
@@ -292,3 +292,20 @@ def test_info_into_a_reader_that_stops_early_ends_quietly():
         p = subprocess.run(f"{sys.executable} -m xray_infer info | head -3", shell=True,
                            capture_output=True, text=True, timeout=120)
         assert len(p.stdout.splitlines()) == 3 and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_run_that_finds_inputs_still_names_the_sub_folders_it_did_not_search(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(SAMPLES[0], tmp_path / name)
+    shutil.copy(SAMPLES[1], tmp_path)
+    p = run("classify", tmp_path)
+    assert p.returncode == 0 and "2 sub-folders not searched (-r descends into them)" in p.stderr
+    p = run("classify", tmp_path, "-r")
+    assert p.returncode == 0 and "not searched" not in p.stderr and "3 classified" in p.stderr
+    p = run("classify", tmp_path / "a" / "missing-folder-name-that-is-empty")
+    assert p.returncode != 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = run("classify", empty)
+    assert p.returncode == 2 and f"{empty} holds no images" in p.stderr and "(s)" not in p.stderr

@@ -133,7 +133,7 @@ class Gate:
             trained = pop.get("training_ages") or self.ages
             raise OutOfScope(source, f"out of scope: patient age {age:.1f} years is outside "
                                      f"{self.ages[0]}-{self.ages[1]} (trained on "
-                                     f"{trained[0]}-{trained[1]} years; ages widens it)",
+                                     f"{trained[0]}-{trained[1]} years; the ages option, --ages, widens the range)",
                              "PatientAge")
 
     def check_image(self, pixels, source, colour=None):

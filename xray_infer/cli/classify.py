@@ -117,9 +117,11 @@ def check_arguments(args):
 
 def no_inputs(args, inputs):
     """The usage error for a run that found nothing to score, with what would find more."""
-    msg = f"no inputs: {', '.join(args.paths)} hold(s) no images or DICOM files"
+    msg = (f"no inputs: {', '.join(map(str, args.paths))} "
+           f"{'holds' if len(args.paths) == 1 else 'hold'} no images or DICOM files")
     if inputs.subfolders:
-        msg += f" ({inputs.subfolders} sub-folder(s) not searched: -r descends into them)"
+        msg += (f" ({inputs.subfolders} sub-folder{'' if inputs.subfolders == 1 else 's'} "
+                f"not searched: -r descends into them)")
     if inputs.skipped:
         msg += f"; {len(inputs.skipped)} file(s) skipped, e.g. {inputs.skipped[0][0]}: " \
                f"{inputs.skipped[0][1]}"
@@ -220,7 +222,7 @@ def add_parser(subparsers):
                                           f"files whose content is an image or DICOM; files "
                                           f"named explicitly are always read. A PATH may be a "
                                           f"URI that pyarrow reads (s3://, gs://, file://; "
-                                          f"needs pyarrow).")
+                                          f"pyarrow reads those).")
     c.add_argument("paths", nargs="+", metavar="PATH")
     c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     c.add_argument("-o", "--output", help="write results here, a path or a URI such as "

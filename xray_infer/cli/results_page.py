@@ -125,7 +125,8 @@ class ResultsPage:
         # JSON inside <script>: "</" and "<!--" escaped so that no input's name ends the script
         text = json.dumps(data, ensure_ascii=True).replace("</", "<\\/").replace("<!--", "<\\!--")
         page = _TEMPLATE.replace("__DATA__", text).replace(
-            "__TITLE__", html.escape(f"xray-infer results: {len(self.rows)} inputs"))
+            "__TITLE__", html.escape(f"xray-infer results: {len(self.rows)} "
+                                      f"input{'' if len(self.rows) == 1 else 's'}"))
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
         tmp.write_text(page, encoding="utf-8")
         os.replace(tmp, self.path)

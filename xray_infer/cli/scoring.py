@@ -63,6 +63,9 @@ def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, wa
         msg += f", {len(plan.retried)} failed earlier and retried"
     if inputs.repeats:
         msg += f", {inputs.repeats} repeated input(s) scored once"
+    if inputs.subfolders:
+        msg += (f"; {inputs.subfolders} sub-folder{'' if inputs.subfolders == 1 else 's'} "
+                f"not searched (-r descends into them)")
     if inputs.skipped:
         reasons = Counter(why.split(":")[0].split(" (")[0] for _, why in inputs.skipped)
         found_in = "DICOMweb instance(s)" if all(is_dicomweb(p) for p, _ in inputs.skipped) \

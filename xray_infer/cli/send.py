@@ -13,7 +13,8 @@ def cmd_send(args):
     # folders by content too: archives often name instances by their UID alone
     files = collect_inputs(args.paths, args.recursive).files
     if not files:
-        raise UsageError(f"no files to send: {', '.join(args.paths)} hold(s) no DICOM files")
+        raise UsageError(f"no files to send: {', '.join(map(str, args.paths))} "
+                         f"{'holds' if len(args.paths) == 1 else 'hold'} no DICOM files")
     tls = tls_from(args, "", server=False)
     from ..node import AssociationError, send
     report = (lambda line: None) if args.quiet else print
