@@ -309,3 +309,10 @@ def test_a_run_that_finds_inputs_still_names_the_sub_folders_it_did_not_search(t
     empty.mkdir()
     p = run("classify", empty)
     assert p.returncode == 2 and f"{empty} holds no images" in p.stderr and "(s)" not in p.stderr
+
+
+def test_info_says_where_the_int8_figures_were_measured():
+    p = run("info", "--precision", "int8")
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stdout.split())
+    assert "int8 figures measured at export" in text and "this CPU: the CPU" in text

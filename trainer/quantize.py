@@ -157,6 +157,9 @@ def export_int8(fp32_path, data):
                         f"{CALIBRATION_SEED}); the first {leading} convolution(s), last feature "
                         f"convolution, head, class maps and scope gate in float32")
     record["leading_float"], record["rejected"] = leading, tried
+    # int8 arithmetic differs between CPUs with and without int8 dot products: say which ran
+    from xray_infer.cpu import int8_dot_product
+    record["measured_on"] = int8_dot_product()[1]
     record["gates"] = (f"validation: agreement and scope agreement >= {MIN_AGREEMENT}, macro-F1 "
                        f"drop <= {MAX_F1_DROP}; test reported only")
     metrics = dict(spec.metrics, val=own["val"], test=own["test"], int8_parity=record)

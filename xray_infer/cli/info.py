@@ -4,6 +4,7 @@ from pathlib import Path
 
 from ..errors import XrayInferError
 from ..spec import PRECISIONS
+from ..cpu import int8_dot_product
 from ._common import EXIT_OK, EXIT_USAGE, fail
 
 
@@ -47,6 +48,7 @@ def cmd_info(args):
               f"{q['test']['agreement']:.4f} test; scope decisions "
               f"{q['val']['scope_agreement']:.4f} val; test accuracy {q['test']['accuracy_int8']:.4f} (float32 "
               f"{q['test']['accuracy_float32']:.4f})")
+        print(f"               {measured_where(q)}")
     d = info["reduced_decoding"]
     print(f"decoding       {d['rule']}")
     for precision, r in (d["parity"] or {}).items():
@@ -82,6 +84,17 @@ def cmd_info(args):
     print(f"kernel         {'OpenMP' if _preprocess.OPENMP else 'serial'} build, "
           f"{Path(_preprocess.__file__).name}")
     return EXIT_OK
+
+
+def measured_where(parity):
+    """Where the int8 figures were measured: int8 arithmetic differs between CPUs with and
+    without int8 dot products, so they hold for that kind of CPU."""
+    here = "; this CPU: " + int8_dot_product()[1]
+    if parity.get("measured_on"):
+        return f"int8 figures measured at export where {parity['measured_on']}{here}"
+    return (f"int8 figures measured at export on a CPU not recorded; they differ by about a point of accuracy "
+            f"between CPUs with and without int8 dot products (python -m benchmarks accuracy "
+            f"measures them here){here}")
 
 
 def add_parser(subparsers):
