@@ -51,3 +51,50 @@ def test_the_links_are_found():
 
 def test_the_readme_is_short():
     assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 250
+
+
+# Figures quoted in the pages: each from its one record
+
+
+def _bench(name):
+    import json
+    return json.loads((ROOT / "docs" / "bench" / name).read_text())
+
+
+def _accuracy_cells(r):
+    """A README accuracy-table row's cells after the variant, from a benchmark row."""
+    lo, hi = r["accuracy_3class_ci"]
+    blo, bhi = r["accuracy_binary_ci"]
+    return (f"| {r['labelled']} | **{r['accuracy_3class']:.3f}** ({lo:.3f}-{hi:.3f}) | "
+            f"{r['accuracy_binary']:.3f} ({blo:.3f}-{bhi:.3f}) | {r['sensitivity']:.3f} | "
+            f"{r['specificity']:.3f} | {r['auc_binary']:.3f} | {r['refused']} |")
+
+
+def quoted_figures():
+    """(page, text it must hold), each text made from the record that holds the figure."""
+    acc, vnni = _bench("accuracy.json")["rows"], _bench("accuracy-vnni.json")["rows"]
+    v2 = _bench("accuracy-2.0.0.json")["rows"]["float32"]
+    f32 = acc["float32"]
+    yield "README.md", _accuracy_cells(f32)
+    yield "README.md", _accuracy_cells(acc["int8"])
+    yield "README.md", _accuracy_cells(vnni["int8"])
+    yield "README.md", _accuracy_cells(acc["float16"])
+    yield "README.md", (f"{f32['normals_called_pneumonia']} of the {f32['normals']} labelled "
+                        f"normal scans are called pneumonia")
+    yield "README.md", f"(float32 {v2['accuracy_3class']:.3f},"
+    yield "CHANGELOG.md", (f"3-class {f32['accuracy_3class']:.3f} against "
+                           f"{v2['accuracy_3class']:.3f}; normal vs pneumonia "
+                           f"{f32['accuracy_binary']:.3f} against {v2['accuracy_binary']:.3f}")
+    from xray_infer.model import load_model
+    spec = load_model(providers=["CPUExecutionProvider"], precision="float32")[1]
+    yield "docs/scope.md", (f"({spec.scope['threshold']:,.1f} for {spec.model_version}, "
+                            f"`xray-infer info`)")
+
+
+def test_the_figures_the_pages_quote_are_those_their_records_hold():
+    missing = []
+    for page, text in quoted_figures():
+        flat = " ".join((ROOT / page).read_text(encoding="utf-8").split())
+        if " ".join(text.split()) not in flat:
+            missing.append(f"{page}: {text}")
+    assert not missing, missing
