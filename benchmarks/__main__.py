@@ -14,6 +14,7 @@
                                       # label and scope agreement under real exports' changes
     python -m benchmarks all --json-dir docs/bench --baseline-model benchmarks/models/v1.0.0.onnx \
         --baseline-model benchmarks/models/v2.0.0.onnx
+    python -m benchmarks heatmaps --json docs/bench/heatmaps.json   # what --heatmaps costs
     python -m benchmarks report      # docs/benchmarks.md from docs/bench/*.json
 """
 import argparse
@@ -35,7 +36,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", choices=[*COMMANDS, "ray", "scope", "robustness", "accuracy",
-                                     "calibration", "all", "report"])
+                                     "calibration", "heatmaps", "all", "report"])
     p.add_argument("--data", default=DATA_ROOT, help="dataset root (holds chest_xray/, fullres/)")
     p.add_argument("--limit", type=int, default=0, help="use only N inputs (smoke runs)")
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
@@ -82,6 +83,10 @@ def main(argv=None):
     if a.which == "calibration":  # likewise
         from .calibration import calibration
         calibration(a)
+        return
+    if a.which == "heatmaps":  # the command line's side outputs
+        from .heatmaps import heatmaps
+        heatmaps(a)
         return
     if a.which == "robustness":  # likewise
         from .robustness import robustness

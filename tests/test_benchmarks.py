@@ -87,3 +87,13 @@ def test_accuracy_and_calibration_on_a_few_scans(tmp_path, data):
     assert accuracy["n"] == 12 and 0 <= accuracy["accuracy_3class"] <= 1
     calibration = json.loads((tmp_path / "calibration.json").read_text())["results"]
     assert calibration["float32"]["test"]["n"] == 12 and (tmp_path / "r.png").stat().st_size
+
+
+def test_the_heatmap_benchmark_times_three_settings_of_one_folder(tmp_path, data):
+    out = tmp_path / "heatmaps.json"
+    main(["heatmaps", "--limit", "2", "--repeat", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["plain", "overlays (default size)", "overlays (full size)"]
+    assert rows["plain"]["bytes_written"] == 0 and rows["plain"]["cost_vs_plain"] == 1.0
+    assert 0 < rows["overlays (default size)"]["bytes_written"] \
+        < rows["overlays (full size)"]["bytes_written"]
