@@ -76,7 +76,8 @@ class Front:
     """A STOW-RS endpoint in this process: the n-th request gets ``script[n]`` ("pass": handed
     to Orthanc, its answer returned; "drop": the connection closed mid-upload; "partial": 202
     with the first object stored and the second failed; a number: that status, with every
-    object in the Failed SOP Sequence; (status, seconds): that status with a Retry-After);
+    object in the Failed SOP Sequence; (status, seconds): that status with a Retry-After;
+    ("outage", status): that status with no body, as a proxy whose backend is down answers);
     past the script, "pass". ``seen`` and ``times`` (monotonic) record each request.
     ``tls``: an SSLContext to serve HTTPS with; ``token``: the bearer token a request must
     carry (401 otherwise)."""
@@ -108,6 +109,11 @@ class Front:
                 uids = part_uids(body, self.headers["Content-Type"])
                 if what == "pass":
                     return front.relay(self, body)
+                if isinstance(what, tuple) and what[0] == "outage":
+                    self.send_response(what[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 status, wait = (what if isinstance(what, tuple) else
                                 (202 if what == "partial" else what, None))
                 answer = {"00081198": seq([ref(u, failure=0xA700) for u in
@@ -203,7 +209,7 @@ def test_node_keeps_each_instance_until_stow_confirms_it(tmp_path):
         assert front.seen == [503, "drop", "partial", "pass"]
         log = node.log.read_text()
         assert "answered HTTP 503 Service Unavailable" in log and "FORGED" not in log
-        assert "did not store the results: the connection failed mid-request" in log
+        assert "dropped the connection mid-request" in log  # the server's state: no charge
         assert "refused the results: failure reason 0xA700" in log
         assert not list((node.spool / "failed").glob("*.dcm"))
 
@@ -265,6 +271,46 @@ def test_a_busy_server_gets_the_time_it_asks_for(tmp_path):
         assert "answered HTTP 503 Service Unavailable; it asked for 5 s" in log
         assert "refused the results" not in log
         assert not list((node.spool / "failed").glob("*.dcm"))
+    finally:
+        node.stop()
+        front.close()
+        orthanc.stop()
+
+
+@needs_orthanc
+def test_a_backend_outage_quarantines_nothing_and_health_says_so(tmp_path):
+    """500 and 502 for every request (a proxy whose backend is down): no instance is charged,
+    so none is quarantined whatever --max-refusals says; /healthz turns 503 once nothing has
+    moved for --stall-timeout, and says how many wait in failed/; delivery resumes by itself."""
+    import urllib.error
+    import urllib.request
+
+    from dicomnet import metric
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
+    outage = [("outage", 500), ("outage", 502), ("outage", 500), ("outage", 500)]
+    front = Front(orthanc, outage)
+    node = NodeProcess(tmp_path / "node", front.url, metrics=True,
+                       extra=("--max-refusals", 2, "--stall-timeout", 1)).start()
+
+    def health():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/healthz",
+                                        timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+    try:
+        [scan] = chest_dicoms(tmp_path / "a", 1, "OUTAGE-1")
+        assert send([scan], node.port, "XRAYINFER").returncode == 0
+        wait_for(lambda: health()[0] == 503, timeout=60, what="/healthz 503 during the outage")
+        assert health()[1]["quarantined"] == 0
+        wait_for(lambda: len(orthanc.find_instances("SR", PatientID="OUTAGE-1")) == 1,
+                 timeout=180, what="delivered once the backend is back")
+        wait_for(lambda: health()[0] == 200, what="/healthz 200 again")
+        assert front.seen == [*outage, "pass"]
+        assert not list((node.spool / "failed").glob("*.dcm"))
+        assert metric(node, "quarantine_depth") == 0 and metric(node, "retried_total") == 0
+        assert "answered HTTP 502 Bad Gateway" in node.log.read_text()
     finally:
         node.stop()
         front.close()

@@ -4,13 +4,20 @@ retrieved by WADO-RS and found by QIDO-RS.
 Credentials come from a file or the ``XRAY_INFER_DICOMWEB_AUTH`` environment variable, never
 from the command line, and are never logged: a URL carrying a user or password is refused.
 A STOW-RS answer is read per instance (``store``): stored, refused (the server will not take
-it: a 4xx, or the instance in the Failed SOP Sequence) or to be retried (a 5xx, a timeout, a
-connection dropped mid-upload, or an instance the answer does not confirm).
+it: a 4xx, or the instance in the Failed SOP Sequence) or to be retried (an instance the
+answer does not confirm). What says nothing about one instance (a 5xx without a Failed SOP
+Sequence, a timeout, a connection dropped mid-upload, a garbled answer) is the server's state:
+``Unavailable``, charged to no instance.
+
+Every answer is bounded: in bytes, in multipart parts (counted before anything parses them), in
+time from its first byte, and a listing in pages; redirects are followed only for GET within
+the same origin.
 """
 import base64
 import io
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -32,8 +39,20 @@ MAX_ANSWER_BYTES = (512 << 20) + (1 << 20)
 #: The longest a server's Retry-After is honoured, in seconds: a server cannot park the node for
 #: longer than this at a time.
 MAX_RETRY_AFTER = 600.0
-#: QIDO-RS page size: studies are listed a page at a time.
+#: A DICOM JSON answer (a QIDO-RS listing, a STOW-RS answer) larger than this is refused: JSON
+#: takes several times its size in memory once parsed.
+MAX_JSON_BYTES = 32 << 20
+#: Parts in one multipart answer (an instance retrieved is one): counted as they arrive.
+MAX_PARTS = 16
+#: Seconds from the first byte of an answer to its last: a server that trickles is cut.
+ANSWER_DEADLINE = 300.0
+#: QIDO-RS page size: studies and instances are listed a page at a time.
 PAGE = 100
+#: Pages of one listing; a server that pages without end (the same page whatever the offset)
+#: is caught sooner, by a page that adds nothing new.
+MAX_PAGES = 1000
+#: Instances one input URL or query may list.
+MAX_INSTANCES = 100_000
 _IMAGE_CLASS_SUFFIXES = ("Image Storage", "Image Storage - For Presentation",
                          "Image Storage - For Processing")
 
@@ -103,6 +122,18 @@ class Access:
         ca = self.ca
 
         class Session(requests.Session):
+            def get_redirect_target(self, response):
+                # Only a GET, only within the origin: a STOW-RS POST redirected would send
+                # patient data wherever the answer points, perhaps from HTTPS to HTTP.
+                target = super().get_redirect_target(response)
+                if target is None:
+                    return None
+                from urllib.parse import urljoin
+                if response.request.method != "GET" or \
+                        _origin(urljoin(response.url, target)) != _origin(response.url):
+                    raise Redirected(response.status_code)
+                return target
+
             def merge_environment_settings(self, *args):
                 # A CA named here wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE, which requests
                 # otherwise prefers to a session's own; proxies still come from the environment.
@@ -112,7 +143,7 @@ class Access:
                 return settings
 
         session = Session()
-        session.hooks["response"].append(_bounded)
+        session.hooks["response"].extend([_bounded, _plain_media_type])
         session.verify = ca or True
         if self.cert:
             session.cert = (self.cert, self.key)
@@ -128,29 +159,110 @@ class Access:
 
 
 class TooLarge(Exception):
-    """An HTTP answer declared or sent more than MAX_ANSWER_BYTES."""
+    """An HTTP answer past a bound: its bytes, its parts or its time."""
+
+
+class Redirected(Exception):
+    """An answer redirected a request that is not followed (not a GET, or another origin)."""
+
+    def __init__(self, status):
+        super().__init__(f"answered HTTP {status} {_phrase(status)}, a redirect not followed")
+        self.status = status
+
+
+def _origin(url):
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
+
+def _media_type(response):
+    return response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+
+def _plain_media_type(response, *args, **kwargs):
+    """A response hook: the media type without its parameters (``application/dicom+json;
+    charset=utf-8``), which dicomweb-client compares whole (it ignored such an answer)."""
+    kind = _media_type(response)
+    if kind.endswith("json") or kind.endswith("xml"):
+        response.headers["Content-Type"] = kind
+    return response
 
 
 def _bounded(response, *args, **kwargs):
-    """A response hook (it runs before the body is read): an answer larger than
-    MAX_ANSWER_BYTES is refused by its declared length, or cut where it passes the bound, so
-    a server cannot choose how much memory a request takes."""
+    """A response hook (it runs before the body is read), so that a server cannot choose how
+    much memory or time a request takes: an answer larger than its bound (MAX_JSON_BYTES for
+    JSON, else MAX_ANSWER_BYTES) is refused by its declared length, or cut where it passes it;
+    one with more than MAX_PARTS multipart parts is cut at the next; one still arriving
+    ANSWER_DEADLINE seconds after its body began is cut."""
+    limit = MAX_JSON_BYTES if _media_type(response).endswith("json") else MAX_ANSWER_BYTES
     declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+    if declared.isdigit() and int(declared) > limit:
         response.close()
         raise TooLarge(f"an answer of {int(declared) >> 20} MiB")
-    stream = response.raw.stream
+    boundary, stream = _boundary(response), response.raw.stream
+    late = f"an answer still arriving after {ANSWER_DEADLINE:g} s"
 
     def counted(*a, **k):
-        total = 0
-        for chunk in stream(*a, **k):
-            total += len(chunk)
-            if total > MAX_ANSWER_BYTES:
-                response.close()
-                raise TooLarge(f"an answer past {MAX_ANSWER_BYTES >> 20} MiB")
-            yield chunk
+        total, parts, tail = 0, 0, b""
+        # A read blocks until its whole chunk arrives: only a timer cuts a trickle inside one.
+        fired = threading.Event()  # set before the cut, so no read can end unnoticed
+        timer = threading.Timer(ANSWER_DEADLINE, _cut, (response, fired))
+        timer.daemon = True
+        timer.start()
+        try:
+            for chunk in stream(*a, **k):
+                if fired.is_set():
+                    raise TooLarge(late)
+                total += len(chunk)
+                why = f"an answer past {limit >> 20} MiB" if total > limit else None
+                if boundary:
+                    seen = tail + chunk
+                    parts += seen.count(boundary)
+                    tail = seen[-len(boundary) + 1:]
+                    if parts > MAX_PARTS + 1:  # the closing delimiter counts once more
+                        why = f"an answer of more than {MAX_PARTS} parts"
+                if why:
+                    response.close()
+                    raise TooLarge(why)
+                yield chunk
+            if fired.is_set():  # cut by the timer: what came is not the answer
+                raise TooLarge(late)
+        except TooLarge:
+            raise
+        except Exception:
+            if fired.is_set():  # the read failed because the timer cut it
+                raise TooLarge(late) from None
+            raise
+        finally:
+            timer.cancel()
     response.raw.stream = counted
     return response
+
+
+def _cut(response, fired):
+    """End a response's connection from another thread: a blocked read returns at once."""
+    import socket
+    fired.set()
+    # urllib3 hands the socket to http.client's response: its buffered reader's raw SocketIO
+    fp = getattr(getattr(response.raw, "_fp", None), "fp", None)
+    sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _boundary(response):
+    """The delimiter of a multipart answer's parts (``\r\n--BOUNDARY``), or None."""
+    header = response.headers.get("Content-Type", "")
+    if not header.lower().startswith("multipart/"):
+        return None
+    for param in header.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "boundary" and value.strip('"'):
+            return b"--" + value.strip('"').encode("latin-1")
+    return None
 
 
 class Outcome(Enum):
@@ -238,7 +350,10 @@ def _never_connected(e):
 
 def store(client, datasets):
     """STOW-RS ``datasets`` in one request. Returns {SOP Instance UID: (Outcome, reason)}, an
-    entry for each; raises Unavailable when the server takes nothing now."""
+    entry for each; raises Unavailable when the server takes nothing now, or answers nothing
+    about these instances (a 5xx without a Failed SOP Sequence naming them, a timeout, a
+    connection dropped mid-request, a garbled or oversized answer, a redirect): an outage is
+    no instance's fault."""
     import requests
     uids = [str(ds.SOPInstanceUID) for ds in datasets]
     default = None
@@ -246,24 +361,28 @@ def store(client, datasets):
         answer = client.store_instances(datasets)
     except requests.HTTPError as e:
         code = e.response.status_code
+        # the standard phrase, never the server's own text: it would land in the log
+        said = f"answered HTTP {code} {_phrase(code)}".rstrip()
         if code in SERVER_BUSY or code in NOT_ALLOWED:
-            # the standard phrase, never the server's own text: it would land in the log
             asked = retry_after(e.response.headers.get("Retry-After")) \
                 if code in SERVER_BUSY else None
-            raise Unavailable(f"answered HTTP {code} {_phrase(code)}".rstrip(),
-                              retry_after=asked) from None
+            raise Unavailable(said, retry_after=asked) from None
+        answer = _answer(e.response)
+        if code >= 500 and not set(_uids(answer, "FailedSOPSequence")) & set(uids):
+            raise Unavailable(said) from None  # the server's trouble, not these instances'
         kind = Outcome.RETRY if code >= 500 else Outcome.REFUSED
-        answer, default = _answer(e.response), (kind, f"HTTP {code}")
+        default = (kind, f"HTTP {code}")
     except requests.ConnectionError as e:
-        if _never_connected(e):
-            raise Unavailable(f"cannot be reached ({type(e).__name__})",
-                              unreachable=not isinstance(e, requests.exceptions.SSLError)) \
-                from None
-        return {u: (Outcome.RETRY, "the connection failed mid-request") for u in uids}
+        raise Unavailable(f"cannot be reached ({type(e).__name__})" if _never_connected(e)
+                          else "dropped the connection mid-request",
+                          unreachable=_never_connected(e)
+                          and not isinstance(e, requests.exceptions.SSLError)) from None
     except requests.Timeout:
-        return {u: (Outcome.RETRY, "no answer in time") for u in uids}
-    except (requests.RequestException, TooLarge) as e:  # a garbled or oversized answer
-        return {u: (Outcome.RETRY, f"no usable answer ({type(e).__name__})") for u in uids}
+        raise Unavailable("sent no answer in time") from None
+    except Redirected as e:
+        raise Unavailable(str(e)) from None
+    except (requests.RequestException, TooLarge, ValueError) as e:  # garbled or oversized
+        raise Unavailable(f"sent no usable answer ({type(e).__name__})") from None
     stored, failed = _uids(answer, "ReferencedSOPSequence"), _uids(answer, "FailedSOPSequence")
     out = {}
     for uid in uids:
@@ -361,13 +480,20 @@ def list_instances(client, address, query=None, skipped=None):
         studies = iter([address.study])
     else:
         studies = _matching_studies(client, query or {})
+    listed = 0
     for study in studies:
-        found = client.search_for_instances(
-            study_instance_uid=study, series_instance_uid=address.series,
-            fields=["SOPClassUID", "SeriesInstanceUID", "SeriesDescription"], get_remaining=True)
-        rows = sorted((_value(i, "0020000E") or "", _value(i, "00080018") or "",
-                       _value(i, "00080016") or "", _value(i, "0008103E") or "") for i in found)
-        for series, instance, sop_class, description in rows:
+        found = _paged(lambda limit, offset: client.search_for_instances(
+            study_instance_uid=study, series_instance_uid=address.series, limit=limit,
+            offset=offset, fields=["SOPClassUID", "SeriesInstanceUID", "SeriesDescription"]),
+            lambda i: _value(i, "00080018"))
+        rows = []
+        for i in found:
+            listed += 1
+            if listed > MAX_INSTANCES:
+                raise TooLarge(f"a listing of more than {MAX_INSTANCES:,} instances")
+            rows.append((_value(i, "0020000E") or "", _value(i, "00080018") or "",
+                         _value(i, "00080016") or "", _value(i, "0008103E") or ""))
+        for series, instance, sop_class, description in sorted(rows):
             if address.instance and instance != address.instance:
                 continue
             url = Address(address.base, study, series, instance).url()
@@ -383,15 +509,30 @@ def list_instances(client, address, query=None, skipped=None):
 
 
 def _matching_studies(client, query):
-    offset = 0
-    while True:
-        page = client.search_for_studies(search_filters=dict(query), limit=PAGE, offset=offset,
-                                         fields=["StudyInstanceUID"])
-        for study in page:
-            yield _value(study, "0020000D")
+    found = _paged(lambda limit, offset: client.search_for_studies(
+        search_filters=dict(query), limit=limit, offset=offset, fields=["StudyInstanceUID"]),
+        lambda s: _value(s, "0020000D"))
+    for study in found:
+        yield _value(study, "0020000D")
+
+
+def _paged(search, key):
+    """The rows of a QIDO-RS search, a page at a time (``search(limit, offset)``), until a
+    short page. TooLarge after MAX_PAGES pages, or as soon as a page brings no row not seen
+    before (a server that ignores the offset, or a redirect that drops the query, would
+    otherwise page for ever)."""
+    seen, offset = set(), 0
+    for _ in range(MAX_PAGES):
+        page = search(PAGE, offset)
+        new = [row for row in page if key(row) not in seen]
+        if page and not new:
+            raise TooLarge("a listing whose pages repeat (the server ignores the offset)")
+        seen.update(key(row) for row in new)
+        yield from new
         if len(page) < PAGE:
             return
         offset += len(page)
+    raise TooLarge(f"a listing of more than {MAX_PAGES} pages")
 
 
 def retrieve(client, url):
@@ -404,7 +545,7 @@ def retrieve(client, url):
         raise InputError(url, f"not retrieved: HTTP {e.response.status_code}") from None
     except TooLarge as e:
         raise InputError(url, f"not retrieved: {e}") from None
-    except (requests.RequestException, OSError, ValueError) as e:
+    except Exception as e:  # unreachable, or an answer that is no DICOM (pydicom's errors)
         raise InputError(url, f"not retrieved: {type(e).__name__}") from None
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

@@ -21,7 +21,7 @@ log = logging.getLogger("xray_infer.node")
 
 
 class NodeMetrics:
-    def __init__(self, spool_depth):
+    def __init__(self, spool_depth, quarantined=lambda: 0):
         r = self.registry = CollectorRegistry()
         p = "xray_infer_node_"
         self.received = Counter(p + "received", "Instances acknowledged (spooled)", registry=r)
@@ -51,6 +51,9 @@ class NodeMetrics:
                               "holds a slot of the in-flight budget)", registry=r)
         depth = Gauge(p + "spool_depth", "Instances waiting in the spool", registry=r)
         depth.set_function(spool_depth)
+        held = Gauge(p + "quarantine_depth", "Instances in the spool's failed/ now, waiting for "
+                     "someone to look at them", registry=r)
+        held.set_function(quarantined)
         for refusal in Refusal:
             self.refused.labels(refusal.label)
 

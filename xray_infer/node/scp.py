@@ -39,7 +39,7 @@ class Node:
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self.allow = allow.resolved()
         self.spool = Spool(spool, limits.min_free_mb * 2 ** 20)
-        self.metrics = NodeMetrics(lambda: len(self.spool.pending()))
+        self.metrics = NodeMetrics(lambda: len(self.spool.pending()), self.spool.quarantined)
         self.refusals = RefusalLog(self.metrics, limits.refusal_log_interval)
         self.progress = Progress()
         self.classifier = ScoringOptions(model=model, batch_size=batch_size, scope=scope,
@@ -67,12 +67,13 @@ class Node:
             writable = False
         try:
             free = shutil.disk_usage(self.spool.incoming).free
-            pending = len(self.spool.pending())
+            pending, quarantined = len(self.spool.pending()), self.spool.quarantined()
         except OSError:
-            free, pending = 0, None
+            free, pending, quarantined = 0, None, None
         stalled = self.progress.stalled_for()
         state = {"spool_writable": writable, "spool_free_mb": free // 2 ** 20,
                  "spool_reserve_mb": self.limits.min_free_mb, "pending": pending,
+                 "quarantined": quarantined,
                  "forwarder_running": self.forwarder.alive(),
                  "seconds_since_progress": round(stalled),
                  "destination_last_seen": None if self.forwarder.destination_last_seen is None

@@ -120,6 +120,10 @@ class Spool:
         _fsync_dir(self.incoming)
         return path
 
+    def quarantined(self):
+        """How many instances wait in ``failed/`` for someone to look at them."""
+        return sum(1 for _ in self.failed.glob("*.dcm"))
+
     def pending(self):
         """Spooled instances, oldest first."""
         entries = []

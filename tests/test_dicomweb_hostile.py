@@ -1,0 +1,190 @@
+"""DICOMweb against a hostile or failing server (loopback, bounded in count and time): an outage
+charges no instance, answers are read whatever their media-type parameters, redirects do not
+carry results away, and no answer can take unbounded memory or time."""
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+pytest.importorskip("dicomweb_client")
+
+from helpers import free_port, run_cli  # noqa: E402
+from test_dicom import chest_dicoms  # noqa: E402
+
+from xray_infer import dicomweb  # noqa: E402
+from xray_infer.dicomweb import Access, Outcome, TooLarge, Unavailable  # noqa: E402
+from xray_infer.errors import InputError  # noqa: E402
+
+JSON = "application/dicom+json"
+
+
+class Server:
+    """A loopback HTTP server whose every answer ``answer(method, path, query)`` chooses:
+    ``(status, headers, body)``, the body bytes or an iterable of chunks (sent as they come).
+    ``requests`` lists (method, path) of what arrived."""
+
+    def __init__(self, answer):
+        self.requests = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                parts = urlsplit(self.path)
+                outer.requests.append((self.command, parts.path))
+                status, headers, body = answer(self.command, parts.path, parse_qs(parts.query))
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if isinstance(body, bytes):
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.end_headers()
+                try:
+                    for chunk in body:
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                except OSError:  # the client cut the answer: what the test wants
+                    pass
+
+            do_GET = do_POST = _any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def serve():
+    made = []
+
+    def start(answer):
+        made.append(Server(answer))
+        return made[-1]
+    yield start
+    for s in made:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Two data sets to store (what the node sends: an SR and an SC stand in as any two)."""
+    paths = chest_dicoms(tmp_path_factory.mktemp("stow"), 2, "HOSTILE")
+    return [pydicom.dcmread(p) for p in paths]
+
+
+def referenced(datasets, key="ReferencedSOPSequence"):
+    return json.dumps({"00081199" if key == "ReferencedSOPSequence" else "00081198": {
+        "vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [str(ds.SOPInstanceUID)]},
+                               "00081150": {"vr": "UI", "Value": [str(ds.SOPClassUID)]}}
+                              for ds in datasets]}}).encode()
+
+
+# Outages are no instance's fault
+
+
+@pytest.mark.parametrize("status", [500, 502])
+def test_a_server_wide_error_charges_no_instance(serve, results, status):
+    server = serve(lambda *_: (status, {}, b"backend down"))
+    with pytest.raises(Unavailable, match=f"answered HTTP {status}"):
+        dicomweb.store(Access().client(server.base), results)
+
+
+def test_a_5xx_naming_an_instance_in_its_failed_sequence_is_about_that_instance(serve,
+                                                                               results):
+    server = serve(lambda *_: (500, {"Content-Type": JSON},
+                               referenced(results[:1], "FailedSOPSequence")))
+    out = dicomweb.store(Access().client(server.base), results)
+    assert out[str(results[0].SOPInstanceUID)][0] is Outcome.RETRY
+
+
+def test_an_answer_with_media_type_parameters_is_read(serve, results):
+    server = serve(lambda *_: (200, {"Content-Type": f"{JSON}; charset=utf-8"},
+                               referenced(results)))
+    out = dicomweb.store(Access().client(server.base), results)
+    assert all(kind is Outcome.STORED for kind, _ in out.values()), out
+
+
+# Redirects
+
+
+def test_a_stow_redirect_carries_no_result_away(serve, results):
+    elsewhere = serve(lambda *_: (200, {"Content-Type": JSON}, referenced(results)))
+    server = serve(lambda *_: (307, {"Location": f"{elsewhere.base}/studies"}, b""))
+    with pytest.raises(Unavailable, match="307 Temporary Redirect, a redirect not followed"):
+        dicomweb.store(Access().client(server.base), results)
+    assert elsewhere.requests == []
+
+
+# Bounds on what a server sends
+
+
+def test_a_listing_whose_pages_never_end_is_refused_with_a_usage_error(serve):
+    def same_page(method, path, query):  # the same full page whatever the offset
+        page = [{"0020000D": {"vr": "UI", "Value": [f"1.2.3.{i}"]}}
+                for i in range(dicomweb.PAGE)]
+        return 200, {"Content-Type": JSON}, json.dumps(page).encode()
+    server = serve(same_page)
+    p = run_cli("classify", server.base, "--query", "PatientID=X", timeout=120)
+    assert p.returncode == 2, p.stderr
+    assert "cannot list: a listing whose pages repeat" in p.stderr and "Traceback" not in p.stderr
+    assert len(server.requests) <= 4  # a repeated page gives it away at once
+
+
+def test_an_answer_of_many_parts_is_cut_before_they_are_parsed(serve):
+    part = b"--b\r\nContent-Type: application/dicom\r\n\r\nx\r\n"
+    parts = (part for _ in range(100_000))
+    server = serve(lambda *_: (200, {"Content-Type": 'multipart/related; type="application/'
+                                                     'dicom"; boundary=b'}, parts))
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match=f"more than {dicomweb.MAX_PARTS} parts"):
+        dicomweb.retrieve(Access().client(server.base), f"{server.base}/studies/1/series/2/"
+                                                        f"instances/3")
+    assert time.monotonic() - t0 < 30
+
+
+def test_an_answer_that_trickles_is_cut_at_its_deadline(serve, monkeypatch):
+    monkeypatch.setattr(dicomweb, "ANSWER_DEADLINE", 1.0)
+
+    def trickle():
+        yield b"--b\r\nContent-Type: application/dicom\r\n\r\n"
+        for _ in range(60):  # a byte every 0.1 s: never idle long enough for a read timeout
+            time.sleep(0.1)
+            yield b"x"
+    server = serve(lambda *_: (200, {"Content-Type": "multipart/related; boundary=b"},
+                               trickle()))
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="still arriving after 1 s"):
+        dicomweb.retrieve(Access().client(server.base), f"{server.base}/studies/1/series/2/"
+                                                        f"instances/3")
+    assert time.monotonic() - t0 < 4
+
+
+def test_a_listing_past_its_bounds_is_too_large(serve, monkeypatch):
+    monkeypatch.setattr(dicomweb, "MAX_INSTANCES", 150)
+
+    def instances(method, path, query):
+        offset = int(query.get("offset", ["0"])[0])
+        page = [{"00080018": {"vr": "UI", "Value": [f"1.2.{offset + i}"]}}
+                for i in range(dicomweb.PAGE)]
+        return 200, {"Content-Type": JSON}, json.dumps(page).encode()
+    server = serve(instances)
+    address = dicomweb.Address.parse(f"{server.base}/studies/1.2")
+    with pytest.raises(TooLarge, match="more than 150 instances"):
+        list(dicomweb.list_instances(Access().client(server.base), address))
