@@ -136,7 +136,7 @@ def test_dicom_without_pixels_and_garbage(tmp_path):
 def test_missing_pydicom_gives_install_hint(tmp_path, monkeypatch):
     p = write_dicom(tmp_path / "a.dcm", np.zeros((4, 4), np.uint8), 8)
     monkeypatch.setitem(sys.modules, "pydicom", None)
-    with pytest.raises(DecodeError, match=r"pip install 'xray-infer\[dicom\]'"):
+    with pytest.raises(DecodeError, match=r"install the dicom extra \(pip install -e '\.\[dicom\]'"):
         read_image(p)
 
 

@@ -19,9 +19,13 @@ class ResumePlan:
 
 
 def resolved(path):
-    """What a row and an input are matched on: the file the path names, symbolic links
-    followed, so a folder named through a link and through its target are one input."""
-    return path if is_uri(path) else os.path.realpath(path)
+    """What a row and an input are matched on: the path with the links in its folders
+    followed, so a folder named through a link and through its target hold the same inputs;
+    the file's own name is kept, so two links to one scan stay two inputs (``input_key``)."""
+    if is_uri(path):
+        return path
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(folder), name)
 
 
 def resume_plan(files, existing, retry_failed):
