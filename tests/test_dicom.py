@@ -316,3 +316,54 @@ def test_compressed_pixel_data_must_declare_the_image_its_header_does():
     assert "expands beyond 64x64" in codestream.problem(rle, header + run * 4000, 64, 64, 1, 8)
     assert "2 RLE segments" in codestream.problem(
         rle, struct.pack("<16L", 2, 64, 66, *[0] * 13) + run * 2, 64, 64, 1, 8)
+
+
+def _siz(width, height, depths):
+    """A JPEG 2000 codestream's start: SOC, then a SIZ segment with one Ssiz per component."""
+    import struct
+    body = struct.pack(">HIIIIIIII", 0, width, height, 0, 0, width, height, 0, 0)
+    body += struct.pack(">H", len(depths)) + b"".join(bytes([d - 1, 1, 1]) for d in depths)
+    return b"\xff\x4f\xff\x51" + struct.pack(">H", len(body) + 2) + body
+
+
+def test_a_codestream_must_declare_the_components_and_precision_its_header_does():
+    """A decoder sizes its output by components and bytes a sample too: a 6 kB JPEG 2000
+    instance declaring 2,048 components took a node past 12 GB."""
+    import struct
+
+    from xray_infer import codestream
+    j2k, jpeg_ls = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80"
+    assert codestream.problem(j2k, _siz(64, 64, [12]), 64, 64, 1, 16) is None
+    assert "declares 2048 components where Samples per Pixel says 1" in \
+        codestream.problem(j2k, _siz(64, 64, [8] * 2048), 64, 64, 1, 8)
+    assert "declares 16-bit samples where Bits Allocated says 8" in \
+        codestream.problem(j2k, _siz(64, 64, [16]), 64, 64, 1, 8)
+    sof55 = b"\xff\xd8\xff\xf7\x00\x0b\x08" + struct.pack(">HH", 64, 64) + bytes([255]) + \
+        b"\x01\x11\x00" * 255
+    assert "declares 255 components" in codestream.problem(jpeg_ls, sof55, 64, 64, 1, 8)
+    sof3 = b"\xff\xd8\xff\xc3\x00\x0b\x10" + struct.pack(">HH", 64, 64) + b"\x01\x01\x11\x00"
+    assert "declares 16-bit samples where Bits Allocated says 8" in \
+        codestream.problem("1.2.840.10008.1.2.4.70", sof3, 64, 64, 1, 8)
+
+
+def test_a_dicom_whose_codestream_declares_2048_components_is_refused_before_decoding(
+        tmp_path):
+    from pydicom.encaps import encapsulate
+    path = write_dicom(tmp_path / "bomb.dcm", np.zeros((64, 64), np.uint8), 8,
+                       syntax=JPEG2000Lossless)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = encapsulate([_siz(64, 64, [8] * 2048) + b"\x00" * 64])
+    ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(DecodeError, match="refused before decoding: the JPEG 2000 codestream "
+                                          "declares 2048 components"):
+        read_image(str(path))
+
+
+def test_a_jpeg_file_declaring_components_no_radiograph_has_is_refused(tmp_path):
+    import struct
+    sof0 = b"\xff\xd8\xff\xc0\x00\x17\x08" + struct.pack(">HH", 64, 64) + bytes([5]) + \
+        b"\x01\x11\x00" * 5 + b"\xff\xd9"
+    bomb = tmp_path / "five.jpeg"
+    bomb.write_bytes(sof0)
+    with pytest.raises(DecodeError, match="declares 5 components"):
+        read_image(str(bomb))

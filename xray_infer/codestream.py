@@ -3,8 +3,10 @@
 A DICOM's Rows and Columns are checked against the limits, but a decoder sizes its output by
 the codestream's own header: a 5 kB JPEG-LS instance whose frame header says 16384 x 16384
 under Rows x Columns of 512 x 512 made the decoder allocate gigabytes. Here the codestream's
-declaration (JPEG and JPEG-LS SOF, JPEG 2000 SIZ or a JP2 header box, the RLE segment table and
-what its segments expand to) must agree with the data set before its pixels are decoded.
+declaration (JPEG and JPEG-LS SOF, JPEG 2000 SIZ or a JP2 header box: size, components and
+precision; the RLE segment table and what its segments expand to) must agree with the data set
+before its pixels are decoded: a 6 kB JPEG 2000 instance declaring 2,048 components took a
+node past 12 GB.
 """
 import struct
 
@@ -43,15 +45,22 @@ def jpeg_frame(data):
     return None
 
 
-def _j2k_size(data):
-    """(width, height) from a JPEG 2000 codestream's SIZ segment, or a JP2 file's header box."""
-    if data[:4] == b"\xff\x4f\xff\x51" and len(data) >= 24:
+def j2k_header(data):
+    """(width, height, components, largest bit depth) from a JPEG 2000 codestream's SIZ
+    segment, or a JP2 file's image header box; None where neither is whole."""
+    if data[:4] == b"\xff\x4f\xff\x51" and len(data) >= 42:
         xsiz, ysiz, xo, yo = struct.unpack(">IIII", data[8:24])
-        return xsiz - xo, ysiz - yo
+        components = struct.unpack(">H", data[40:42])[0]
+        depths = data[42:42 + 3 * components:3]  # Ssiz of each component: depth - 1, signed
+        if len(depths) < components:
+            return None
+        return xsiz - xo, ysiz - yo, components, max(((d & 0x7F) + 1 for d in depths),
+                                                    default=0)
     box = data.find(b"ihdr")
-    if data[4:8] == b"jP  " and box >= 0 and len(data) >= box + 12:
-        height, width = struct.unpack(">II", data[box + 4:box + 12])
-        return width, height
+    if data[4:8] == b"jP  " and box >= 0 and len(data) >= box + 15:
+        height, width, components = struct.unpack(">IIH", data[box + 4:box + 14])
+        depth = data[box + 14]
+        return width, height, components, (depth & 0x7F) + 1 if depth != 255 else 38
     return None
 
 
@@ -90,22 +99,30 @@ def _rle_problem(data, rows, cols, segments_expected):
 
 def problem(transfer_syntax, frame, rows, cols, samples=1, bits_allocated=16):
     """Why ``frame`` (the first frame's encapsulated bytes) cannot be decoded safely as a
-    ``cols`` x ``rows`` image, or None. A codestream that declares no size is a problem too:
-    its decoder would size the output by whatever it finds."""
+    ``cols`` x ``rows`` image of ``samples`` samples of at most ``bits_allocated`` bits, or
+    None. A decoder sizes its output by the codestream's own header, width x height x
+    components x bytes a sample: each must be what the data set says, and a codestream that
+    declares no size is a problem too."""
     ts = str(transfer_syntax)
     if ts == _RLE:
         return _rle_problem(frame, rows, cols, samples * -(-bits_allocated // 8))
     if ts in _JPEG:
-        found = jpeg_frame(frame)
-        size = found[:2] if found else None
-        kind = "JPEG"
+        found, kind = jpeg_frame(frame), "JPEG"
+        declared = (found[0], found[1], found[3], found[2]) if found else None
     elif ts in _J2K:
-        size, kind = _j2k_size(frame), "JPEG 2000"
+        declared, kind = j2k_header(frame), "JPEG 2000"
     else:
         return None  # not compressed here, or a syntax pydicom checks itself
-    if size is None:
+    if declared is None:
         return f"the {kind} codestream declares no image size"
-    if tuple(size) != (cols, rows):
-        return (f"the {kind} codestream declares {size[0]}x{size[1]} pixels where Rows x "
+    width, height, components, precision = declared
+    if (width, height) != (cols, rows):
+        return (f"the {kind} codestream declares {width}x{height} pixels where Rows x "
                 f"Columns say {cols}x{rows}")
+    if components != samples:
+        return (f"the {kind} codestream declares {components} components where Samples per "
+                f"Pixel says {samples}")
+    if precision > bits_allocated:
+        return (f"the {kind} codestream declares {precision}-bit samples where Bits "
+                f"Allocated says {bits_allocated}")
     return None

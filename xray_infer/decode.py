@@ -174,6 +174,9 @@ def decode_bytes(data, source="<bytes>", target=None, max_value=None):
         if width * height > MAX_PIXELS:
             raise DecodeError(source, f"header declares {width}x{height} pixels, over the limit "
                                       f"of {MAX_PIXELS:,} (xray_infer.decode.MAX_PIXELS)")
+    if frame is not None and frame[3] not in (1, 3, 4):  # libjpeg's output is 1, 3 or 4 wide
+        raise DecodeError(source, f"the JPEG frame header declares {frame[3]} components (a "
+                                  f"radiograph has 1, or 3 in colour)")
     if data[:2] == b"\xff\xd8" and not jpeg_complete(data):
         raise DecodeError(source, "truncated JPEG (the data ends before its end-of-image marker)")
     # ANYDEPTH keeps 16-bit data, ANYCOLOR keeps grayscale single-channel; unlike UNCHANGED,
