@@ -367,3 +367,30 @@ def test_a_jpeg_file_declaring_components_no_radiograph_has_is_refused(tmp_path)
     bomb.write_bytes(sof0)
     with pytest.raises(DecodeError, match="declares 5 components"):
         read_image(str(bomb))
+
+
+def test_result_uids_are_the_sources_own_even_when_a_modality_reuses_an_instance_uid(
+        tmp_path, samples):
+    """One SOP Instance UID sent for two patients: two results, never one a PACS keeps for
+    both; the same source again: the same UIDs (a PACS replaces); the SC is still known as
+    this model's own when it comes back."""
+    pytest.importorskip("highdicom")
+    from xray_infer.dicom_results import is_own_result, results_for
+    clf = Classifier(providers=["CPUExecutionProvider"], heatmaps=True, precision="float32")
+    path = chest_dicoms(tmp_path / "a", 1, "PATIENT-A")[0]
+    a = pydicom.dcmread(path)
+    b = pydicom.dcmread(path)
+    b.PatientID, b.StudyInstanceUID = "PATIENT-B", generate_uid()  # same SOP Instance UID
+    r = clf.classify([str(path)])[0]
+    scan = read_image(str(path))
+    digest = "0" * 64
+
+    def made(source):
+        return results_for(source, r, scan.pixels, scan.maxval, clf.spec, digest)
+    sr_a, sc_a = made(a)
+    sr_b, sc_b = made(b)
+    assert a.SOPInstanceUID == b.SOPInstanceUID
+    assert sr_a.SOPInstanceUID != sr_b.SOPInstanceUID and sc_a.SOPInstanceUID != sc_b.SOPInstanceUID
+    assert made(a)[0].SOPInstanceUID == sr_a.SOPInstanceUID  # deterministic
+    assert is_own_result(sc_a, digest) and is_own_result(sc_b, digest)
+    assert not is_own_result(sc_a, "1" * 64)

@@ -102,11 +102,13 @@ def check_buildable(source, spec, digest):
 def is_own_result(ds, digest):
     """Whether ``ds`` is a Secondary Capture this model wrote: its instance UID is the one
     derived from the source it references (see ``result_uids``), not just a name it carries."""
-    try:
+    try:  # the SC sits in its source's patient and study
+        whose = _whose(ds)
         source = ds.SourceImageSequence[0].ReferencedSOPInstanceUID
     except (AttributeError, IndexError, KeyError):
         return False
-    return str(ds.get("SOPInstanceUID", "")) == generate_uid(entropy_srcs=[source, digest, "SC"])
+    return str(ds.get("SOPInstanceUID", "")) == \
+        generate_uid(entropy_srcs=[*whose, source, digest, "SC"])
 
 
 def results_for(source, result, pixels, maxval, spec, digest):
@@ -151,10 +153,18 @@ def result_uids(source, digest, kind):
     """(series UID, instance UID) of the ``kind`` ("SR" or "SC") result for ``source`` by the
     model with SHA-256 ``digest``: derived from those, so scoring an instance again gives the
     same UIDs and a PACS replaces rather than duplicates (what makes a retried forward, or a
-    restart after a crash, deliver each result once)."""
-    series = generate_uid(entropy_srcs=[source.SeriesInstanceUID, digest, kind])
-    instance = generate_uid(entropy_srcs=[source.SOPInstanceUID, digest, kind])
+    restart after a crash, deliver each result once). The source's patient and study are part
+    of what they derive from: a modality that reuses one SOP Instance UID for two patients
+    gets two results, never one that a PACS would keep for both."""
+    whose = _whose(source)
+    series = generate_uid(entropy_srcs=[*whose, source.SeriesInstanceUID, digest, kind])
+    instance = generate_uid(entropy_srcs=[*whose, source.SOPInstanceUID, digest, kind])
     return series, instance
+
+
+def _whose(ds):
+    """The patient and study of a source (or of a result, which sits in its source's)."""
+    return [str(ds.get("PatientID", "")), str(ds.StudyInstanceUID)]
 
 
 def structured_report(source, result, spec, digest):
