@@ -188,3 +188,19 @@ def test_a_listing_past_its_bounds_is_too_large(serve, monkeypatch):
     address = dicomweb.Address.parse(f"{server.base}/studies/1.2")
     with pytest.raises(TooLarge, match="more than 150 instances"):
         list(dicomweb.list_instances(Access().client(server.base), address))
+
+
+# What a message may echo
+
+
+@pytest.mark.parametrize("command", [["classify"], ["listen", "--port", "11112", "--allow",
+                                                    "A@127.0.0.1", "--forward"]])
+def test_a_url_carrying_a_token_is_refused_without_echoing_it(command):
+    secret = "s3cr3t-t0ken"
+    url = f"https://pacs.example/dicom-web/studies/1.2?access_token={secret}"
+    p = run_cli(*command, url)
+    assert p.returncode == 2 and "has no query or fragment" in p.stderr, p.stderr
+    assert secret not in p.stderr and "https://pacs.example/dicom-web/studies/1.2" in p.stderr
+    p = run_cli(*command, f"https://user:{secret}@pacs.example/dicom-web")
+    assert p.returncode == 2 and secret not in p.stderr
+    assert "--forward-auth" in p.stderr and "--dicomweb-auth" in p.stderr

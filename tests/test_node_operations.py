@@ -156,3 +156,22 @@ def test_sigterm_with_idle_associations_open_exits_promptly(tmp_path):
     n.proc.wait(120)  # TimeoutExpired if it waited out the associations' 600 s, as it once did
     assert n.proc.returncode == 0 and "stopped" in n.log.read_text()
     wait_for(lambda: not any(a.is_established for a in held), timeout=10, what="aborted")
+
+
+def test_refusals_from_many_addresses_are_summed_in_one_line(caplog):
+    """500 addresses refused: the first few named at once, the rest in one line an interval,
+    never a line each (439 lines in 30 s before)."""
+    import logging
+
+    from xray_infer.node.metrics import NodeMetrics
+    from xray_infer.node.refusals import Refusal, RefusalLog
+    refusals = RefusalLog(NodeMetrics(lambda: 0), interval=0.0)
+    with caplog.at_level(logging.WARNING, logger="xray_infer.node"):
+        for i in range(500):
+            for _ in range(2):
+                refusals.add(f"10.0.{i // 250}.{i % 250}", Refusal.UNKNOWN_PEER)
+        refusals.tick()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == refusals.first_lines + 1, len(lines)
+    assert "refused 980 more connection(s) from 500 addresses" in lines[-1]
+    assert "not on the allowlist x980" in lines[-1]

@@ -176,6 +176,14 @@ def test_a_patient_id_that_is_no_lo_value_is_refused(node, tmp_path, patient):
         [(0xC000, "PatientID not a valid LO: one value, 64 chars, no controls")]
 
 
+@pytest.mark.parametrize("modality", ["DX\n", "dx", "DX\\CR", "D" * 17])
+def test_a_modality_that_is_no_cs_value_is_refused(node, tmp_path, modality):
+    ds = dataset(tmp_path, "VALID")
+    ds.Modality = modality
+    assert store([ds], node.port) == \
+        [(0xC000, "Modality not a valid CS: capitals, digits, 16 chars")]
+
+
 def test_no_error_comment_carries_a_value_from_the_object(node, tmp_path):
     ds = dataset(tmp_path, "ECHO", PhotometricInterpretation="PWNED-VALUE")
     [(code, comment)] = store([ds], node.port)

@@ -65,6 +65,8 @@ COPIED_TYPE_2 = ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "
 #: What a LO value may not hold: backslash and control characters (ESC starts a character set
 #: switch, which LO allows; CR, LF, NUL and the rest are not text).
 _NOT_LO = re.compile(r"[\\\x00-\x1a\x1c-\x1f\x7f]")
+#: A CS value (PS3.5 6.2): upper-case letters, digits, space and underscore, 16 at most.
+_CS = re.compile(r"[A-Z0-9 _]{0,16}")
 
 
 def source_problem(source, is_uid):
@@ -83,7 +85,13 @@ def source_problem(source, is_uid):
         return "PatientID not a valid LO: one value, 64 chars, no controls"
     if not patient.strip():
         return "no PatientID: a result could not be filed with its patient"
-    if not str(source.get("Modality", "") or "").strip():
+    modality = source.get("Modality", "")
+    modality = "" if modality is None else modality
+    if not isinstance(modality, str) or not _CS.fullmatch(modality):
+        # PS3.5 6.2, CS: capitals, digits, space and underscore, 16 characters; a line feed
+        # in it would reach the PACS, and the scope gate would read a modality that is none
+        return "Modality not a valid CS: capitals, digits, 16 chars"
+    if not modality.strip():
         return "no Modality"
     return None
 

@@ -64,13 +64,18 @@ def is_dicomweb(text):
 def check_url(url):
     """``url`` without a trailing slash, or ValueError saying what is wrong with it."""
     parts = urlsplit(url)
+    # a message names the URL without what may carry a secret: user info, query, fragment
+    shown = f"{parts.scheme}://{parts.hostname or ''}" + \
+        (f":{parts.port}" if parts.port else "") + parts.path
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url}: not an http:// or https:// URL")
+        raise ValueError(f"{shown}: not an http:// or https:// URL")
     if parts.username or parts.password:
         raise ValueError("a DICOMweb URL may not carry credentials (they would be on the "
-                         f"command line): put them in a file (--dicomweb-auth) or {AUTH_ENV}")
+                         f"command line): put them in a file (--dicomweb-auth; listen: "
+                         f"--forward-auth) or {AUTH_ENV}")
     if parts.query or parts.fragment:
-        raise ValueError(f"{url}: a DICOMweb URL has no query or fragment (use --query)")
+        raise ValueError(f"{shown}: a DICOMweb URL has no query or fragment (use --query; "
+                         f"credentials go in a file)")
     return url.rstrip("/")
 
 

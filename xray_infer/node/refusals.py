@@ -71,10 +71,13 @@ class RefusalLog:
     that a flood cannot flood the log. The first refusal of an address in an interval is one
     line at once (for at most ``first_lines`` addresses an interval); the rest are summed into
     one line per address when the interval ends, with the count of each reason and up to three
-    details (the AE titles it used, what its certificate was)."""
+    details (the AE titles it used, what its certificate was); from more than
+    ``addresses_apart`` addresses, one line for them all (a flood from many addresses, not a
+    line each)."""
 
-    def __init__(self, metrics, interval=10.0, first_lines=20):
+    def __init__(self, metrics, interval=10.0, first_lines=20, addresses_apart=5):
         self.metrics, self.interval, self.first_lines = metrics, interval, first_lines
+        self.addresses_apart = addresses_apart
         self._lock = threading.Lock()
         self._reset(time.monotonic())
 
@@ -109,6 +112,14 @@ class RefusalLog:
                 return
             counts, details, seconds = self._counts, self._details, now - self._since
             self._reset(now)
+        if len(counts) > self.addresses_apart:
+            total = sum((reasons for reasons in counts.values()), Counter())
+            most = sorted(counts, key=lambda a: -sum(counts[a].values()))[:3]
+            log.warning("refused %d more connection(s) from %d addresses in the last %.0f s: "
+                        "%s; the most from %s", sum(total.values()), len(counts), seconds,
+                        "; ".join(f"{r.text} x{n}" for r, n in total.most_common()),
+                        ", ".join(f"{a} ({sum(counts[a].values())})" for a in most))
+            return
         for address, reasons in counts.items():
             parts = []
             for refusal, n in reasons.most_common():
