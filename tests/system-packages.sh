@@ -3,8 +3,9 @@
 # validator), Orthanc (a real PACS for the DICOM node tests; the tests start their own on
 # loopback ports, so the package's service is kept from starting) with its DICOMweb plugin
 # (orthanc-dicomweb), dcmtk (storescu, echoscu:
-# a second DICOM client), openssl (test certificates for DICOM TLS) and chromium (the results
-# page, rendered headless). Elsewhere it only says what
+# a second DICOM client), openssl (test certificates for DICOM TLS), chromium (the results
+# page, rendered headless) and rsyslog (a real syslog collector for the audit trail; the tests
+# start their own with a generated configuration on a loopback port). Elsewhere it only says what
 # is missing; those tests then skip with the reason.
 set -euo pipefail
 need=()
@@ -14,6 +15,7 @@ command -v Orthanc > /dev/null || [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -x /usr/bin/storescu ] && [ -x /usr/bin/echoscu ] || need+=(dcmtk)
 command -v openssl > /dev/null || need+=(openssl)
 command -v chromium > /dev/null || need+=(chromium)
+[ -x /usr/sbin/rsyslogd ] || need+=(rsyslog)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
   # Keep package scripts from starting services (Orthanc's, on its default ports) meanwhile.

@@ -10,41 +10,13 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("pynetdicom")
 
+from certificates import LEAF, make_ca, make_leaf  # noqa: E402
 from dicomnet import NODE_AET, NodeProcess, chest_dicoms, dcmtk, wait_for  # noqa: E402
 from orthanc import BINARY, Orthanc, free_port  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 from pynetdicom.sop_class import Verification  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
-
-LEAF = """basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth,clientAuth
-subjectAltName=IP:127.0.0.1,DNS:localhost
-subjectKeyIdentifier=hash
-authorityKeyIdentifier=keyid
-"""
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_ca(folder, name):
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-            f"{name}.pem", "-days", "2", "-subj", f"/CN={name}", "-addext",
-            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            cwd=folder)
-
-
-def make_leaf(folder, name, ca, extensions=LEAF):
-    (folder / "leaf.ext").write_text(extensions)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-            f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile", "leaf.ext",
-            cwd=folder)
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):

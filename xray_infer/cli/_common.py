@@ -168,3 +168,16 @@ def quiet_opencv():
 def fail(message, code):
     print(f"xray-infer: {message}", file=sys.stderr)
     return code
+
+
+def check_resolves(host, option):
+    """UsageError where ``host`` does not resolve: a node that starts anyway would only ever
+    spool, or audit into the void (a typo, or the README's placeholder)."""
+    import socket
+    if host is None:
+        return
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError) as e:
+        raise UsageError(f"{option}: the host {host!r} does not resolve "
+                         f"({getattr(e, 'strerror', None) or e})") from None

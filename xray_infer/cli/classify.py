@@ -13,12 +13,13 @@ from ..scope import parse_ages
 from ..spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
 from . import dicomweb_options
 from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT_OK,
-                      EXIT_PIPE_CLOSED, EXIT_UNDELIVERED, EXIT_USAGE, check_scope_options, check_writable_file,
-                      check_writable_folder, checked, fail, quiet_opencv, require, setup_logging,
-                      whole)
+                      EXIT_PIPE_CLOSED, EXIT_UNDELIVERED, EXIT_USAGE, check_scope_options,
+                      check_writable_file, check_writable_folder, checked, fail, quiet_opencv,
+                      require, setup_logging, whole)
 from .engine import Engine
 from .side_outputs import DicomResults, Overlays
 from .resume import check_resume_names, resume_hint, resume_plan
+from .audit_options import add_audit_options, audit_trail
 from .scoring import CtrlC, Page, Progress, score, summary_line
 
 log = logging.getLogger("xray_infer.cli")
@@ -130,6 +131,7 @@ def no_inputs(args, inputs):
 
 def cmd_classify(args):
     fmt, existing = check_arguments(args)
+    audit = audit_trail(args, "xray-infer-classify")  # checked before the model loads
     inputs = collect_inputs(args.paths, args.recursive,
                             args.remote.instances if args.remote else None)
     files = inputs.files
@@ -155,8 +157,10 @@ def cmd_classify(args):
     files = plan.files
     progress = Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
     overlays = Overlays(args.heatmaps, args.heatmap_size) if args.heatmaps else None
-    dicom_out = DicomResults(args.dicom_out, engine.clf, args.remote) if args.dicom_out \
+    dicom_out = DicomResults(args.dicom_out, engine.clf, args.remote, audit) if args.dicom_out \
         else None
+    if audit is not None:
+        audit.start()
     page, interrupted = Page(args, engine, overlays), None
     try:
         with CtrlC() as ctrl_c:
@@ -183,6 +187,8 @@ def cmd_classify(args):
     finally:
         out.close()
         page.close(out, interrupted)  # an interrupted run's page shows the rows written
+        if audit is not None:
+            audit.close()
     progress.close()
     if not args.quiet:
         print(summary_line(tally, plan, inputs=inputs, args=args, overlays=overlays,
@@ -272,6 +278,7 @@ def add_parser(subparsers):
     c.add_argument("--cpus-per-worker", type=cpu_share,
                    help="with --engine ray: CPUs (decode threads) per worker (default: the "
                         "cluster's CPUs shared among the workers)")
+    add_audit_options(c)
     c.add_argument("--heatmaps", metavar="DIR",
                    help="write one PNG per classified input here: the scan with the predicted "
                         "class's activation map over it, label and probabilities")

@@ -8,9 +8,10 @@ import threading
 from ..errors import UsageError, XrayInferError
 from ..node.policy import DEFAULT_AE_TITLE, DEFAULT_HOST, Allowlist, Limits
 from ..spec import CPU_BATCH_SIZE, DEFAULT_BATCH_SIZE
-from ._common import (EXIT_OK, EXIT_USAGE, check_scope_options, fail, port, quiet_opencv,
-                      require, setup_logging, whole)
+from ._common import (EXIT_OK, EXIT_USAGE, check_resolves, check_scope_options, fail, port,
+                      quiet_opencv, require, setup_logging, whole)
 from . import dicomweb_options
+from .audit_options import add_audit_options, audit_trail
 from .classify import ages
 from .dicom_options import NETWORKING, add_tls_options, ae_title, caller, tls_from
 
@@ -45,7 +46,7 @@ def _listen_plan(args):
         Spool(args.spool, limits.min_free_mb * 2 ** 20).check_writable()
     except OSError as e:
         raise UsageError(f"--spool {args.spool}: not usable: {e}") from None
-    _check_resolves(args.forward)
+    check_resolves(_forward_host(args.forward), "--forward")
     if isinstance(args.forward, str):  # a DICOMweb base URL: HTTPS, the CA alone may do
         forward = dicomweb_options.access(args.forward_auth, args.forward_tls_ca,
                                           args.forward_tls_cert, args.forward_tls_key,
@@ -55,28 +56,21 @@ def _listen_plan(args):
                          f"{args.forward} is a DICOM peer")
     else:
         forward = tls_from(args, "forward_", server=False)
-    return allow, limits, tls_from(args, "", server=True), forward
+    return allow, limits, tls_from(args, "", server=True), forward, audit_trail(args, args.ae_title)
 
 
-def _check_resolves(forward):
-    """UsageError where the destination's host name does not resolve: a node that starts
-    anyway would only ever spool (a typo, or the README's placeholder)."""
-    import socket
+def _forward_host(forward):
+    """The host a ``--forward`` destination names; None for a URL a proxy will resolve."""
     from urllib.parse import urlsplit
     from urllib.request import getproxies
-    if isinstance(forward, str) and urlsplit(forward).scheme in getproxies():
-        return  # a proxy resolves it
-    host = urlsplit(forward).hostname if isinstance(forward, str) else forward.host
-    try:
-        socket.getaddrinfo(host, None)
-    except (OSError, UnicodeError) as e:
-        raise UsageError(f"--forward: the host {host!r} does not resolve "
-                         f"({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(forward, str):
+        return forward.host
+    return None if urlsplit(forward).scheme in getproxies() else urlsplit(forward).hostname
 
 
 def cmd_listen(args):
     require(NETWORKING, "DICOM networking", "xray-infer[dicom]")
-    allow, limits, tls, forward_tls = _listen_plan(args)
+    allow, limits, tls, forward_tls, audit = _listen_plan(args)
     setup_logging(args.log, console=True, verbose=args.verbose)
     quiet_opencv()
     from ..node import Node
@@ -84,7 +78,8 @@ def cmd_listen(args):
         node = Node(args.port, args.forward, args.spool, allow, ae_title=args.ae_title,
                     host=args.host, batch_size=args.batch_size, model=args.model, limits=limits,
                     tls=tls, forward_tls=forward_tls, metrics_port=args.metrics_port,
-                    metrics_host=args.metrics_host, scope=args.scope, ages=args.ages)
+                    metrics_host=args.metrics_host, scope=args.scope, ages=args.ages,
+                    audit=audit)
     except XrayInferError as e:
         return fail(e, EXIT_USAGE)
     stopping = []
@@ -177,6 +172,7 @@ def add_parser(subparsers):
                          "classified")
     li.add_argument("--ages", type=ages, metavar="LOW-HIGH",
                     help="with --scope on: accepted patient ages in years")
+    add_audit_options(li)
     li.add_argument("--log", metavar="FILE", help="also write the log here")
     li.add_argument("-v", "--verbose", action="store_true",
                     help="also log pydicom's, highdicom's and pynetdicom's messages (they may "

@@ -88,8 +88,9 @@ class DicomResults(SideOutput):
     DICOMweb URL (both in one request, tried up to three times; once, without waiting, while
     the server took nothing for the input before); other inputs are counted, not converted."""
 
-    def __init__(self, target, clf, remote=None):
+    def __init__(self, target, clf, remote=None, audit=None):
         super().__init__()
+        self.audit, self.target = audit, target  # STOW-RS deliveries are audited
         from ..dicomweb import is_dicomweb
         from ..model import model_digest
         self.client = self.folder = None
@@ -126,6 +127,10 @@ class DicomResults(SideOutput):
                     self.server_down = True
                     raise OSError(f"the DICOMweb server {e}") from None
                 self.server_down = False
+                if self.audit is not None:
+                    from ..audit import MINOR_FAILURE, SUCCESS
+                    self.audit.sent(self.target, [sr, sc], MINOR_FAILURE if why else SUCCESS,
+                                    why or None)
                 if why:
                     raise OSError(why)
             else:

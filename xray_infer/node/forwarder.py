@@ -34,8 +34,9 @@ log = logging.getLogger("xray_infer.node")
 
 class Forwarder:
     def __init__(self, *, spool, classifier, digest, forward, forward_tls, ae_title, limits,
-                 metrics, progress, batch_size):
+                 metrics, progress, batch_size, audit=None):
         self.spool, self.classifier, self.digest = spool, classifier, digest
+        self.audit = audit  # an audit.AuditTrail, or None
         self.forward, self.forward_tls, self.ae_title = forward, forward_tls, ae_title
         self.limits, self.metrics, self.progress = limits, metrics, progress
         self.batch_size = batch_size
@@ -108,6 +109,16 @@ class Forwarder:
 
     def _quarantine(self, path, reason):
         self._retry.pop(path.name, None)
+        if self.audit is not None:  # its results given up on: audited against its source
+            try:
+                import pydicom
+                source = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+                    "PatientID", "StudyInstanceUID", "SOPClassUID"])
+            except Exception:  # unreadable: audited without its study and patient
+                source = {}
+            from ..audit import SERIOUS_FAILURE
+            self.audit.sent(self.forward, [source], SERIOUS_FAILURE,
+                            "results not delivered; the instance is quarantined")
         try:
             self.spool.fail(path, reason)
         except OSError as e:
@@ -227,6 +238,8 @@ class Forwarder:
 
     def _delivered_ok(self, path, uid, label, sr, sc):
         self.metrics.forwarded.inc()
+        if self.audit is not None:
+            self.audit.sent(self.forward, [sr, sc])
         log.info("instance %s: %s; SR %s and SC %s stored by %s", uid, label,
                  sr.SOPInstanceUID, sc.SOPInstanceUID, self.forward)
         self._finished(path, uid)

@@ -51,7 +51,8 @@ class _Visit:
     way, and whether its data set holds a slot of the in-flight budget."""
 
     def __init__(self, ae_title, address):
-        self.who = f"{printable(ae_title.strip(), 16)}@{address}"
+        self.ae, self.address = printable(ae_title.strip(), 16), address
+        self.who = f"{self.ae}@{address}"
         self.start, self.stored, self.refused = time.monotonic(), 0, 0
         self.command_bytes = self.dataset_bytes = 0
         self.holding = self.established = False
@@ -61,8 +62,10 @@ class Receiver:
     """The association and C-STORE handlers of the node (``handlers``), its limits and its
     spool. ``server`` (set once the association server exists) keeps the deadlines."""
 
-    def __init__(self, *, ae_title, allow, limits, spool, metrics, refusals, spec, digest, wake):
+    def __init__(self, *, ae_title, allow, limits, spool, metrics, refusals, spec, digest, wake,
+                 audit=None):
         self.ae_title, self.allow, self.limits, self.spool = ae_title, allow, limits, spool
+        self.audit = audit  # an audit.AuditTrail, or None
         self.metrics, self.refusals, self.spec, self.digest = metrics, refusals, spec, digest
         self.wake, self.server, self.ae = wake, None, None
         self._decoding = threading.Semaphore(limits.decoders)
@@ -196,7 +199,7 @@ class Receiver:
         visit = self._visits.get(event.assoc) or _Visit("?", "?")
         self.server.hold(event.assoc)  # the peer waits on us now, not we on it
         try:
-            uid = self._accept(event)
+            uid, ds = self._accept(event)
         except Refused as e:
             visit.refused += 1
             self.metrics.refused.labels(e.refusal.label).inc()
@@ -212,11 +215,14 @@ class Receiver:
             return SUCCESS
         self.metrics.received.inc()
         log.info("from %s: instance %s spooled", visit.who, uid)
+        if self.audit is not None:
+            self.audit.received(visit.ae, visit.address, ds)
         self.wake()
         return SUCCESS
 
     def _accept(self, event):
-        """Check and spool one C-STORE; the UID spooled, None for an own result, or Refused."""
+        """Check and spool one C-STORE: (the UID spooled, or None for an own result; the data
+        set), or Refused."""
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
@@ -227,7 +233,7 @@ class Receiver:
             if not is_uid(uid):
                 raise Refused(Refusal.IDENTIFIERS, "SOP Instance UID missing or not a valid UID",
                               tell=True)
-            return self._check_and_spool(ds, event, uid)
+            return self._check_and_spool(ds, event, uid), ds
         except Refused as e:
             e.uid = uid  # logged escaped: it may be anything the peer sent
             raise

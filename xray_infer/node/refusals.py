@@ -50,6 +50,11 @@ class Refusal(Enum):
         self.label, self.code, self.text = label, code, text
 
 
+#: The refusals security staff audit (who a peer is, what its certificate proves); the rest
+#: (limits, deadlines, malformed requests) are counted in the metrics and the log.
+AUDITED = (Refusal.UNKNOWN_PEER, Refusal.CALLED_AE, Refusal.TLS)
+
+
 class Refused(Exception):
     """An instance refused: ``refusal`` (a Refusal) and ``detail``, for the log (escaped
     there: a decoder's message may quote what the peer sent). ``tell``: the detail is this
@@ -75,9 +80,9 @@ class RefusalLog:
     ``addresses_apart`` addresses, one line for them all (a flood from many addresses, not a
     line each)."""
 
-    def __init__(self, metrics, interval=10.0, first_lines=20, addresses_apart=5):
+    def __init__(self, metrics, interval=10.0, first_lines=20, addresses_apart=5, audit=None):
         self.metrics, self.interval, self.first_lines = metrics, interval, first_lines
-        self.addresses_apart = addresses_apart
+        self.addresses_apart, self.audit = addresses_apart, audit
         self._lock = threading.Lock()
         self._reset(time.monotonic())
 
@@ -90,6 +95,10 @@ class RefusalLog:
         the AE title it called with."""
         self.metrics.refused.labels(refusal.label).inc()
         detail = None if detail is None else printable(detail, 80)
+        if self.audit is not None and refusal in AUDITED:
+            self.audit.peer_refused(address, refusal.text + ("" if detail is None
+                                                             else f" ({detail})"),
+                                    certificate=refusal is Refusal.TLS)
         with self._lock:
             first = address not in self._named and len(self._named) < self.first_lines
             if first:

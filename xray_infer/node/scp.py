@@ -31,7 +31,7 @@ class Node:
     def __init__(self, port, forward, spool, allow, *, ae_title=DEFAULT_AE_TITLE,
                  host="127.0.0.1", batch_size=None, model=None,
                  limits=Limits(), tls=None, forward_tls=None, metrics_port=None,
-                 metrics_host="127.0.0.1", scope=True, ages=None):
+                 metrics_host="127.0.0.1", scope=True, ages=None, audit=None):
         if not isinstance(allow, Allowlist):
             raise TypeError("allow must be an Allowlist (Allowlist(any=True) admits everyone)")
         self.port, self.host, self.forward = port, host, forward
@@ -40,7 +40,8 @@ class Node:
         self.allow = allow.resolved()
         self.spool = Spool(spool, limits.min_free_mb * 2 ** 20)
         self.metrics = NodeMetrics(lambda: len(self.spool.pending()), self.spool.quarantined)
-        self.refusals = RefusalLog(self.metrics, limits.refusal_log_interval)
+        self.audit = audit  # an audit.AuditTrail, or None
+        self.refusals = RefusalLog(self.metrics, limits.refusal_log_interval, audit=audit)
         self.progress = Progress()
         self.classifier = ScoringOptions(model=model, batch_size=batch_size, scope=scope,
                                          ages=ages, heatmaps=True, workers=2).classifier()
@@ -48,11 +49,11 @@ class Node:
         self.forwarder = Forwarder(
             spool=self.spool, classifier=self.classifier, digest=digest, forward=forward,
             forward_tls=forward_tls, ae_title=ae_title, limits=limits, metrics=self.metrics,
-            progress=self.progress, batch_size=self.classifier.batch_size)
+            progress=self.progress, batch_size=self.classifier.batch_size, audit=audit)
         self.receiver = Receiver(
             ae_title=ae_title, allow=self.allow, limits=limits, spool=self.spool,
             metrics=self.metrics, refusals=self.refusals, spec=self.classifier.spec,
-            digest=digest, wake=self.forwarder.wake.set)
+            digest=digest, wake=self.forwarder.wake.set, audit=audit)
         self._stopped = threading.Event()
         self._ae = self._server = self._http = None
 
@@ -86,6 +87,8 @@ class Node:
     # -- running -------------------------------------------------------------------------------
     def start(self):
         """Process what the spool already holds, then accept associations."""
+        if self.audit is not None:
+            self.audit.start()
         swept = self.spool.sweep()
         if swept:
             log.info("removed %d partial file(s) an earlier run left in the spool", swept)
@@ -143,6 +146,8 @@ class Node:
         except OSError:
             left = "?"
         log.info("stopped; %s instance(s) left in the spool", left)
+        if self.audit is not None:
+            self.audit.close()
         self._stopped.set()
 
     def wait(self):
