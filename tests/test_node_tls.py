@@ -29,6 +29,12 @@ def pki(tmp_path_factory):
     # signed by the trusted CA, but itself a CA (CA:TRUE), or not for client authentication
     make_leaf(d, "ca-as-client", "ca", LEAF.replace("CA:FALSE", "CA:TRUE"))
     make_leaf(d, "server-only", "ca", LEAF.replace("serverAuth,clientAuth", "serverAuth"))
+    # an intermediate CA the trusted CA issued, and a client leaf under it (sent with its chain)
+    make_leaf(d, "intermediate", "ca", "basicConstraints=critical,CA:TRUE\n"
+                                       "keyUsage=critical,keyCertSign,cRLSign\n")
+    make_leaf(d, "via-intermediate", "intermediate")
+    (d / "via-intermediate-chain.pem").write_text((d / "via-intermediate.pem").read_text() +
+                                                  (d / "intermediate.pem").read_text())
     return d
 
 
@@ -130,3 +136,37 @@ def test_orthanc_to_node_to_orthanc_over_mutual_tls(pki, tmp_path):
     finally:
         node.stop()
         orthanc.stop()
+
+
+def test_a_client_chain_through_an_intermediate_needs_it_allowed_and_pins_narrow_it(
+        pki, tmp_path):
+    """A leaf under an intermediate CA (CA:TRUE) the trusted CA issued passes standard chain
+    validation; the node takes only leaves the CA issued itself unless told any chain will do;
+    pinned certificates admit those alone."""
+    def ctx(name, chain=None):
+        c = client_context(pki, name)
+        if chain:
+            c.load_cert_chain(pki / chain, pki / f"{name}.key")
+        return c
+
+    def fingerprint(name):
+        import hashlib
+        der = ssl.PEM_cert_to_DER_cert((pki / f"{name}.pem").read_text())
+        return ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    for extra, via_intermediate, client, orthanc in (
+            ((), None, 0, 0),
+            (("--tls-client-chain", "any"), 0, 0, 0),
+            (("--tls-client-pin", fingerprint("client")), None, 0, None)):
+        node = NodeProcess(tmp_path / f"node{len(extra)}{extra[:1]}", free_port(),
+                           allow=("XRAYINFER@127.0.0.1",),
+                           extra=(*tls_options(pki), *extra)).start()
+        try:
+            assert echo(node.port, ctx("via-intermediate", "via-intermediate-chain.pem")) \
+                == via_intermediate, extra
+            assert echo(node.port, ctx("client")) == client, extra
+            assert echo(node.port, ctx("orthanc")) == orthanc, extra
+            if via_intermediate is None and not extra:
+                wait_for(lambda: "not issued directly by a CA of --tls-ca" in
+                         node.log.read_text(), timeout=30, what="the refusal logged")
+        finally:
+            node.stop()

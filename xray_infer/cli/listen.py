@@ -56,7 +56,27 @@ def _listen_plan(args):
                          f"{args.forward} is a DICOM peer")
     else:
         forward = tls_from(args, "forward_", server=False)
-    return allow, limits, tls_from(args, "", server=True), forward, audit_trail(args, args.ae_title)
+    return (allow, limits, tls_from(args, "", server=True), forward,
+            audit_trail(args, args.ae_title), _tls_clients(args))
+
+
+def _tls_clients(args):
+    """What a client's certificate must be (``network.ClientCertificates``), or None."""
+    if not args.tls_ca:
+        if args.tls_client_pin or args.tls_client_chain != "direct":
+            raise UsageError("--tls-client-*: the node speaks no TLS (--tls-cert/key/ca)")
+        return None
+    from ..node.network import ClientCertificates
+    for pin in args.tls_client_pin or ():
+        if len(pin.replace(":", "")) != 64 or any(c not in "0123456789abcdefABCDEF:"
+                                                  for c in pin):
+            raise UsageError(f"--tls-client-pin {pin}: not a SHA-256 fingerprint (64 hex "
+                             f"digits, colons allowed)")
+    try:
+        return ClientCertificates(args.tls_ca, direct=args.tls_client_chain == "direct",
+                                  pins=args.tls_client_pin or ())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--tls-ca {args.tls_ca}: {e}") from None
 
 
 def _forward_host(forward):
@@ -70,7 +90,7 @@ def _forward_host(forward):
 
 def cmd_listen(args):
     require(NETWORKING, "DICOM networking", "xray-infer[dicom]")
-    allow, limits, tls, forward_tls, audit = _listen_plan(args)
+    allow, limits, tls, forward_tls, audit, tls_clients = _listen_plan(args)
     setup_logging(args.log, console=True, verbose=args.verbose)
     quiet_opencv()
     from ..node import Node
@@ -79,7 +99,7 @@ def cmd_listen(args):
                     host=args.host, batch_size=args.batch_size, model=args.model, limits=limits,
                     tls=tls, forward_tls=forward_tls, metrics_port=args.metrics_port,
                     metrics_host=args.metrics_host, scope=args.scope, ages=args.ages,
-                    audit=audit)
+                    audit=audit, tls_clients=tls_clients)
     except XrayInferError as e:
         return fail(e, EXIT_USAGE)
     stopping = []
@@ -164,6 +184,13 @@ def add_parser(subparsers):
                     help=f"interface the metrics listen on (default {DEFAULT_HOST}, whatever "
                          f"--host says)")
     add_tls_options(li)
+    li.add_argument("--tls-client-chain", choices=("direct", "any"), default="direct",
+                    help="direct: a client's certificate must be issued by a CA in --tls-ca "
+                         "itself; any: any chain to it, intermediates included (default "
+                         "%(default)s)")
+    li.add_argument("--tls-client-pin", action="append", metavar="SHA256",
+                    help="accept only this client certificate (SHA-256 of its DER; openssl x509 "
+                         "-noout -fingerprint -sha256), repeatable")
     add_tls_options(li, "forward-", "the forward connection")
     dicomweb_options.add_options(li, "forward-", "the DICOMweb --forward URL")
     li.add_argument("--scope", choices=("on", "off"), default="on",

@@ -12,6 +12,7 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 
 from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
@@ -119,6 +120,41 @@ def _client_leaf_problem(der):
     return None
 
 
+class ClientCertificates:
+    """What a client's certificate must be beyond a chain the CA file validates: a leaf for
+    client authentication (``_client_leaf_problem``); with ``direct``, issued by one of the
+    CAs of the CA file itself (no intermediate, even a CA:TRUE certificate that CA issued);
+    with ``pins``, one of these certificates (SHA-256 of the DER, hex)."""
+
+    def __init__(self, ca_file=None, direct=True, pins=()):
+        from cryptography import x509
+        self.issuers = x509.load_pem_x509_certificates(Path(ca_file).read_bytes()) \
+            if direct and ca_file else []
+        self.pins = frozenset(p.lower().replace(":", "") for p in pins)
+
+    def problem(self, der):
+        """Why the client certificate ``der`` is refused, or None."""
+        import hashlib
+
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+        why = _client_leaf_problem(der)
+        if why:
+            return why
+        if self.pins and hashlib.sha256(der).hexdigest() not in self.pins:
+            return "not one of the pinned client certificates"
+        if self.issuers:
+            leaf = x509.load_der_x509_certificate(der)
+            for ca in self.issuers:
+                try:
+                    leaf.verify_directly_issued_by(ca)
+                    return None
+                except (InvalidSignature, ValueError, TypeError):  # another issuer
+                    continue
+            return "not issued directly by a CA of --tls-ca (an intermediate is not accepted)"
+        return None
+
+
 class Connection:
     """One accepted connection: its address, socket and the deadline by which it must have
     associated (``pending``) or, once associated, completed its next message. Past it, the
@@ -148,7 +184,7 @@ class _Handler(RequestHandler):
         try:
             self.request = server.tls.wrap_socket(self.request, server_side=True)
             self.conn.sock = self.request
-            why = _client_leaf_problem(self.request.getpeercert(binary_form=True))
+            why = server.clients.problem(self.request.getpeercert(binary_form=True))
         except (OSError, ssl.SSLError, ValueError) as e:
             why = f"handshake failed: {getattr(e, 'reason', None) or e}"
         if why:
@@ -187,8 +223,9 @@ class GuardedServer(ThreadedAssociationServer):
 
     daemon_threads = True
 
-    def __init__(self, *args, limits, refusals, allow, tls=None, **kwargs):
+    def __init__(self, *args, limits, refusals, allow, tls=None, clients=None, **kwargs):
         self.tls, self.limits, self.refusals, self.allow = tls, limits, refusals, allow
+        self.clients = clients or ClientCertificates()
         self._conns, self._lock = {}, threading.Lock()
         self._closing = threading.Event()
         kwargs.setdefault("request_handler", _Handler)

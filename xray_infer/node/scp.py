@@ -31,11 +31,12 @@ class Node:
     def __init__(self, port, forward, spool, allow, *, ae_title=DEFAULT_AE_TITLE,
                  host="127.0.0.1", batch_size=None, model=None,
                  limits=Limits(), tls=None, forward_tls=None, metrics_port=None,
-                 metrics_host="127.0.0.1", scope=True, ages=None, audit=None):
+                 metrics_host="127.0.0.1", scope=True, ages=None, audit=None, tls_clients=None):
         if not isinstance(allow, Allowlist):
             raise TypeError("allow must be an Allowlist (Allowlist(any=True) admits everyone)")
         self.port, self.host, self.forward = port, host, forward
         self.ae_title, self.limits, self.tls = ae_title, limits, tls
+        self.tls_clients = tls_clients  # a network.ClientCertificates, or the default
         self.metrics_port, self.metrics_host = metrics_port, metrics_host
         self.allow = allow.resolved()
         self.spool = Spool(spool, limits.min_free_mb * 2 ** 20)
@@ -106,7 +107,8 @@ class Node:
         ae.dimse_timeout = limits.dimse_timeout
         self._server = ae.make_server((self.host, self.port),
                                       evt_handlers=self.receiver.handlers(),
-                                      server_class=GuardedServer, tls=self.tls, limits=limits,
+                                      server_class=GuardedServer, tls=self.tls,
+                                      clients=self.tls_clients, limits=limits,
                                       refusals=self.refusals, allow=self.allow)
         self.receiver.server = self._server
         ae._servers.append(self._server)  # as ae.start_server does: shutdown() expects it
