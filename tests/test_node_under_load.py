@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
@@ -99,6 +100,50 @@ def test_a_malformed_association_request_is_refused_at_once_and_logged(node):
              timeout=30, what="the malformed request counted")
     assert "127.0.0.6: closed before a valid association request" in log_since(node, mark), \
         log_since(node, mark)
+
+
+def test_silent_connections_from_a_listed_address_never_lock_it_out(tmp_path):
+    """As many connections as one address may hold, silent, from the listed caller's own
+    address, kept open (reopened as they are closed): the caller still gets in every time,
+    its oldest silent connection making way."""
+    from xray_infer.node.network import SILENT_AFTER
+    node = NodeProcess(tmp_path / "node", free_port(), allow=(GOOD_PEER,), metrics=True).start()
+    opened, stop = {}, threading.Event()
+
+    def hold_four():  # the attacker: four silent connections at all times
+        while not stop.is_set():
+            for k in range(4):
+                if k not in opened or opened[k][0].fileno() < 0 or _closed(opened[k][0]):
+                    opened[k] = (socket.create_connection(("127.0.0.1", node.port), timeout=10),
+                                 time.monotonic())
+            stop.wait(0.05)
+    attacker = threading.Thread(target=hold_four, daemon=True)
+    attacker.start()
+    try:
+        # silent for longer than the node's own measure (it starts its clock a moment later)
+        wait_for(lambda: len(opened) == 4 and all(time.monotonic() - t >= SILENT_AFTER + 0.5
+                                                  for _, t in opened.values()),
+                 what="four connections silent for a second and a half")
+        assert all(echo(node.port) for _ in range(3))  # the listed peer gets in, every time
+        assert metric(node, "refused_total", reason="pending") >= 1
+    finally:
+        stop.set()
+        attacker.join(30)
+        for sock, _ in opened.values():
+            sock.close()
+        node.stop()
+
+
+def _closed(sock):
+    """Whether the node closed ``sock`` (a read would return at once with nothing)."""
+    import select
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 # -- 10: a listed peer trickling a PDU is cut off at the idle deadline ----------------------------
@@ -298,3 +343,62 @@ def test_sigterm_exits_promptly_whatever_the_peers_do(tmp_path):
     n.proc.wait(120)  # TimeoutExpired if it waited on the peers
     print(f"SIGTERM with trickling peers: exited after {time.monotonic() - start:.1f} s")
     assert n.proc.returncode == 0 and "stopped" in n.log.read_text()
+
+
+def test_a_listed_peer_trickling_data_sets_holds_at_most_half_the_in_flight_budget(tmp_path):
+    """Four slots in flight (64 MiB in units of 16): a peer trickling four large data sets on
+    four associations holds two; another sender's instance is received at once, not after the
+    tricklers' idle deadlines."""
+    dest = Destination()
+    node = NodeProcess(tmp_path / "node", dest.port, forward_aet=dest.aet,
+                       allow=(GOOD_PEER, OTHER_PEER),
+                       extra=("--max-object-mb", 16, "--max-inflight-mb", 64,
+                              "--idle-timeout", 20), metrics=True).start()
+    big = dataset(tmp_path, "TRICKLED")
+    big.Rows, big.Columns, big.BitsAllocated, big.BitsStored, big.HighBit = 2000, 2000, 16, 12, 11
+    big.PixelData = np.zeros((2000, 2000), np.uint16).tobytes()  # 8 MB, sent slowly
+    stop, started, sending = threading.Event(), [], []
+
+    def trickle():
+        a = ae()
+        assoc = a.associate("127.0.0.1", node.port, ae_title=NODE_AET)
+        if not assoc.is_established:
+            return
+        transport = assoc.dul.socket  # pynetdicom's AssociationSocket
+        send = transport.send
+
+        def slowly(data):  # 4 kB every 0.05 s: one PDU takes seconds
+            sending.append(threading.get_ident())  # the command first, then the data set
+            for i in range(0, len(data), 4096):
+                if not stop.is_set():
+                    time.sleep(0.05)
+                send(data[i:i + 4096])
+        transport.send = slowly
+        started.append(1)
+        try:
+            assoc.send_c_store(big)
+        except Exception:
+            pass
+        finally:
+            assoc.abort()
+    tricklers = [threading.Thread(target=trickle, daemon=True) for _ in range(4)]
+    try:
+        for t in tricklers:
+            t.start()
+        # every trickler has sent its command and begun its data set (each such PDU takes
+        # a fraction of a second), and the trickling has gone on for a good many PDUs since
+        wait_for(lambda: len(started) == 4 and len(sending) >= 60, timeout=60,
+                 what="four data sets under way")
+        assert metric(node, "inflight_datasets") == 2  # the share of one address: half
+        t0 = time.monotonic()
+        assert store([dataset(tmp_path, "ON-TIME")], node.port, calling="OTHER",
+                     bind="127.0.0.2") == [(0, "")]
+        waited = time.monotonic() - t0
+        print(f"the other sender's instance took {waited:.1f} s beside the trickler")
+        assert waited < 15  # not the trickler's 20 s idle deadline
+    finally:
+        stop.set()
+        for t in tricklers:
+            t.join(60)
+        node.stop()
+        dest.close()

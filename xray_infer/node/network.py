@@ -120,6 +120,11 @@ def _client_leaf_problem(der):
     return None
 
 
+#: Seconds after which a connection that has not associated counts as silent: a listed
+#: address at its connection cap sees its oldest silent connection closed for a new one.
+SILENT_AFTER = 1.0
+
+
 class ClientCertificates:
     """What a client's certificate must be beyond a chain the CA file validates: a leaf for
     client authentication (``_client_leaf_problem``); with ``direct``, issued by one of the
@@ -239,9 +244,21 @@ class GuardedServer(ThreadedAssociationServer):
     def verify_request(self, request, client_address):
         host = client_address[0]
         listed = self.allow.knows(host)
+        evicted = []
         with self._lock:
-            mine = [c for c in self._conns.values() if c.host == host]
+            mine = [c for c in self._conns.values() if c.host == host and not c.expired]
             unknown = [c for c in self._conns.values() if c.pending and not c.listed]
+            if listed and len(mine) >= self.limits.max_per_peer:
+                # silent connections never lock a listed address out: at its cap, the oldest
+                # of its connections still not associated a second after opening (a peer that
+                # means to associate does so in milliseconds) makes way for the newest
+                opened_before = time.monotonic() + self.limits.setup_timeout - SILENT_AFTER
+                silent = sorted((c for c in mine if c.pending and c.deadline <= opened_before),
+                                key=lambda c: c.deadline)
+                if silent:
+                    silent[0].expired = True
+                    evicted.append(silent[0])
+                    mine.remove(silent[0])
             if len(mine) >= self.limits.max_per_peer:
                 refusal = Refusal.PER_PEER
             elif not listed and (sum(c.pending for c in mine) >= self.limits.max_pending_per_peer
@@ -251,7 +268,12 @@ class GuardedServer(ThreadedAssociationServer):
                 conn = Connection(host, request, time.monotonic() + self.limits.setup_timeout)
                 conn.listed = listed
                 self._conns[request] = conn
-                return True
+                refusal = None
+        for c in evicted:
+            self.refusals.add(c.host, Refusal.PENDING)
+            c.close()
+        if refusal is None:
+            return True
         self.refusals.add(host, refusal)
         return False
 

@@ -92,6 +92,12 @@ class Limits:
         reservations)."""
         return max(1, self.max_inflight_mb // self.max_object_mb)
 
+    @property
+    def inflight_per_peer(self):
+        """Slots one address may hold at once: half the budget (at least one), so a peer
+        trickling data sets on every association it may open leaves the others room."""
+        return max(1, self.inflight_slots // 2)
+
 
 @dataclass(frozen=True)
 class Allowlist:

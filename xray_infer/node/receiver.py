@@ -11,6 +11,7 @@ free), and compressed pixel data must declare the image its header does before i
 import logging
 import threading
 import time
+from collections import Counter
 
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
@@ -69,7 +70,8 @@ class Receiver:
         self.metrics, self.refusals, self.spec, self.digest = metrics, refusals, spec, digest
         self.wake, self.server, self.ae = wake, None, None
         self._decoding = threading.Semaphore(limits.decoders)
-        self._inflight = threading.BoundedSemaphore(limits.inflight_slots)
+        self._slots = threading.Condition()  # the in-flight budget: slots held, per address
+        self._held = Counter()
         self._visits, self._lock = {}, threading.Lock()
 
     def handlers(self):
@@ -171,9 +173,17 @@ class Receiver:
         """A slot of the in-flight budget for the data set that starts arriving; the peer waits
         for one (its deadline paused) up to the idle timeout, then the association is aborted."""
         self.server.hold(assoc)
-        if not self._inflight.acquire(timeout=self.limits.network_timeout):
+        limits, address = self.limits, visit.address
+        with self._slots:
+            room = self._slots.wait_for(
+                lambda: sum(self._held.values()) < limits.inflight_slots
+                and self._held[address] < limits.inflight_per_peer, limits.network_timeout)
+            if room:
+                self._held[address] += 1
+        if not room:
             self._abort(assoc, visit, Refusal.MEMORY_BUDGET,
-                        f"no room among {self.limits.inflight_slots} data sets in flight")
+                        f"no room among {limits.inflight_slots} data sets in flight "
+                        f"({limits.inflight_per_peer} from one address)")
             return False
         visit.holding = True
         self.metrics.inflight.inc()
@@ -184,7 +194,11 @@ class Receiver:
         if visit.holding:
             visit.holding = False
             self.metrics.inflight.dec()
-            self._inflight.release()
+            with self._slots:
+                self._held[visit.address] -= 1
+                if self._held[visit.address] <= 0:
+                    del self._held[visit.address]
+                self._slots.notify_all()
 
     def _abort(self, assoc, visit, refusal, detail):
         log.warning("association from %s aborted: %s", visit.who, detail)
