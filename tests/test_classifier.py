@@ -105,7 +105,8 @@ def test_padded_batches_keep_one_shape_and_the_same_results(clf, scans, tmp_path
     padded = Classifier(providers=["CPUExecutionProvider"], heatmaps=True)
     padded._pad = True
     shapes, run = [], padded.session.run
-    padded.session.run = lambda names, feed: shapes.append(feed[padded.spec.input_name].shape) or run(names, feed)
+    padded.session.run = lambda names, feed: \
+        shapes.append(feed[padded.spec.input_name].shape) or run(names, feed)
     inputs = scans[:5] + [str(tmp_path / "missing.jpeg")] + scans[5:9]
     got = padded.classify(inputs, batch_size=4)
     assert {s[0] for s in shapes} == {4} and len(shapes) == 3

@@ -160,12 +160,13 @@ def test_an_answer_of_many_parts_is_cut_before_they_are_parsed(serve):
 
 
 def test_an_answer_that_trickles_is_cut_at_its_deadline(serve, monkeypatch):
-    monkeypatch.setattr(dicomweb, "ANSWER_DEADLINE", 1.0)
+    monkeypatch.setattr(dicomweb.access, "ANSWER_DEADLINE", 1.0)
 
     def trickle():
+        pace = threading.Event()  # never set: the server's pace, a byte every 0.1 s
         yield b"--b\r\nContent-Type: application/dicom\r\n\r\n"
-        for _ in range(60):  # a byte every 0.1 s: never idle long enough for a read timeout
-            time.sleep(0.1)
+        for _ in range(60):  # never idle long enough for a read timeout
+            pace.wait(0.1)
             yield b"x"
     server = serve(lambda *_: (200, {"Content-Type": "multipart/related; boundary=b"},
                                trickle()))
@@ -177,7 +178,7 @@ def test_an_answer_that_trickles_is_cut_at_its_deadline(serve, monkeypatch):
 
 
 def test_a_listing_past_its_bounds_is_too_large(serve, monkeypatch):
-    monkeypatch.setattr(dicomweb, "MAX_INSTANCES", 150)
+    monkeypatch.setattr(dicomweb.reading, "MAX_INSTANCES", 150)
 
     def instances(method, path, query):
         offset = int(query.get("offset", ["0"])[0])

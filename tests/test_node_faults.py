@@ -102,8 +102,8 @@ def test_eight_large_instances_at_once_stay_within_the_in_flight_budget(tmp_path
 # -- all of it at once -------------------------------------------------------------------------------
 class AbortingGate:
     """A destination in front of Orthanc that aborts the association on the first attempt at
-    each SR of the patients in ``abort`` (before the SC, so nothing is stored twice), and otherwise stores into Orthanc what it is
-    sent, counting each object it stored."""
+    each SR of the patients in ``abort`` (before the SC, so nothing is stored twice), and
+    otherwise stores into Orthanc what it is sent, counting each object it stored."""
 
     def __init__(self, orthanc, abort):
         from collections import Counter

@@ -370,8 +370,7 @@ def test_a_listed_peer_trickling_data_sets_holds_at_most_half_the_in_flight_budg
         def slowly(data):  # 4 kB every 0.05 s: one PDU takes seconds
             sending.append(threading.get_ident())  # the command first, then the data set
             for i in range(0, len(data), 4096):
-                if not stop.is_set():
-                    time.sleep(0.05)
+                stop.wait(0.05)  # the trickler's pace (no wait once the test is done)
                 send(data[i:i + 4096])
         transport.send = slowly
         started.append(1)

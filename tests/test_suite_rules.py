@@ -35,3 +35,93 @@ def test_every_subprocess_has_a_timeout_and_no_wait_is_a_fixed_time(path):
 def test_the_rules_see_the_calls():
     found = [name for p in MODULES for _, name, owner in calls(p) if owner == "subprocess"]
     assert found.count("run") >= 10  # the check above reads real calls
+
+
+# The house: no import circles
+
+
+def _import_graph(packages):
+    """{module: modules of ``packages`` it imports}, imports inside functions included (a
+    circle closed through one is a circle all the same)."""
+    root = TESTS.parent
+    modules = {}
+    for package in packages:
+        for path in (root / package).rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            modules[".".join(parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = here[:len(here) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for a in node.names:  # ``from . import x``: the module x, where it is one
+                    full = f"{target}.{a.name}"
+                    found.add(full if full in modules else target)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _circles(graph):
+    """The strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                out.append(sorted(part))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles_in_the_library_or_the_trainer():
+    graph = _import_graph(["xray_infer", "trainer"])
+    assert len(graph) > 40 and graph["xray_infer.decode"]  # the graph is the real one
+    assert _circles(graph) == []
+
+
+def test_the_circle_check_finds_a_circle():
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The house: lint and types
+
+
+@pytest.mark.parametrize("tool, args", [("ruff", ["check", "xray_infer", "trainer", "benchmarks",
+                                                  "tests"]),
+                                        ("mypy", [])])  # their configuration: pyproject.toml
+def test_the_linter_and_the_type_check_pass(tool, args):
+    import shutil
+    import subprocess
+    import sys
+    if shutil.which(tool) is None and not Path(sys.executable).with_name(tool).exists():
+        pytest.skip(f"{tool} is not installed (pip install -e '.[dev]')")
+    exe = str(Path(sys.executable).with_name(tool)) if Path(sys.executable).with_name(
+        tool).exists() else tool
+    p = subprocess.run([exe, *args], cwd=TESTS.parent, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]

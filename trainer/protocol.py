@@ -32,7 +32,7 @@ from .metrics import NORMAL, softmax, summarize
 from .model import build
 from .selection import RequestError
 from .stress import flip_shares
-from .train import RunConfig, predict_logits, train_run
+from .train import predict_logits, train_run
 
 #: The recipes compared, cheapest first (ties in the rule go to the earlier one).
 RECIPES = {

@@ -30,8 +30,9 @@ _LAZY = {"classify": "classifier", "Classifier": "classifier", "Result": "result
          "read_image": "decode", "Encoded": "batch", "ScoringOptions": "options"}
 
 __all__ = ["classify", "Classifier", "Result", "ScoringOptions", "ModelSpec", "Decoded",
-           "Encoded", "read_image", "load_model", "DEFAULT_MODEL", "XrayInferError", "InputError", "DecodeError",
-           "ImageError", "ModelError", "ProviderError", "UsageError", "XrayInferWarning", "ProviderWarning"]
+           "Encoded", "read_image", "load_model", "DEFAULT_MODEL", "XrayInferError", "InputError",
+           "DecodeError", "ImageError", "ModelError", "ProviderError", "UsageError",
+           "XrayInferWarning", "ProviderWarning"]
 
 
 def __getattr__(name):

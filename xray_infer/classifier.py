@@ -2,14 +2,15 @@
 import itertools
 import os
 from collections import deque
-from collections.abc import Sized
+from collections.abc import Iterable, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Union
 
 import numpy as np
 import onnxruntime as ort
 
-from .batch import SINGLE_INPUT, preprocess_batch, source_name
+from .batch import SINGLE_INPUT, Encoded, Fetched, preprocess_batch, source_name
 from .bitdepth import check_max_value
 from .errors import ModelError, OutOfScope
 from .heatmap import upsample
@@ -17,6 +18,7 @@ from .model import DEFAULT_MODEL, choose_variant, load_model
 from . import providers as _providers
 from .providers import resolve
 from .options import ScoringOptions as _O
+from .decode import Decoded
 from .result import Result
 from .scope import Gate, Scope, require_gate
 from .spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, softmax
@@ -34,6 +36,10 @@ def _chunks(iterable, n):
     while chunk := list(itertools.islice(it, n)):
         yield chunk
 
+
+#: What can be classified: a path, a file's bytes, a 2-D array, or a decoded or encoded scan.
+Input = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, Decoded,
+              Encoded, Fetched]
 
 class Classifier:
     """One ONNX Runtime session and the model's spec, reused for any number of inputs.
@@ -82,11 +88,19 @@ class Classifier:
         model's ``population["accepted_ages"]``.
     """
 
+    @classmethod
+    def from_options(cls, options: _O, **changes: Any) -> "Classifier":
+        """A Classifier from a ``ScoringOptions`` record, ``changes`` applied."""
+        return cls(**options.changed(**changes))
+
     # the defaults are ScoringOptions' (options.py), the one place they are set
-    def __init__(self, model=_O.model, *, providers=_O.providers, batch_size=_O.batch_size,
-                 threads=_O.threads, workers=_O.workers, heatmaps=_O.heatmaps,
-                 precision=_O.precision, scope=_O.scope, ages=_O.ages, decode=_O.decode,
-                 max_value=_O.max_value):
+    def __init__(self, model: "str | os.PathLike[str] | None" = _O.model, *,
+                 providers: "Sequence[str] | None" = _O.providers,
+                 batch_size: "int | None" = _O.batch_size, threads: "int | None" = _O.threads,
+                 workers: "int | None" = _O.workers, heatmaps: bool = _O.heatmaps,
+                 precision: str = _O.precision, scope: "bool | str" = _O.scope,
+                 ages: "tuple[int, int] | None" = _O.ages, decode: str = _O.decode,
+                 max_value: "int | None" = _O.max_value) -> None:
         _check_count("batch_size", batch_size, optional=True)
         self.max_value = None if max_value is None else check_max_value(max_value)
         if decode not in DECODE_MODES:
@@ -259,18 +273,42 @@ class Classifier:
             while pending:
                 yield from pending.popleft()()
 
-    def classify(self, inputs, batch_size=None):
-        """List of Results, one per input, in input order. See ``iter_classify``."""
+    def classify(self, inputs: "Input | Iterable[Input]",
+                 batch_size: "int | None" = None) -> "list[Result]":
+        """Classify ``inputs``: one per Result, in input order.
+
+        Parameters
+        ----------
+        inputs : path, bytes, array, Decoded or Encoded, or an iterable of them
+            A single input is classified as a list of one.
+        batch_size : int, optional
+            Inputs per model call; by default the classifier's.
+
+        Returns
+        -------
+        list of Result
+            A bad input gets ``error`` (``status == "failed"``), one out of scope ``refusal``;
+            the rest are still classified. See ``iter_classify`` to stream.
+        """
         if isinstance(inputs, SINGLE_INPUT):
             inputs = [inputs]  # one input, not an iterable of them
         return list(self.iter_classify(inputs, batch_size))
 
 
-def classify(paths, **options):
-    """Classify images in one call; ``options`` as ``Classifier``'s parameters.
+def classify(paths: "Input | Iterable[Input]", **options: Any) -> "list[Result]":
+    """Classify images in one call.
 
-    Returns a list of ``Result`` in input order: a bad input gets ``error`` set and the rest are
-    still classified. For repeated calls create a ``Classifier`` once instead.
+    Parameters
+    ----------
+    paths : path, bytes, array, Decoded or Encoded, or an iterable of them
+        What to classify.
+    **options
+        ``Classifier``'s parameters (``ScoringOptions``' fields).
+
+    Returns
+    -------
+    list of Result
+        In input order: a bad input gets ``error`` set and the rest are still classified.
+        For repeated calls create a ``Classifier`` once instead.
     """
-    from .options import ScoringOptions
-    return ScoringOptions(**options).classifier().classify(paths)
+    return Classifier.from_options(_O(**options)).classify(paths)

@@ -8,7 +8,7 @@ import os
 import re
 import stat
 import struct
-from typing import NamedTuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 #: Largest image (width x height) decoded; a header declaring more is rejected before decoding.
 #: 100 MP is about four times the largest radiograph detectors produce.
@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 
 from . import bitdepth, dicom
 from .codestream import jpeg_frame
-from .formats import dicom_kind, sniff_format
+from .colour import channel_spread, share
+from .formats import DICOM_EXTENSIONS, dicom_kind, sniff_format
 from .errors import DecodeError
-from .inputs import DICOM_EXTENSIONS
 from .preprocess import jpeg_scale
 
 #: Largest file read.
@@ -41,9 +41,9 @@ class Decoded(NamedTuple):
     share of its pixels in colour (``colour_share``), else None."""
     pixels: np.ndarray
     maxval: float
-    attributes: dict = None
-    size: tuple = None
-    colour: float = None
+    attributes: Optional[Dict[str, str]] = None
+    size: Optional[Tuple[int, int]] = None
+    colour: Optional[float] = None
 
     @property
     def shape(self):
@@ -97,27 +97,6 @@ def jpeg_complete(data):
     return False
 
 
-#: A pixel is in colour where its channels differ by more than this part of their range: a grey
-#: film stored as RGB or YCbCr differs by a level or two (rounding, chroma subsampling).
-CHROMA = 1 / 8
-
-
-def _channel_spread(img):
-    """How far apart the first three channels of ``img`` (H x W x C) are, pixel by pixel, on
-    every 4th row and column of a large image (enough for a share)."""
-    step = 4 if min(img.shape[:2]) >= 64 else 1
-    sample = img[::step, ::step, :3]
-    return sample.max(axis=2).astype(np.float64) - sample.min(axis=2)
-
-
-def _share(spread, maxval):
-    return float(np.count_nonzero(spread > CHROMA * maxval)) / max(1, spread.size)
-
-
-def colour_share(img, maxval):
-    """The share of the pixels of ``img`` (H x W x C, the first three channels R, G, B in any
-    order) whose channels differ by more than CHROMA of ``maxval``, the image's own maximum."""
-    return _share(_channel_spread(img), maxval)
 
 
 def _to_gray(img, path):
@@ -192,14 +171,14 @@ def decode_bytes(data, source="<bytes>", target=None, max_value=None):
     if img.dtype not in (np.uint8, np.uint16):
         raise DecodeError(source, f"unsupported pixel type {img.dtype}")
     # measured against the maximum found below (a 16-bit file may hold 12-bit values)
-    spread = _channel_spread(img) if img.ndim == 3 and img.shape[2] >= 3 else None
+    spread = channel_spread(img) if img.ndim == 3 and img.shape[2] >= 3 else None
     img = _to_gray(img, source)
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise DecodeError(source, f"{img.shape[1]}x{img.shape[0]} pixels is over the limit "
                                   f"of {MAX_PIXELS:,}")
     maxval = 255.0 if img.dtype == np.uint8 else \
         bitdepth.maxval(img, bitdepth.declared(data), max_value, source)
-    colour = _share(spread, maxval) if spread is not None else None
+    colour = share(spread, maxval) if spread is not None else None
     if scale == 1:
         return Decoded(np.ascontiguousarray(img), maxval, colour=colour)
     # The scan's own size, in the decoded orientation (an EXIF rotation may swap the sides).
@@ -254,15 +233,32 @@ def check_file(path):
         raise _read_error(path, e) from None
 
 
-def read_image(path, target=None, max_value=None):
-    """Read ``path`` into a ``Decoded`` 2-D grayscale scan; ``target``: the side of the square
-    its pixels will be resized to, which lets a large JPEG decode at a reduced size
-    (``preprocess.jpeg_scale``; ``Decoded.shape`` is still the scan's own).
+def read_image(path: "str | os.PathLike[str]", target: Optional[int] = None,
+               max_value: Optional[int] = None) -> Decoded:
+    """Read ``path`` into a ``Decoded`` 2-D grayscale scan.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A JPEG, PNG, TIFF, BMP or DICOM file (what it is comes from its content).
+    target : int, optional
+        The side of the square its pixels will be resized to, which lets a large JPEG decode
+        at a reduced size (``preprocess.jpeg_scale``; ``Decoded.shape`` is still the scan's
+        own).
+    max_value : int, optional
+        The maximum of a 16-bit image that declares none (``xray_infer.bitdepth``).
+
+    Returns
+    -------
+    Decoded
+        The pixels and their declared maximum (and, for DICOM, the header values the scope
+        gate reads).
 
     Colour is converted to luminance (ITU-R BT.601 weights, as OpenCV defines them); 8-bit
     data keeps maxval 255; 16-bit data gets the maximum its header declares, else
     ``max_value``, else the one inferred as DICOM's BitsStored would (``xray_infer.bitdepth``).
-    DICOM files (recognised by content, ``formats.dicom_kind``, whatever their name) go through ``xray_infer.dicom`` and come back as float32 in [0, 1].
+    DICOM files (recognised by content, ``formats.dicom_kind``, whatever their name) go
+    through ``xray_infer.dicom`` and come back as float32 in [0, 1].
 
     Raises
     ------

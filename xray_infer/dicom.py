@@ -23,6 +23,10 @@ COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 #: object: a processing algorithm. An object naming one is an algorithm's result (a heatmap, an
 #: annotated capture), this program's own included, not an acquired radiograph.
 PROCESSING_ALGORITHM = ("Newcode1", "99IHE", "Processing Algorithm")
+#: Who this program's results (``dicom_results``) say made them, and the series description
+#: of its heatmaps (by which a DICOMweb listing skips them).
+MANUFACTURER = ALGORITHM = "xray-infer"
+SC_SERIES_DESCRIPTION = f"{ALGORITHM} heatmap, not for diagnostic use"
 
 
 def is_dicom(data):
@@ -32,7 +36,7 @@ def is_dicom(data):
 
 def decode_dicom(data, source, max_pixels, bare=False):
     """(pixels float32 in [0, 1], maxval 1.0, the scope gate's attributes, None, the share of
-    pixels in colour: ``decode.colour_share``, None for a grey image): ``decode.Decoded``'s
+    pixels in colour: ``colour.colour_share``, None for a grey image): ``decode.Decoded``'s
     fields; ``bare``: a data set without the preamble and marker (``formats.dicom_kind``), which
     pydicom reads only when told to."""
     try:
@@ -156,7 +160,7 @@ def _pixels(ds, source, max_pixels):
         if stored.shape != (rows, cols, 3):
             raise DecodeError(source, f"unexpected colour pixel array shape {stored.shape}")
         # ITU-R BT.601 luminance, as for colour JPEG and PNG, over the declared bit depth.
-        from .decode import colour_share
+        from .colour import colour_share
         bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
         luma = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         return (np.ascontiguousarray(np.clip(luma / (2 ** bits - 1), 0.0, 1.0), np.float32),

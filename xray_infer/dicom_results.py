@@ -18,15 +18,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from . import __version__, dicom
+from .dicom import ALGORITHM, MANUFACTURER, SC_SERIES_DESCRIPTION  # noqa: F401 (named here too)
 from .heatmap import caption, overlay
 
-MANUFACTURER = "xray-infer"
-ALGORITHM = "xray-infer"
 #: Series numbers of the objects this program writes (their series are new, so these only
 #: order them after the source's series in a viewer).
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9101, 9102
 DISCLAIMER = "NOT FOR DIAGNOSTIC USE: research software output"
-SC_SERIES_DESCRIPTION = f"{ALGORITHM} heatmap, not for diagnostic use"
 
 #: SNOMED CT concepts of the findings this project's models name.
 FINDINGS = {

@@ -19,9 +19,11 @@ from .decode import check_file
 from .errors import DecodeError, UsageError
 from .inputs import collect_inputs, is_uri
 from .model import load_model
+from .classifier import Classifier
 from .options import ScoringOptions
 from .output import Output, format_for
 from .result import Result, Status, arrow_schema, columns, result_from_row
+from .scope import Scope
 from .spec import DEFAULT_BATCH_SIZE
 
 try:
@@ -154,7 +156,7 @@ class ClassifyBatch:
 
     def __init__(self, options, *, threads, scheme=None):
         # ``threads``: the actor's CPUs, one worker thread each (Classifier's ``workers``)
-        self.clf = options.classifier(workers=threads, heatmaps=False)
+        self.clf = Classifier.from_options(options, workers=threads, heatmaps=False)
         self.prefix = f"{scheme}://" if scheme else ""
         self.schema = arrow_schema(self.clf.class_names)
 
@@ -219,7 +221,8 @@ def iter_results(inputs, *, address=None, **options):
     input, rather than passing such a result set on."""
     placement = {k: options.pop(k) for k in ("workers", "gpus_per_worker", "cpus_per_worker")
                  if k in options}
-    scope = ScoringOptions(**options).scope_label()  # unknown options: TypeError, at once
+    checked = ScoringOptions(**options)  # unknown options: TypeError, at once
+    scope = Scope.of(checked.scope, checked.ages).label()
     connect(address)
     screened = _screen(inputs)
     readable = [item for item, error in screened if error is None]
@@ -246,7 +249,8 @@ def classify_dataset(sources, *, output=None, format=None, recursive=False, addr
 
     Returns the list of Results in input order or, with ``output`` (a path or URI), writes the
     CLI's columns there as CSV, JSON Lines or Parquet (``format``, else from the name) and
-    returns ``(classified, out_of_scope, failed)`` (``result.Status``'s order). Options as ``build_dataset``; ``address`` as ``connect``.
+    returns ``(classified, out_of_scope, failed)`` (``result.Status``'s order). Options as
+    ``build_dataset``; ``address`` as ``connect``.
     An empty input or a source that does not exist is a UsageError before any work starts.
     """
     inputs = collect_inputs(sources, recursive).files

@@ -6,6 +6,12 @@ it is read (a JPEG named ``.dcm`` is a JPEG; a DICOM named by its UID alone is D
 """
 import struct
 
+#: Names that say a file is DICOM (it is read as what its content is, whatever its name).
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+#: File extensions collected when scanning folders whatever their content (matched
+#: case-insensitively); other files are collected when their content is an image or DICOM.
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", *DICOM_EXTENSIONS)
+
 #: Bytes read to recognise a file (a DICOM preamble and its marker).
 HEAD_BYTES = 132
 

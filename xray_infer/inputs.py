@@ -9,13 +9,8 @@ from dataclasses import dataclass, field
 
 from .dicomweb import is_dicomweb
 from .errors import UsageError
-from .formats import HEAD_BYTES, recognise
+from .formats import HEAD_BYTES, IMAGE_EXTENSIONS, recognise
 
-#: Names that say a file is DICOM (it is read as what its content is, whatever its name).
-DICOM_EXTENSIONS = (".dcm", ".dicom")
-#: File extensions collected when scanning folders whatever their content (matched
-#: case-insensitively); other files are collected when their content is an image or DICOM.
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", *DICOM_EXTENSIONS)
 
 
 def is_uri(source):

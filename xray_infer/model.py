@@ -2,7 +2,8 @@
 import hashlib
 import os
 from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Dict, NamedTuple, Optional
 
 import onnxruntime as ort
 
@@ -90,7 +91,7 @@ def _expected_digest(sidecar):
 
 #: SHA-256 of model files read, by (path, size, modification time): a model is hashed once
 #: however many things need its digest (the sidecar check, result UIDs, reports).
-_DIGESTS = {}
+_DIGESTS: Dict[tuple, str] = {}
 
 
 def _key(path):
@@ -161,7 +162,10 @@ def check_signature(session, spec, source):
             raise ModelError(f"{source}: scope output {spec.scope_output!r} is not (N,)")
 
 
-def load_model(path=None, *, providers=None, threads=None, precision="auto", spin=True):
+def load_model(path: "str | os.PathLike[str] | None" = None, *,
+               providers: "Sequence[str] | None" = None, threads: Optional[int] = None,
+               precision: str = "auto",
+               spin: bool = True) -> "tuple[ort.InferenceSession, ModelSpec]":
     """Open an exported model: ``(onnxruntime.InferenceSession, ModelSpec)``.
 
     ``path`` defaults to the bundled model, which must match its SHA-256 file; another model is

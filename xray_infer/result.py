@@ -7,6 +7,7 @@ Out of scope is not a failure: the input was read and the model declined it, as 
 (the exit status, the summary and ``classify_dataset``'s counts all say so).
 """
 from dataclasses import dataclass, field
+from typing import Dict, Optional
 from enum import Enum
 
 import numpy as np
@@ -35,12 +36,12 @@ class Result:
     (``"on"``, ``"off"``, or the widened ages) under which the input was scored.
     """
     source: str
-    label: str = None
-    probabilities: dict = None
-    error: str = None
-    heatmap: np.ndarray = field(default=None, repr=False, compare=False)
-    refusal: str = None
-    refused_by: str = None
+    label: Optional[str] = None
+    probabilities: Optional[Dict[str, float]] = None
+    error: Optional[str] = None
+    heatmap: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    refusal: Optional[str] = None
+    refused_by: Optional[str] = None
     scope: str = "on"
 
     @property

@@ -14,7 +14,7 @@ Two checks, both read from the model's metadata (``ModelSpec.population`` and
 Two rules belong to no model: a DICOM object whose Contributing Equipment names a processing
 algorithm (IHE AI Results) is an algorithm's result, this program's heatmaps included, not an
 acquired radiograph; and an image with more than COLOUR_SHARE of its pixels in colour
-(``decode.colour_share``) is no radiograph (burned-in coloured marks cover less).
+(``colour.colour_share``) is no radiograph (burned-in coloured marks cover less).
 """
 import re
 from dataclasses import dataclass
@@ -133,7 +133,8 @@ class Gate:
             trained = pop.get("training_ages") or self.ages
             raise OutOfScope(source, f"out of scope: patient age {age:.1f} years is outside "
                                      f"{self.ages[0]}-{self.ages[1]} (trained on "
-                                     f"{trained[0]}-{trained[1]} years; the ages option, --ages, widens the range)",
+                                     f"{trained[0]}-{trained[1]} years; the ages option, "
+                                     f"--ages, widens the range)",
                              "PatientAge")
 
     def check_image(self, pixels, source, colour=None):

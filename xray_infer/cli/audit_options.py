@@ -1,12 +1,12 @@
 """``--audit`` of ``listen`` and ``classify``: where the audit trail (``xray_infer.audit``)
 goes, checked before anything starts."""
+from .. import audit
 from ..errors import UsageError
 from ._common import check_resolves, checked
 
 
 def audit_trail(args, user):
     """The AuditTrail ``--audit`` asks for (None without one), its destinations checked."""
-    from .. import audit
     if not args.audit:
         if args.audit_tls_ca or args.audit_tls_cert:
             raise UsageError("--audit-tls-*: no tls:// --audit destination to use them for")
@@ -26,8 +26,6 @@ def audit_trail(args, user):
 
 
 def add_audit_options(parser):
-    from .. import audit
-    from ._common import checked
     g = parser.add_argument_group("audit trail (IHE ATNA: DICOM audit messages over syslog)")
     g.add_argument("--audit", action="append", metavar="FILE|udp://|tcp://|tls://HOST:PORT",
                    type=checked(audit.check_destination),

@@ -7,7 +7,8 @@ import sys
 
 from ..bitdepth import check_max_value
 from ..errors import UsageError, XrayInferError
-from ..inputs import IMAGE_EXTENSIONS, collect_inputs, is_uri
+from ..formats import IMAGE_EXTENSIONS
+from ..inputs import collect_inputs, is_uri
 from ..output import FORMATS, Existing, Output, format_for, output_exists
 from ..scope import parse_ages
 from ..spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS

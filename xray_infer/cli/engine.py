@@ -3,6 +3,7 @@ options the command line gave, gathered once."""
 from dataclasses import asdict
 from functools import partial
 
+from ..classifier import Classifier
 from ..options import ScoringOptions
 from ..scope import Scope, require_gate
 from . import dicomweb_options
@@ -37,7 +38,7 @@ class Engine:
             distributed.connect(args.address)
             distributed.plan(args.workers, args.gpus_per_worker or 0.0, args.cpus_per_worker)
         else:
-            self.clf = self.options.classifier()
+            self.clf = Classifier.from_options(self.options)
             self.spec, self.variant = self.clf.spec, self.clf.variant
 
     def results(self, files):

@@ -46,7 +46,8 @@ def cmd_info(args):
     if q:
         print(f"int8 parity    agreement with float32 {q['val']['agreement']:.4f} val, "
               f"{q['test']['agreement']:.4f} test; scope decisions "
-              f"{q['val']['scope_agreement']:.4f} val; test accuracy {q['test']['accuracy_int8']:.4f} (float32 "
+              f"{q['val']['scope_agreement']:.4f} val; test accuracy "
+              f"{q['test']['accuracy_int8']:.4f} (float32 "
               f"{q['test']['accuracy_float32']:.4f})")
         print(f"               {measured_where(q)}")
     d = info["reduced_decoding"]
@@ -92,7 +93,8 @@ def measured_where(parity):
     here = "; this CPU: " + int8_dot_product()[1]
     if parity.get("measured_on"):
         return f"int8 figures measured at export where {parity['measured_on']}{here}"
-    return (f"int8 figures measured at export on a CPU not recorded; they differ by about a point of accuracy "
+    return (f"int8 figures measured at export on a CPU not recorded; they differ by about a "
+            f"point of accuracy "
             f"between CPUs with and without int8 dot products (python -m benchmarks accuracy "
             f"measures them here){here}")
 

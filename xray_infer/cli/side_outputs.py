@@ -5,7 +5,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..inputs import IMAGE_EXTENSIONS, input_key, is_uri
+from ..formats import IMAGE_EXTENSIONS
+from ..inputs import input_key, is_uri
 
 log = logging.getLogger("xray_infer.cli")
 

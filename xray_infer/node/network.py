@@ -221,7 +221,8 @@ class GuardedServer(ThreadedAssociationServer):
 
     Connections that have not associated yet (``pending``) from addresses no listed caller uses
     are capped per address and in total, apart from association slots and from the connections
-    of listed addresses, so unknown addresses cannot hold a listed peer's place; each must associate (TLS handshake and A-ASSOCIATE-RQ together) within
+    of listed addresses, so unknown addresses cannot hold a listed peer's place; each must
+    associate (TLS handshake and A-ASSOCIATE-RQ together) within
     ``limits.setup_timeout`` seconds, and an association must complete a message within
     ``limits.network_timeout`` of its last: deadlines, not timeouts between bytes, so a peer
     trickling a byte at a time is cut off all the same. One reaper thread enforces them."""

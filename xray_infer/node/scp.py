@@ -5,18 +5,23 @@ the spool and forwards the results; metrics and health beside them.
 Every number that bounds it is in ``policy.Limits``; every refusal in ``refusals.Refusal``.
 """
 import logging
+import os
 import shutil
+import ssl
 import threading
 import time
 
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from ..classifier import Classifier
 from ..options import ScoringOptions
 from ..model import model_digest
 from .forwarder import Forwarder
 from .metrics import NodeMetrics, Progress
-from .network import GuardedServer
+from ..audit import AuditTrail
+from ..peer import Peer
+from .network import ClientCertificates, GuardedServer
 from .policy import DEFAULT_AE_TITLE, Allowlist, Limits
 from .receiver import RADIOGRAPH_CLASSES, TRANSFER_SYNTAXES, Receiver
 from .refusals import RefusalLog
@@ -28,10 +33,35 @@ log = logging.getLogger("xray_infer.node")
 class Node:
     """Storage SCP + a worker that classifies the spool and forwards the results."""
 
-    def __init__(self, port, forward, spool, allow, *, ae_title=DEFAULT_AE_TITLE,
-                 host="127.0.0.1", batch_size=None, model=None,
-                 limits=Limits(), tls=None, forward_tls=None, metrics_port=None,
-                 metrics_host="127.0.0.1", scope=True, ages=None, audit=None, tls_clients=None):
+    def __init__(self, port: int, forward: "Peer | str", spool: "str | os.PathLike[str]",
+                 allow: Allowlist, *, ae_title: str = DEFAULT_AE_TITLE,
+                 host: str = "127.0.0.1", batch_size: "int | None" = None,
+                 model: "str | None" = None, limits: Limits = Limits(),
+                 tls: "ssl.SSLContext | None" = None, forward_tls: object = None,
+                 metrics_port: "int | None" = None, metrics_host: str = "127.0.0.1",
+                 scope: "bool | str" = True, ages: "tuple[int, int] | None" = None,
+                 audit: "AuditTrail | None" = None,
+                 tls_clients: "ClientCertificates | None" = None) -> None:
+        """A node listening on ``host``:``port`` as ``ae_title``, admitting the callers of
+        ``allow``, keeping what it receives in ``spool`` until its results (SR and SC) are
+        stored at ``forward`` (a DICOM peer, or a DICOMweb base URL with its
+        ``dicomweb.Access`` as ``forward_tls``).
+
+        Parameters
+        ----------
+        limits : Limits
+            Every bound a peer could exhaust (``policy.Limits``).
+        tls, forward_tls : ssl.SSLContext, optional
+            DICOM TLS on the listening port and towards ``forward``.
+        tls_clients : ClientCertificates, optional
+            What a client's certificate must be beyond chain validation.
+        metrics_port, metrics_host : optional
+            Prometheus ``/metrics`` and ``/healthz``.
+        scope, ages : optional
+            The scope gate, as ``Classifier``'s.
+        audit : AuditTrail, optional
+            The audit trail (``xray_infer.audit``).
+        """
         if not isinstance(allow, Allowlist):
             raise TypeError("allow must be an Allowlist (Allowlist(any=True) admits everyone)")
         self.port, self.host, self.forward = port, host, forward
@@ -44,8 +74,8 @@ class Node:
         self.audit = audit  # an audit.AuditTrail, or None
         self.refusals = RefusalLog(self.metrics, limits.refusal_log_interval, audit=audit)
         self.progress = Progress()
-        self.classifier = ScoringOptions(model=model, batch_size=batch_size, scope=scope,
-                                         ages=ages, heatmaps=True, workers=2).classifier()
+        self.classifier = Classifier.from_options(ScoringOptions(
+            model=model, batch_size=batch_size, scope=scope, ages=ages, heatmaps=True, workers=2))
         digest = model_digest(self.classifier.variant.path)  # the file that scores
         self.forwarder = Forwarder(
             spool=self.spool, classifier=self.classifier, digest=digest, forward=forward,
@@ -56,7 +86,9 @@ class Node:
             metrics=self.metrics, refusals=self.refusals, spec=self.classifier.spec,
             digest=digest, wake=self.forwarder.wake.set, audit=audit)
         self._stopped = threading.Event()
-        self._ae = self._server = self._http = None
+        self._ae: "AE | None" = None
+        self._server: "GuardedServer | None" = None
+        self._http = None
 
     def health(self):
         """(healthy, state) for ``/healthz``: 503 when the spool cannot take an instance (not
@@ -86,7 +118,7 @@ class Node:
         return ok, state
 
     # -- running -------------------------------------------------------------------------------
-    def start(self):
+    def start(self) -> None:
         """Process what the spool already holds, then accept associations."""
         if self.audit is not None:
             self.audit.start()
@@ -105,18 +137,18 @@ class Node:
         ae.acse_timeout = limits.setup_timeout
         ae.network_timeout = limits.network_timeout
         ae.dimse_timeout = limits.dimse_timeout
-        self._server = ae.make_server((self.host, self.port),
-                                      evt_handlers=self.receiver.handlers(),
-                                      server_class=GuardedServer, tls=self.tls,
-                                      clients=self.tls_clients, limits=limits,
-                                      refusals=self.refusals, allow=self.allow)
-        self.receiver.server = self._server
-        ae._servers.append(self._server)  # as ae.start_server does: shutdown() expects it
+        server = ae.make_server((self.host, self.port), evt_handlers=self.receiver.handlers(),
+                                server_class=GuardedServer, tls=self.tls,
+                                clients=self.tls_clients, limits=limits,
+                                refusals=self.refusals, allow=self.allow)
+        assert isinstance(server, GuardedServer)
+        self._server = self.receiver.server = server
+        ae._servers.append(server)  # as ae.start_server does: shutdown() expects it
         if self.metrics_port is not None:
             self._http = self.metrics.serve(self.metrics_host, self.metrics_port, limits,
                                             self.health)
         self.forwarder.start()
-        threading.Thread(target=self._server.serve_forever, name="xray-node-server",
+        threading.Thread(target=server.serve_forever, name="xray-node-server",
                          daemon=True).start()
         if self.allow.any:
             log.warning("any caller admitted: every peer that can reach %s:%d may send to "
@@ -128,7 +160,7 @@ class Node:
                  "any caller" if self.allow.any else
                  "callers " + ", ".join(map(str, self.allow.callers)))
 
-    def stop(self, timeout=None):
+    def stop(self, timeout: "float | None" = None) -> None:
         """Cut every connection, stop accepting, let the forwarder finish its batch if it can
         within ``timeout`` seconds (``limits.stop_timeout``), then return: instances not
         delivered stay in the spool. Nothing a peer does holds it longer."""
@@ -144,7 +176,7 @@ class Node:
             self._http.shutdown()
         self.forwarder.stop(timeout)
         try:
-            left = len(self.spool.pending())
+            left: "int | str" = len(self.spool.pending())
         except OSError:
             left = "?"
         log.info("stopped; %s instance(s) left in the spool", left)
@@ -152,7 +184,7 @@ class Node:
             self.audit.close()
         self._stopped.set()
 
-    def wait(self):
+    def wait(self) -> None:
         """Return once ``stop`` (from another thread, a signal handler's) has finished."""
         while not self._stopped.wait(0.2):
             pass

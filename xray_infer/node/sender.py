@@ -1,8 +1,12 @@
 """``send``: C-STORE files to a DICOM peer, one file in memory at a time."""
+import ssl
+from collections.abc import Callable, Iterable
+
 from pydicom import dcmread
 from pynetdicom import AE
 
 from .network import AssociationError, associate, is_stored, response_status
+from ..peer import Peer
 from .policy import DEFAULT_AE_TITLE
 
 #: Presentation contexts one association can request (PS3.8: odd context ids 1 to 255).
@@ -15,13 +19,36 @@ def _header(path):
     return ds.SOPClassUID, ds.file_meta.TransferSyntaxUID
 
 
-def send(paths, peer, ae_title=DEFAULT_AE_TITLE, report=print, tls=None, timeout=30.0):
-    """C-STORE each file to ``peer`` (a Peer), with ``tls`` an ``ssl.SSLContext`` or None.
+def send(paths: "Iterable[str]", peer: Peer, ae_title: str = DEFAULT_AE_TITLE,
+         report: "Callable[[str], object]" = print, tls: "ssl.SSLContext | None" = None,
+         timeout: float = 30.0) -> "dict[str, int | str]":
+    """C-STORE each file to ``peer``.
 
-    Returns {path: status code (stored) or the reason it was not}; every path gets an entry.
-    Raises AssociationError when no association could be made at all. Files are read one at a
-    time (headers first, for the presentation contexts), so memory does not grow with the
-    number of files.
+    Parameters
+    ----------
+    paths : iterable of str
+        DICOM files, read one at a time (headers first, for the presentation contexts), so
+        memory does not grow with their number.
+    peer : Peer
+        The receiving node or PACS (host, port, AE title).
+    ae_title : str
+        This sender's AE title.
+    report : callable
+        Called with one line per file as it is settled.
+    tls : ssl.SSLContext, optional
+        DICOM TLS.
+    timeout : float
+        Seconds for each network step.
+
+    Returns
+    -------
+    dict
+        {path: status code (stored) or the reason it was not}; every path gets an entry.
+
+    Raises
+    ------
+    AssociationError
+        When no association could be made at all.
     """
     outcome, headers = {}, {}
 
