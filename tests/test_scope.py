@@ -11,6 +11,9 @@ from xray_infer import Classifier
 from xray_infer.decode import read_image
 from xray_infer.scope import age_years, parse_ages
 
+trainer_scope = pytest.importorskip("trainer.scope")
+VALIDATION_PASS = trainer_scope.VALIDATION_PASS
+
 pydicom = pytest.importorskip("pydicom")
 from helpers import SAMPLES  # noqa: E402
 from helpers import run_cli as run  # noqa: E402
@@ -38,7 +41,9 @@ def test_the_bundled_model_declares_its_population_and_gate(clf):
     assert spec.scope_output == "scope_distance" and spec.scope["threshold"] > 0
     assert "validation" in spec.scope["threshold_rule"]
     assert "training-split" in spec.scope["fitted_on"]
-    assert spec.scope["validation_passed"] >= 0.99
+    # the threshold is a percentile of the validation distances: what passes is that share,
+    # less at most one image of the 788
+    assert spec.scope["validation_passed"] >= VALIDATION_PASS - 1 / 788
 
 
 @pytest.mark.parametrize("attributes, gate, words", [

@@ -18,6 +18,12 @@ from xray_infer.preprocess import JPEG_MIN_RATIO, jpeg_scale
 
 from helpers import SAMPLES, run_cli
 
+# the gates the export sets, imported: a test never restates a threshold
+decoding = pytest.importorskip("trainer.decoding")
+quantize = pytest.importorskip("trainer.quantize")
+MIN_DECODING_AGREEMENT = decoding.MIN_DECODING_AGREEMENT
+MIN_INT8_AGREEMENT, MAX_F1_DROP = quantize.MIN_INT8_AGREEMENT, quantize.MAX_F1_DROP
+
 CPU = ["CPUExecutionProvider"]
 
 
@@ -28,8 +34,9 @@ def test_int8_variant_is_gated_on_validation_and_reports_test():
     assert spec.precision == "int8"
     record = spec.metrics["int8_parity"]
     assert record["val"]["n"] == 788 and record["test"]["n"] == 624
-    assert record["val"]["agreement"] >= 0.99 and record["val"]["scope_agreement"] >= 0.99
-    assert record["val"]["macro_f1_float32"] - record["val"]["macro_f1_int8"] <= 0.01
+    assert record["val"]["agreement"] >= MIN_INT8_AGREEMENT
+    assert record["val"]["scope_agreement"] >= MIN_INT8_AGREEMENT
+    assert record["val"]["macro_f1_float32"] - record["val"]["macro_f1_int8"] <= MAX_F1_DROP
     # the test split is measured and recorded, never a gate (3.0.0: 97.9% agreement, reported
     # in docs/model.md as a missed target)
     assert "test reported only" in record["gates"]
@@ -175,7 +182,7 @@ def test_reduced_decoding_record_passes_and_full_decoding_stays_available():
         _, spec = load_model(providers=CPU, precision=precision)
         record = spec.metrics["reduced_decoding"]
         assert record["float32"]["n"] == 240 and record["float32"]["passed"]
-        assert record["int8"]["agreement"] >= 0.995
+        assert record["int8"]["agreement"] >= MIN_DECODING_AGREEMENT
     with pytest.raises(ValueError, match="decode"):
         Classifier(providers=CPU, decode="half")
 

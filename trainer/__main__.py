@@ -149,13 +149,13 @@ def _print_int8(parity):
 
 
 def cmd_decoding(a):
-    from .decoding import MIN_AGREEMENT, record_parity
+    from .decoding import MIN_DECODING_AGREEMENT, record_parity
     paths = fullres_scans(a.scans)
     if not paths:
         sys.exit(f"python -m trainer decoding: no JPEG scans under {a.scans}")
     for precision, r in record_parity(a.model, paths).items():
         print(f"  {precision}: {r['n']} scans (scaled by {r['scaled_by']}), agreement "
-              f"{r['agreement']:.4f} (needs {MIN_AGREEMENT}), scope agreement "
+              f"{r['agreement']:.4f} (needs {MIN_DECODING_AGREEMENT}), scope agreement "
               f"{r['scope_agreement']:.4f}, probability difference median "
               f"{r['median_abs_probability_diff']:.4f}, max {r['max_abs_probability_diff']:.4f}")
 

@@ -9,14 +9,14 @@ from xray_infer.decode import jpeg_frame
 from xray_infer.preprocess import jpeg_scale
 
 #: Labels that must agree between the two decodings, or the rule is not shipped.
-MIN_AGREEMENT = 0.995
+MIN_DECODING_AGREEMENT = 0.995
 
 
 def decoding_parity(paths, model=None, precision="float32"):
     """A record of full-size against reduced-size decoding of the JPEGs at ``paths``: how many
     were reduced by each denominator, label and scope-decision agreement, the median and
     largest absolute probability difference (scope off for the probabilities: every scan gets
-    both). ``passed``: agreement at least ``MIN_AGREEMENT``."""
+    both). ``passed``: agreement at least ``MIN_DECODING_AGREEMENT``."""
     full = Classifier(model, precision=precision, scope=False, decode="full")
     reduced = Classifier(model, precision=precision, scope=False, decode="reduced")
     a, b = full.classify(paths), reduced.classify(paths)
@@ -38,7 +38,7 @@ def decoding_parity(paths, model=None, precision="float32"):
                                               for x, y in zip(gated_full, gated_reduced)])),
             "median_abs_probability_diff": float(np.median(diff)) if diff else None,
             "max_abs_probability_diff": float(np.max(diff)) if diff else None,
-            "passed": agreement >= MIN_AGREEMENT}
+            "passed": agreement >= MIN_DECODING_AGREEMENT}
 
 
 def record_parity(model_path, paths):

@@ -4,7 +4,7 @@ Weights are int8 per output channel, activations uint8 with ranges calibrated (M
 training images only. Kept in float32 (``float_nodes``): the first convolutions, and the
 features' last convolution with everything after it (the head, the class maps and the scope
 gate's squared distances, which span thousands). The variant is written only when it agrees
-with the float32 model on the validation split (``MIN_AGREEMENT`` of the labels and of the
+with the float32 model on the validation split (``MIN_INT8_AGREEMENT`` of the labels and of the
 scope gate's decisions, macro-F1 at most ``MAX_F1_DROP`` lower); the test figures go into its
 record, never into that decision. The fewest leading convolutions in float32 that pass the
 gates are kept so (one, then two, ... up to ``MAX_LEADING_FLOAT``): validation decides how much
@@ -28,7 +28,7 @@ from .model_files import write_model
 CALIBRATION_IMAGES = 512
 CALIBRATION_SEED = 0
 #: The validation gates.
-MIN_AGREEMENT, MAX_F1_DROP = 0.99, 0.01
+MIN_INT8_AGREEMENT, MAX_F1_DROP = 0.99, 0.01
 #: At most this many leading convolutions are left in float32 before giving up.
 MAX_LEADING_FLOAT = 8
 
@@ -138,14 +138,14 @@ def export_int8(fp32_path, data):
         record, own = parity(spec, sess32, sess8, {"val": data["val"]})
         val = record["val"]
         drop = val["macro_f1_float32"] - val["macro_f1_int8"]
-        if val["agreement"] >= MIN_AGREEMENT and val["scope_agreement"] >= MIN_AGREEMENT \
+        if val["agreement"] >= MIN_INT8_AGREEMENT and val["scope_agreement"] >= MIN_INT8_AGREEMENT \
                 and drop <= MAX_F1_DROP:
             break
         tried.append(f"{leading} leading: agreement {val['agreement']:.4f}, scope agreement "
                      f"{val['scope_agreement']:.4f}, macro-F1 drop {drop:.4f}")
     else:
         raise RuntimeError(f"int8 variant not written: no validation gate passed (agreement and "
-                           f"scope agreement >= {MIN_AGREEMENT}, macro-F1 drop <= "
+                           f"scope agreement >= {MIN_INT8_AGREEMENT}, macro-F1 drop <= "
                            f"{MAX_F1_DROP}) with up to {MAX_LEADING_FLOAT} leading convolutions "
                            f"in float32: " + "; ".join(tried))
     # the test split is measured once, for the record, after validation has decided
@@ -160,7 +160,7 @@ def export_int8(fp32_path, data):
     # int8 arithmetic differs between CPUs with and without int8 dot products: say which ran
     from xray_infer.cpu import int8_dot_product
     record["measured_on"] = int8_dot_product()[1]
-    record["gates"] = (f"validation: agreement and scope agreement >= {MIN_AGREEMENT}, macro-F1 "
+    record["gates"] = (f"validation: agreement and scope agreement >= {MIN_INT8_AGREEMENT}, macro-F1 "
                        f"drop <= {MAX_F1_DROP}; test reported only")
     metrics = dict(spec.metrics, val=own["val"], test=own["test"], int8_parity=record)
     out = variant_path(fp32_path, "int8")
