@@ -85,6 +85,12 @@ def quoted_figures():
     yield "CHANGELOG.md", (f"3-class {f32['accuracy_3class']:.3f} against "
                            f"{v2['accuracy_3class']:.3f}; normal vs pneumonia "
                            f"{f32['accuracy_binary']:.3f} against {v2['accuracy_binary']:.3f}")
+    maps = _bench("heatmaps.json")["rows"]
+    default, full = maps["overlays (default size)"], maps["overlays (full size)"]
+    yield "docs/cli.md", (f"{default['cost_vs_plain']:.2f}x the plain run's time and "
+                          f"{default['bytes_written'] / 2 ** 20:.0f} MiB of PNGs at the default "
+                          f"size, {full['cost_vs_plain']:.2f}x and "
+                          f"{full['bytes_written'] / 2 ** 20:.0f} MiB at full size")
     from xray_infer.model import load_model
     spec = load_model(providers=["CPUExecutionProvider"], precision="float32")[1]
     yield "docs/scope.md", (f"({spec.scope['threshold']:,.1f} for {spec.model_version}, "
