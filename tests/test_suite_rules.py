@@ -125,3 +125,25 @@ def test_the_linter_and_the_type_check_pass(tool, args):
     p = subprocess.run([exe, *args], cwd=TESTS.parent, capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+
+
+def test_every_exception_of_the_library_is_an_xray_infer_error():
+    """One base to catch (``XrayInferError``; warnings under ``XrayInferWarning``)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import xray_infer
+    from xray_infer.errors import XrayInferError, XrayInferWarning
+    stray = []
+    for info in pkgutil.walk_packages(xray_infer.__path__, "xray_infer."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__ or not issubclass(cls, BaseException):
+                continue
+            base = XrayInferWarning if issubclass(cls, Warning) else XrayInferError
+            if not issubclass(cls, base):
+                stray.append(f"{module.__name__}.{name}")
+    assert not stray, stray

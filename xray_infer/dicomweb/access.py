@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import urlsplit
+from ..errors import XrayInferError
 
 AUTH_ENV = "XRAY_INFER_DICOMWEB_AUTH"
 #: The largest HTTP answer read (an instance retrieved, a listing): a file's bound, as
@@ -128,11 +129,11 @@ class Access:
         return client
 
 
-class TooLarge(Exception):
+class TooLarge(XrayInferError):
     """An HTTP answer past a bound: its bytes, its parts or its time."""
 
 
-class Redirected(Exception):
+class Redirected(XrayInferError):
     """An answer redirected a request that is not followed (not a GET, or another origin)."""
 
     def __init__(self, status):

@@ -8,6 +8,7 @@ import time
 from enum import Enum
 
 from .access import Redirected, TooLarge, _phrase
+from ..errors import XrayInferError
 
 #: Answers that say the server as a whole cannot take anything now (not this instance).
 SERVER_BUSY = (429, 503)
@@ -24,7 +25,7 @@ class Outcome(Enum):
     RETRY = "retry"      # it may be taken later: a 5xx, a timeout, a dropped connection
 
 
-class Unavailable(Exception):
+class Unavailable(XrayInferError):
     """The server takes nothing now (down, busy, or this client not allowed): no instance is to
     blame; what waits, waits. ``unreachable``: no connection opened at all (``connects`` says
     when that changes); ``retry_after``: the seconds a busy server asked for, or None."""

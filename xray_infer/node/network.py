@@ -18,6 +18,7 @@ from pynetdicom import evt
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from .refusals import Refusal
+from ..errors import XrayInferError
 
 log = logging.getLogger("xray_infer.node")
 
@@ -48,7 +49,7 @@ def tls_context(cert, key, ca, server):
     return ctx
 
 
-class AssociationError(Exception):
+class AssociationError(XrayInferError):
     """The peer refused or dropped the association; names the peer and the reason."""
 
 

@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from enum import Enum
 
 from .policy import printable
+from ..errors import XrayInferError
 
 log = logging.getLogger("xray_infer.node")
 
@@ -55,7 +56,7 @@ class Refusal(Enum):
 AUDITED = (Refusal.UNKNOWN_PEER, Refusal.CALLED_AE, Refusal.TLS)
 
 
-class Refused(Exception):
+class Refused(XrayInferError):
     """An instance refused: ``refusal`` (a Refusal) and ``detail``, for the log (escaped
     there: a decoder's message may quote what the peer sent). ``tell``: the detail is this
     node's own words, naming no value from the object (``dicom_results.source_problem``,

@@ -15,15 +15,16 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from ..errors import XrayInferError
 
 TMP_SUFFIX = ".tmp"
 
 
-class SpoolFull(OSError):
+class SpoolFull(XrayInferError, OSError):
     """Less free space than the reserve: the instance is refused as retryable (0xA700)."""
 
 
-class Conflict(Exception):
+class Conflict(XrayInferError):
     """Another object is spooled under this SOP Instance UID (two different objects under one
     UID: neither may silently replace the other)."""
 
