@@ -18,6 +18,7 @@ from ._common import (EXIT_INPUT_FAILED, EXIT_INTERRUPTED, EXIT_JOB_FAILED, EXIT
                       check_writable_file, check_writable_folder, checked, fail, quiet_opencv,
                       require, setup_logging, whole)
 from .engine import Engine
+from .run import Run
 from .side_outputs import DicomResults, Overlays
 from .resume import check_resume_names, resume_hint, resume_plan
 from .audit_options import add_audit_options, audit_trail
@@ -47,9 +48,9 @@ gpu_share, cpu_share = checked(_share(0, strict=False)), checked(_share(0, stric
 def check_arguments(args):
     """Every option value and combination, before anything is loaded or written.
 
-    Returns (format, the earlier output or None)."""
+    Returns (format, the earlier output or None, the DICOMweb Remote or None)."""
     check_scope_options(args)
-    args.remote = dicomweb_options.check_run(args)
+    web = dicomweb_options.check_run(args)
     if args.engine != "ray":
         for option, value in (("--address", args.address),
                               ("--gpus-per-worker", args.gpus_per_worker),
@@ -91,17 +92,17 @@ def check_arguments(args):
     if args.dicom_out:
         require(["pydicom", "highdicom"], "--dicom-out", "xray-infer[dicom]")
     fmt = args.format or (format_for(args.output) if args.output else "csv")
-    remote = bool(args.output) and is_uri(args.output)
-    if fmt == "parquet" or remote:
+    to_store = bool(args.output) and is_uri(args.output)
+    if fmt == "parquet" or to_store:
         require(["pyarrow"], "Parquet output and URI outputs", "pyarrow")
     if fmt == "parquet" and not args.output:
         raise UsageError("Parquet output needs --output FILE")
-    if args.resume and remote:
+    if args.resume and to_store:
         raise UsageError("--resume works on a local output file; an object in a store is "
                          "written whole (--overwrite replaces it)")
     existing = None
     if args.output:
-        if not remote and os.path.isdir(args.output):
+        if not to_store and os.path.isdir(args.output):
             raise UsageError(f"--output {args.output}: is a directory")
         if output_exists(args.output):
             if not (args.resume or args.overwrite):
@@ -114,7 +115,7 @@ def check_arguments(args):
             raise UsageError(f"--format {args.format}, but {args.output} holds {existing.fmt} "
                              f"rows; resuming must keep the file's format")
         fmt = existing.fmt
-    return fmt, existing
+    return fmt, existing, web
 
 
 def no_inputs(args, inputs):
@@ -131,10 +132,10 @@ def no_inputs(args, inputs):
 
 
 def cmd_classify(args):
-    fmt, existing = check_arguments(args)
+    fmt, existing, web = check_arguments(args)
     audit = audit_trail(args, "xray-infer-classify")  # checked before the model loads
     inputs = collect_inputs(args.paths, args.recursive,
-                            args.remote.instances if args.remote else None)
+                            web.instances if web else None)
     files = inputs.files
     if not files:
         raise no_inputs(args, inputs)
@@ -146,7 +147,8 @@ def cmd_classify(args):
     quiet_opencv()
     stdout = sys.stdout  # the rows' stream, whatever the Ray engine does with sys.stdout
     try:
-        engine = Engine(args, providers)  # loads the model: only after arguments are valid
+        run = Run.of(args, fmt, web, providers)
+        engine = Engine(run)  # loads the model: only after arguments are valid
     except (XrayInferError, ValueError) as e:
         return fail(e, EXIT_USAGE)
     for path, why in inputs.skipped:  # once the run is sure to go ahead
@@ -157,12 +159,12 @@ def cmd_classify(args):
         return fail(e, EXIT_USAGE)
     files = plan.files
     progress = Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
-    overlays = Overlays(args.heatmaps, args.heatmap_size) if args.heatmaps else None
-    dicom_out = DicomResults(args.dicom_out, engine.clf, args.remote, audit) if args.dicom_out \
+    overlays = Overlays(run.heatmaps, run.heatmap_size) if run.heatmaps else None
+    dicom_out = DicomResults(run.dicom_out, engine.clf, web, audit) if run.dicom_out \
         else None
     if audit is not None:
         audit.start()
-    page, interrupted = Page(args, engine, overlays), None
+    page, interrupted = Page(run, engine, overlays), None
     try:
         with CtrlC() as ctrl_c:
             tally = score(engine, files, out, progress,
@@ -192,7 +194,7 @@ def cmd_classify(args):
             audit.close()
     progress.close()
     if not args.quiet:
-        print(summary_line(tally, plan, inputs=inputs, args=args, overlays=overlays,
+        print(summary_line(tally, plan, inputs=inputs, run=run, overlays=overlays,
                            dicom_out=dicom_out, warnings=warnings.count,
                            variant=f"model {engine.spec.model_version}, "
                                    f"{engine.variant.precision}"), file=sys.stderr)

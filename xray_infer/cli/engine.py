@@ -23,37 +23,38 @@ class Engine:
     connected here, so that an unreachable cluster is reported before any output is touched).
     Both yield one Result per input, in input order."""
 
-    def __init__(self, args, providers):
-        self.args, self.options = args, scoring_options(args, providers)
-        if args.engine == "ray":
+    def __init__(self, run):
+        self.run, self.options = run, run.options
+        o = run.options
+        if run.engine == "ray":
             from .. import distributed
             from ..model import DEFAULT_MODEL, Variant, load_model
             self.clf = None
-            self.spec = load_model(args.model, providers=["CPUExecutionProvider"])[1]
-            self.variant = Variant(args.model or DEFAULT_MODEL, args.precision,
+            self.spec = load_model(o.model, providers=["CPUExecutionProvider"])[1]
+            self.variant = Variant(o.model or DEFAULT_MODEL, o.precision,
                                    "chosen by each Ray worker")
-            require_gate(self.spec, Scope.of(args.scope, args.ages), args.model or DEFAULT_MODEL)
+            require_gate(self.spec, Scope.of(o.scope, o.ages), o.model or DEFAULT_MODEL)
             from ..ray_terminal import quiet_ray
             quiet_ray()
-            distributed.connect(args.address)
-            distributed.plan(args.workers, args.gpus_per_worker or 0.0, args.cpus_per_worker)
+            distributed.connect(run.address)
+            distributed.plan(o.workers, run.gpus_per_worker or 0.0, run.cpus_per_worker)
         else:
             self.clf = Classifier.from_options(self.options)
             self.spec, self.variant = self.clf.spec, self.clf.variant
 
     def results(self, files):
         if self.clf is not None:
-            if self.args.remote is not None:  # DICOMweb instances: each read in its turn
+            if self.run.remote is not None:  # DICOMweb instances: each read in its turn
                 from ..batch import Fetched
-                files = [Fetched(f, partial(self.args.remote.fetch, f))
+                files = [Fetched(f, partial(self.run.remote.fetch, f))
                          if dicomweb_options.is_dicomweb(f) else f for f in files]
             return self.clf.iter_classify(files)
         from .. import distributed
-        a = self.args
+        run = self.run
         # on Ray, --workers is the number of actors; each scores on its CPUs' threads
         scoring = {k: v for k, v in asdict(self.options).items()
                    if k not in ("workers", "threads", "heatmaps")}
         return distributed.iter_results(
-            files, address=a.address, workers=a.workers,
-            gpus_per_worker=a.gpus_per_worker or 0.0, cpus_per_worker=a.cpus_per_worker,
+            files, address=run.address, workers=self.options.workers,
+            gpus_per_worker=run.gpus_per_worker or 0.0, cpus_per_worker=run.cpus_per_worker,
             **scoring)

@@ -45,7 +45,7 @@ class Tally:
     failures: list = field(default_factory=list)
 
 
-def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, warnings=0,
+def summary_line(tally, plan, *, inputs, run, overlays=None, dicom_out=None, warnings=0,
                  variant=None):
     """The run's one-line summary (stderr); ``variant`` names what scored (model version and
     precision)."""
@@ -53,10 +53,10 @@ def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, wa
            f"{len(tally.failures)} failed")
     if variant:
         msg += f" ({variant})"
-    if args.scope == "off":
+    if run.options.scope in (False, "off"):
         msg += " (scope gate off)"
     if plan.skipped:
-        msg += f", {plan.skipped} skipped (already in {args.output}"
+        msg += f", {plan.skipped} skipped (already in {run.output}"
         msg += (f"; {plan.skipped_failed} of them with an error (--retry-failed scores them "
                 f"again))" if plan.skipped_failed else ")")
     if plan.retried:
@@ -72,26 +72,26 @@ def summary_line(tally, plan, *, inputs, args, overlays=None, dicom_out=None, wa
             else "file(s) in folders"
         msg += (f"; {len(inputs.skipped)} {found_in} skipped (" +
                 ", ".join(f"{n} {why}" for why, n in reasons.most_common()) +
-                ("; --log lists them)" if not args.log else f"; listed in {args.log})"))
+                ("; --log lists them)" if not run.log else f"; listed in {run.log})"))
     if overlays:
-        msg += f"; {overlays.written} heatmap(s) in {args.heatmaps}"
+        msg += f"; {overlays.written} heatmap(s) in {run.heatmaps}"
         if overlays.failed:
-            msg += f", {overlays.failed} not written{_see(args)}"
+            msg += f", {overlays.failed} not written{_see(run)}"
     if dicom_out:
         where = "stored at" if dicom_out.client is not None else "in"
-        msg += f"; DICOM SR + SC for {dicom_out.written} input(s) {where} {args.dicom_out}"
+        msg += f"; DICOM SR + SC for {dicom_out.written} input(s) {where} {run.dicom_out}"
         if dicom_out.not_dicom:
             msg += f", none for {dicom_out.not_dicom} non-DICOM input(s)"
         if dicom_out.failed:
-            msg += f", {dicom_out.failed} not written{_see(args)}"
+            msg += f", {dicom_out.failed} not written{_see(run)}"
     if warnings:
         msg += (f"; {warnings} library warning(s) " +
-                (f"in {args.log}" if args.log else "(--log FILE keeps them)"))
+                (f"in {run.log}" if run.log else "(--log FILE keeps them)"))
     return msg
 
 
-def _see(args):
-    return f" (reasons in {args.log})" if args.log else " (reasons below)"
+def _see(run):
+    return f" (reasons in {run.log})" if run.log else " (reasons below)"
 
 
 class CtrlC:
@@ -124,7 +124,7 @@ def score(engine, files, writer, progress, side_outputs, page=None, ctrl_c=None)
     KeyboardInterrupt (``ctrl_c``: between rows) and a failed Ray job pass through (the rows
     written until then are complete, and the page holds each of them)."""
     tally = Tally()
-    max_value = engine.args.max_value
+    max_value, remote = engine.options.max_value, engine.run.remote
     for r in engine.results(files):
         if ctrl_c is not None:
             ctrl_c.check()
@@ -141,12 +141,12 @@ def score(engine, files, writer, progress, side_outputs, page=None, ctrl_c=None)
             else:
                 tally.classified += 1
                 if side_outputs:
-                    scan = write_side_outputs(side_outputs, r, max_value, engine.args.remote)
+                    scan = write_side_outputs(side_outputs, r, max_value, remote)
         finally:
             if page is not None:
                 page.add(r, scan)  # the scan decoded for the side outputs, not decoded again
-            if engine.args.remote is not None:
-                engine.args.remote.forget(r.source)
+            if remote is not None:
+                remote.forget(r.source)
     return tally
 
 
@@ -154,11 +154,11 @@ class Page:
     """The results page, if asked for: it holds a row for every row written, and says when the
     run was interrupted."""
 
-    def __init__(self, args, engine, overlays):
+    def __init__(self, run, engine, overlays):
         self.page = None
-        if args.report:
+        if run.report:
             from .results_page import ResultsPage
-            self.page = ResultsPage(args.report, engine.spec, engine.variant, overlays)
+            self.page = ResultsPage(run.report, engine.spec, engine.variant, overlays)
 
     def close(self, writer, interrupted=None):
         if self.page is None:
