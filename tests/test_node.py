@@ -230,3 +230,10 @@ def test_listen_and_send_help_name_every_default():
         assert text in " ".join(listen.split()), text
     send_help = " ".join(run_cli("send", "--help").stdout.split())
     assert "(default XRAYINFER)" in send_help and "(default ANY-SCP)" in send_help
+    for command, groups in (("listen", ("network:", "callers:", "limits", "DICOM TLS:",
+                                        "audit trail")),
+                            ("classify", ("inputs:", "rows (output):", "scoring:",
+                                          "side outputs:", "DICOMweb:", "scope gate:"))):
+        text = run_cli(command, "--help").stdout
+        assert all(f"\n{g}" in text for g in groups), (command, text)
+        assert "(default on)" in " ".join(text.split())

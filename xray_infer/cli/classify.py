@@ -232,84 +232,92 @@ def add_parser(subparsers):
                                           f"named explicitly are always read. A PATH may be a "
                                           f"URI that pyarrow reads (s3://, gs://, file://; "
                                           f"pyarrow reads those).")
-    c.add_argument("paths", nargs="+", metavar="PATH")
-    c.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
-    c.add_argument("-o", "--output", help="write results here, a path or a URI such as "
+    g_in = c.add_argument_group("inputs")
+    g_out = c.add_argument_group("rows (output)")
+    g_score = c.add_argument_group("scoring")
+    g_ray = c.add_argument_group("engine (Ray Data)")
+    g_side = c.add_argument_group("side outputs")
+    g_web = c.add_argument_group("DICOMweb")
+    g_scope = c.add_argument_group("scope gate")
+    g_log = c.add_argument_group("logging")
+    g_in.add_argument("paths", nargs="+", metavar="PATH")
+    g_in.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    g_out.add_argument("-o", "--output", help="write results here, a path or a URI such as "
                                           "s3://bucket/run1.parquet (default: stdout)")
-    c.add_argument("-f", "--format", choices=FORMATS,
+    g_out.add_argument("-f", "--format", choices=FORMATS,
                    help="output format (default: jsonl for a .jsonl/.json/.ndjson --output, "
                         "parquet for .parquet, else csv)")
-    c.add_argument("--resume", action="store_true",
+    g_out.add_argument("--resume", action="store_true",
                    help="skip inputs already in --output and append the rest (format and "
                         "columns are the file's own; a row cut by an interruption is redone)")
-    c.add_argument("--retry-failed", action="store_true",
+    g_out.add_argument("--retry-failed", action="store_true",
                    help="with --resume: score again the inputs whose row holds an error "
                         "(their old rows are replaced)")
-    c.add_argument("--overwrite", action="store_true",
+    g_out.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output and --report")
-    c.add_argument("--model", help="ONNX model exported by the trainer (default: bundled)")
-    c.add_argument("--providers", help="comma-separated ONNX Runtime providers, e.g. "
+    g_score.add_argument("--model", help="ONNX model exported by the trainer (default: bundled)")
+    g_score.add_argument("--providers", help="comma-separated ONNX Runtime providers, e.g. "
                                        "CUDAExecutionProvider,CPUExecutionProvider")
-    c.add_argument("--batch-size", type=whole,
+    g_score.add_argument("--batch-size", type=whole,
                    help=f"images per inference call (default: {CPU_BATCH_SIZE} on the CPU, "
                         f"{DEFAULT_BATCH_SIZE} on a GPU)")
-    c.add_argument("--threads", type=whole, help="ONNX Runtime intra-op threads per inference "
+    g_score.add_argument("--threads", type=whole, help="ONNX Runtime intra-op threads per inference "
                                                "call (default: 1 on the CPU)")
-    c.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+    g_score.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                    help="which variant of the model runs: auto (float16 on CUDA, int8 on a CPU "
                         "with int8 dot products, where the variants exist; else float32) or "
-                        "that one (xray-infer info says which auto picks here)")
-    c.add_argument("--decode", choices=DECODE_MODES, default="reduced",
+                        "that one (xray-infer info says which auto picks here) (default %(default)s)")
+    g_score.add_argument("--decode", choices=DECODE_MODES, default="reduced",
                    help="reduced: a JPEG much larger than the model's input decodes at a "
                         "reduced size (faster; see docs/benchmarks.md for its parity); full: "
-                        "every image at full size")
-    c.add_argument("--max-value", type=max_value, metavar="N",
+                        "every image at full size (default %(default)s)")
+    g_score.add_argument("--max-value", type=max_value, metavar="N",
                    help="the maximum of 16-bit PNG and TIFF inputs that declare no bit depth of "
                         "their own, e.g. 4095 for 12-bit values (default: inferred as DICOM's "
                         "BitsStored would; docs/inputs.md)")
-    c.add_argument("--workers", type=whole,
+    g_score.add_argument("--workers", type=whole,
                    help="worker threads (default: CPUs; on the CPU each decodes and scores "
                         "batches of its own); with --engine ray, the "
                         "number of Ray workers (default: one per GPU share, else per CPU)")
-    c.add_argument("--engine", choices=("local", "ray"), default="local",
+    g_ray.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="local: in this process; ray: on Ray Data workers, this machine's or "
-                        "a cluster's (--address), same rows (needs the ray extra)")
-    c.add_argument("--address", help="with --engine ray: the cluster, HOST:PORT, "
+                        "a cluster's (--address), same rows (needs the ray extra) (default %(default)s)")
+    g_ray.add_argument("--address", help="with --engine ray: the cluster, HOST:PORT, "
                                      "ray://HOST:PORT or auto (default: a local Ray)")
-    c.add_argument("--gpus-per-worker", type=gpu_share,
+    g_ray.add_argument("--gpus-per-worker", type=gpu_share,
                    help="with --engine ray: GPUs each worker holds (fractions share a GPU)")
-    c.add_argument("--cpus-per-worker", type=cpu_share,
+    g_ray.add_argument("--cpus-per-worker", type=cpu_share,
                    help="with --engine ray: CPUs (decode threads) per worker (default: the "
                         "cluster's CPUs shared among the workers)")
-    add_audit_options(c)
-    c.add_argument("--heatmaps", metavar="DIR",
+    add_audit_options(c)  # its own group
+    g_side.add_argument("--heatmaps", metavar="DIR",
                    help="write one PNG per classified input here: the scan with the predicted "
                         "class's activation map over it, label and probabilities")
-    c.add_argument("--heatmap-size", type=int, metavar="PIXELS", default=OVERLAY_LONG_SIDE,
+    g_side.add_argument("--heatmap-size", type=int, metavar="PIXELS", default=OVERLAY_LONG_SIDE,
                    help="longest side of an overlay PNG; larger scans are shrunk to it, 0 keeps "
                         "the scan's full size (default %(default)s)")
-    c.add_argument("--dicom-out", metavar="DIR|URL", type=dicomweb_options.folder_or_url,
+    g_side.add_argument("--dicom-out", metavar="DIR|URL", type=dicomweb_options.folder_or_url,
                    help="for every classified DICOM input, a Structured Report (TID 1500) and a "
                         "Secondary Capture of its heatmap: files in this folder, or stored by "
                         "STOW-RS at this DICOMweb base URL (http:// or https://; needs the "
                         "dicomweb extra)")
-    c.add_argument("--query", type=dicomweb_options.query, metavar="KEY=VALUE[&...]",
+    g_web.add_argument("--query", type=dicomweb_options.query, metavar="KEY=VALUE[&...]",
                    help="with a DICOMweb base URL as input: score every instance of the "
                         "studies this QIDO-RS search finds, e.g. ModalitiesInStudy=DX")
-    dicomweb_options.add_options(c, "dicomweb-", "the DICOMweb server(s)")
-    c.add_argument("--scope", choices=("on", "off"), default="on",
+    dicomweb_options.add_options(g_web, "dicomweb-", "the DICOMweb server(s)")
+    g_scope.add_argument("--scope", choices=("on", "off"), default="on",
                    help="on: no label for inputs the model was not made for (other body parts, "
                         "views, modalities, ages; images unlike its training radiographs), "
                         "status out_of_scope; off: label every decodable radiograph (research "
-                        "on other populations; recorded in each row)")
-    c.add_argument("--ages", type=ages, metavar="LOW-HIGH",
+                        "on other populations; recorded in each row) (default %(default)s)")
+    g_scope.add_argument("--ages", type=ages, metavar="LOW-HIGH",
                    help="with --scope on: accept DICOM patients of these ages in years "
                         "(default: the model's accepted range, its training range)")
-    c.add_argument("--report", metavar="HTML",
+    g_side.add_argument("--report", metavar="HTML",
                    help="also write a results page here: one self-contained HTML file (its "
                         "thumbnails in HTML_files/ beside it) with a row per input of this run, "
                         "filters, sorting and a summary")
-    c.add_argument("--log", metavar="FILE",
+    g_log.add_argument("--log", metavar="FILE",
                    help="write library warnings and per-input failures here")
-    c.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
+    g_log.add_argument("-q", "--quiet", action="store_true", help="no progress or summary")
     c.set_defaults(fn=cmd_classify)

@@ -126,82 +126,91 @@ def add_parser(subparsers):
                                        "forward SR + Secondary Capture results",
                         description="Only callers named with --allow may associate. See "
                                     "docs/node.md, 'Deploying the node'.")
-    li.add_argument("--port", type=port, required=True,
+    g_net = li.add_argument_group("network")
+    g_who = li.add_argument_group("callers")
+    g_dest = li.add_argument_group("results: where they go")
+    g_score = li.add_argument_group("scoring")
+    g_lim = li.add_argument_group("limits (docs/node.md: what each protects)")
+    g_mon = li.add_argument_group("metrics and health")
+    g_tls = li.add_argument_group("DICOM TLS")
+    g_scope = li.add_argument_group("scope gate")
+    g_log = li.add_argument_group("logging")
+    g_net.add_argument("--port", type=port, required=True,
                     help="the DICOM port to listen on (104 and 11112 are usual)")
-    li.add_argument("--host", default=DEFAULT_HOST,
+    g_net.add_argument("--host", default=DEFAULT_HOST,
                     help=f"interface to listen on (default {DEFAULT_HOST}; 0.0.0.0 for all)")
-    li.add_argument("--ae-title", type=ae_title, default=DEFAULT_AE_TITLE,
+    g_net.add_argument("--ae-title", type=ae_title, default=DEFAULT_AE_TITLE,
                     help=f"this node's AE title; a caller must call it by this name (default "
                          f"{DEFAULT_AE_TITLE})")
-    li.add_argument("--allow", action="append", type=caller, metavar="AET@HOST",
+    g_who.add_argument("--allow", action="append", type=caller, metavar="AET@HOST",
                     help="a caller that may associate (repeatable); HOST an address or name")
-    li.add_argument("--allow-any", action="store_true",
+    g_who.add_argument("--allow-any", action="store_true",
                     help="admit any caller that can reach the port (logged as a warning)")
-    li.add_argument("--forward", required=True, type=dicomweb_options.destination,
+    g_dest.add_argument("--forward", required=True, type=dicomweb_options.destination,
                     metavar="HOST:PORT[:AET]|URL",
                     help="where the results go: a PACS by C-STORE, or a DICOMweb base URL "
                          "(http:// or https://) by STOW-RS")
-    li.add_argument("--spool", default="xray-infer-spool",
+    g_dest.add_argument("--spool", default="xray-infer-spool",
                     help="received instances wait here until their results are delivered "
                          "(default: %(default)s in the current folder)")
-    li.add_argument("--batch-size", type=whole,
+    g_score.add_argument("--batch-size", type=whole,
                     help=f"instances classified together (default: {CPU_BATCH_SIZE} on the CPU, "
                          f"{DEFAULT_BATCH_SIZE} on a GPU)")
-    li.add_argument("--model", metavar="ONNX",
+    g_score.add_argument("--model", metavar="ONNX",
                     help="an exported model file (default: the bundled model)")
-    li.add_argument("--max-associations", type=whole, default=d.max_associations,
+    g_lim.add_argument("--max-associations", type=whole, default=d.max_associations,
                     help=f"associations open at once, all callers (default {d.max_associations})")
-    li.add_argument("--max-per-peer", type=whole, default=d.max_per_peer,
+    g_lim.add_argument("--max-per-peer", type=whole, default=d.max_per_peer,
                     help=f"connections open at once from one address (default {d.max_per_peer})")
-    li.add_argument("--max-pending", type=whole, default=d.max_pending,
+    g_lim.add_argument("--max-pending", type=whole, default=d.max_pending,
                     help=f"connections not yet associated, all addresses together (default "
                          f"{d.max_pending}; {d.max_pending_per_peer} from one address)")
-    li.add_argument("--max-object-mb", type=whole, default=d.max_object_mb,
+    g_lim.add_argument("--max-object-mb", type=whole, default=d.max_object_mb,
                     help=f"largest data set received, and declared image (default "
                          f"{d.max_object_mb})")
-    li.add_argument("--max-inflight-mb", type=whole, default=d.max_inflight_mb,
+    g_lim.add_argument("--max-inflight-mb", type=whole, default=d.max_inflight_mb,
                     help=f"data sets being received at once, all associations together, in "
                          f"units of --max-object-mb; beyond it a peer waits (default "
                          f"{d.max_inflight_mb})")
-    li.add_argument("--min-free-mb", type=int, default=d.min_free_mb,
+    g_lim.add_argument("--min-free-mb", type=int, default=d.min_free_mb,
                     help=f"disk space kept free in the spool; below it instances are refused "
                          f"as retryable (default {d.min_free_mb})")
-    li.add_argument("--max-refusals", type=whole, default=d.max_refusals,
+    g_lim.add_argument("--max-refusals", type=whole, default=d.max_refusals,
                     help=f"times the destination may refuse an instance's results before it is "
                          f"quarantined in the spool's failed/ (default {d.max_refusals})")
-    li.add_argument("--idle-timeout", type=whole, default=int(d.network_timeout),
+    g_lim.add_argument("--idle-timeout", type=whole, default=int(d.network_timeout),
                     help=f"seconds an association has to complete each message, counted from "
                          f"the last one (default {d.network_timeout:g})")
-    li.add_argument("--setup-timeout", type=whole, default=int(d.setup_timeout),
+    g_lim.add_argument("--setup-timeout", type=whole, default=int(d.setup_timeout),
                     help=f"seconds a connection has to associate, TLS handshake included "
                          f"(default {d.setup_timeout:g})")
-    li.add_argument("--stall-timeout", type=whole, default=int(d.stall_seconds),
+    g_lim.add_argument("--stall-timeout", type=whole, default=int(d.stall_seconds),
                     help=f"/healthz says 503 when instances wait and none has moved on for "
                          f"this many seconds (default {d.stall_seconds:g})")
-    li.add_argument("--metrics-port", type=port,
+    g_mon.add_argument("--metrics-port", type=port,
                     help="serve Prometheus /metrics and /healthz on this port")
-    li.add_argument("--metrics-host", default=DEFAULT_HOST,
+    g_mon.add_argument("--metrics-host", default=DEFAULT_HOST,
                     help=f"interface the metrics listen on (default {DEFAULT_HOST}, whatever "
                          f"--host says)")
-    add_tls_options(li)
-    li.add_argument("--tls-client-chain", choices=("direct", "any"), default="direct",
+    add_tls_options(g_tls)
+    g_tls.add_argument("--tls-client-chain", choices=("direct", "any"), default="direct",
                     help="direct: a client's certificate must be issued by a CA in --tls-ca "
                          "itself; any: any chain to it, intermediates included (default "
                          "%(default)s)")
-    li.add_argument("--tls-client-pin", action="append", metavar="SHA256",
+    g_tls.add_argument("--tls-client-pin", action="append", metavar="SHA256",
                     help="accept only this client certificate (SHA-256 of its DER; openssl x509 "
                          "-noout -fingerprint -sha256), repeatable")
-    add_tls_options(li, "forward-", "the forward connection")
-    dicomweb_options.add_options(li, "forward-", "the DICOMweb --forward URL")
-    li.add_argument("--scope", choices=("on", "off"), default="on",
+    add_tls_options(g_dest, "forward-", "the forward connection")
+    dicomweb_options.add_options(g_dest, "forward-", "the DICOMweb --forward URL")
+    g_scope.add_argument("--scope", choices=("on", "off"), default="on",
                     help="on: instances the model was not made for are acknowledged and nothing "
                          "is forwarded for them (logged, counted); off: every radiograph is "
-                         "classified")
-    li.add_argument("--ages", type=ages, metavar="LOW-HIGH",
+                         "classified (default %(default)s)")
+    g_scope.add_argument("--ages", type=ages, metavar="LOW-HIGH",
                     help="with --scope on: accepted patient ages in years")
     add_audit_options(li)
-    li.add_argument("--log", metavar="FILE", help="also write the log here")
-    li.add_argument("-v", "--verbose", action="store_true",
+    g_log.add_argument("--log", metavar="FILE", help="also write the log here")
+    g_log.add_argument("-v", "--verbose", action="store_true",
                     help="also log pydicom's, highdicom's and pynetdicom's messages (they may "
                          "quote values from the objects)")
     li.set_defaults(fn=cmd_listen)
