@@ -205,3 +205,48 @@ def test_a_url_carrying_a_token_is_refused_without_echoing_it(command):
     p = run_cli(*command, f"https://user:{secret}@pacs.example/dicom-web")
     assert p.returncode == 2 and secret not in p.stderr
     assert "--forward-auth" in p.stderr and "--dicomweb-auth" in p.stderr
+
+
+# Ctrl-C
+
+
+def test_ctrl_c_stops_classify_while_a_server_trickles_its_answer(serve, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import as_foreground
+    started = threading.Event()
+
+    def answer(method, path, query):
+        if "/instances/" in path and method == "GET" and not path.endswith("/instances"):
+            started.set()
+            return 200, {"Content-Type": "multipart/related; boundary=b"}, trickle()
+        uid = {"00080018": {"vr": "UI", "Value": ["1.2.3.4"]},
+               "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.1.1"]},
+               "0020000E": {"vr": "UI", "Value": ["1.2.3"]}}
+        return 200, {"Content-Type": JSON}, json.dumps([uid]).encode()
+
+    def trickle():
+        pace = threading.Event()  # never set: a byte a second, for ten minutes
+        yield b"--b\r\nContent-Type: application/dicom\r\n\r\n"
+        for _ in range(600):
+            pace.wait(1.0)
+            yield b"x"
+    server = serve(answer)
+    proc = subprocess.Popen([sys.executable, "-m", "xray_infer", "classify",
+                             f"{server.base}/studies/1.2", "-o", str(tmp_path / "out.csv")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_foreground)
+    try:
+        assert started.wait(120), "the instance was never asked for"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert time.monotonic() - t0 < 15, "Ctrl-C waited for the trickle"
+        assert "interrupted" in err and "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)

@@ -4,6 +4,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Union
 
@@ -40,6 +41,17 @@ def _chunks(iterable, n):
 #: What can be classified: a path, a file's bytes, a 2-D array, or a decoded or encoded scan.
 Input = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray, Decoded,
               Encoded, Fetched]
+
+
+def _result(future, poll=0.2):
+    """``future.result()``, waited for in short steps: a signal (Ctrl-C) that the kernel hands
+    to a worker thread cannot wake a main thread blocked on a lock, and its Python handler
+    only runs once the main thread runs again."""
+    while True:
+        try:
+            return future.result(timeout=poll)
+        except FutureTimeout:  # concurrent.futures' own before Python 3.11
+            continue
 
 class Classifier:
     """One ONNX Runtime session and the model's spec, reused for any number of inputs.
@@ -238,9 +250,9 @@ class Classifier:
         Results (with their scan-sized heatmaps) are built only as they are taken."""
         if self._on_cpu:
             scored = workers.submit(lambda: self._infer(self._prepare(start, chunk), rows))
-            return lambda: self._results(start, chunk, scored.result())
+            return lambda: self._results(start, chunk, _result(scored))
         prepared = device_queue.submit(self._prepare, start, chunk, workers)
-        return lambda: self._results(start, chunk, self._infer(prepared.result(), rows))
+        return lambda: self._results(start, chunk, self._infer(_result(prepared), rows))
 
     def iter_classify(self, inputs, batch_size=None):
         """Yield one Result per input, in input order, for any iterable of inputs.

@@ -166,7 +166,10 @@ def cmd_classify(args):
         audit.start()
     page, interrupted = Page(run, engine, overlays), None
     try:
-        with CtrlC() as ctrl_c:
+        stop = None
+        if web is not None or (run.dicom_out and dicomweb_options.is_dicomweb(run.dicom_out)):
+            from ..dicomweb import stop_all as stop
+        with CtrlC(stop) as ctrl_c:
             tally = score(engine, files, out, progress,
                           [w for w in (overlays, dicom_out) if w], page.page, ctrl_c)
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ the summary line and the results page."""
 import logging
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -97,10 +98,11 @@ def _see(run):
 class CtrlC:
     """SIGINT while scoring: the first one stops the run between two rows (raised in the middle
     of a write or inside a library's lock, KeyboardInterrupt could leave a row cut or a lock
-    held that the workers' shutdown then waits on); a second one interrupts at once."""
+    held that the workers' shutdown then waits on), and calls ``on_press`` (which cuts what
+    may block a worker: a network read); a second one interrupts at once."""
 
-    def __init__(self):
-        self.pressed = False
+    def __init__(self, on_press=None):
+        self.pressed, self.on_press = False, on_press
 
     def __enter__(self):
         self.previous = signal.signal(signal.SIGINT, self._press)
@@ -110,6 +112,8 @@ class CtrlC:
         if self.pressed:
             raise KeyboardInterrupt
         self.pressed = True
+        if self.on_press is not None:
+            threading.Thread(target=self.on_press, daemon=True).start()  # not in the handler
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self.previous)

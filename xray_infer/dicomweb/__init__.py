@@ -15,7 +15,7 @@ the same origin.
 """
 from .access import (ANSWER_DEADLINE, AUTH_ENV, MAX_ANSWER_BYTES, MAX_JSON_BYTES, MAX_PARTS,
                      Access, Redirected, TooLarge, authorization, check_url, connects,
-                     is_dicomweb)
+                     is_dicomweb, stop_all)
 from .reading import (MAX_INSTANCES, MAX_PAGES, PAGE, Address, is_image_class, list_instances,
                       retrieve)
 from .stow import (MAX_RETRY_AFTER, NOT_ALLOWED, SERVER_BUSY, Outcome, Unavailable,
@@ -25,4 +25,4 @@ __all__ = ["ANSWER_DEADLINE", "AUTH_ENV", "MAX_ANSWER_BYTES", "MAX_INSTANCES", "
            "MAX_PAGES", "MAX_PARTS", "MAX_RETRY_AFTER", "NOT_ALLOWED", "PAGE", "SERVER_BUSY",
            "Access", "Address", "Outcome", "Redirected", "TooLarge", "Unavailable",
            "authorization", "check_url", "connects", "is_dicomweb", "is_image_class",
-           "list_instances", "retrieve", "retry_after", "store", "store_results"]
+           "list_instances", "retrieve", "retry_after", "stop_all", "store", "store_results"]

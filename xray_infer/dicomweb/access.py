@@ -172,6 +172,9 @@ def _bounded(response, *args, **kwargs):
         raise TooLarge(f"an answer of {int(declared) >> 20} MiB")
     boundary, stream = _boundary(response), response.raw.stream
     late = f"an answer still arriving after {ANSWER_DEADLINE:g} s"
+    if _STOPPING.is_set():
+        response.close()
+        raise TooLarge(STOPPED)
 
     def counted(*a, **k):
         total, parts, tail = 0, 0, b""
@@ -180,7 +183,11 @@ def _bounded(response, *args, **kwargs):
         timer = threading.Timer(ANSWER_DEADLINE, _cut, (response, fired))
         timer.daemon = True
         timer.start()
+        with _LOCK:
+            _ACTIVE[id(response)] = (response, fired)
         try:
+            if _STOPPING.is_set():  # stopped between the hook and the first read
+                raise TooLarge(STOPPED)
             for chunk in stream(*a, **k):
                 if fired.is_set():
                     raise TooLarge(late)
@@ -196,18 +203,37 @@ def _bounded(response, *args, **kwargs):
                     response.close()
                     raise TooLarge(why)
                 yield chunk
-            if fired.is_set():  # cut by the timer: what came is not the answer
-                raise TooLarge(late)
+            if fired.is_set():  # cut by the timer (or a stop): what came is not the answer
+                raise TooLarge(STOPPED if _STOPPING.is_set() else late)
         except TooLarge:
             raise
         except Exception:
+            if _STOPPING.is_set():
+                raise TooLarge(STOPPED) from None
             if fired.is_set():  # the read failed because the timer cut it
                 raise TooLarge(late) from None
             raise
         finally:
             timer.cancel()
+            with _LOCK:
+                _ACTIVE.pop(id(response), None)
     response.raw.stream = counted
     return response
+
+
+#: Answers being read now, so that ``stop_all`` can cut them (Ctrl-C: a read that blocks in
+#: a worker thread would otherwise hold the process until its deadline).
+_ACTIVE, _LOCK, _STOPPING = {}, threading.Lock(), threading.Event()
+STOPPED = "an answer cut: the run is stopping"
+
+
+def stop_all():
+    """Cut every answer being read, and refuse new ones: the process is stopping."""
+    _STOPPING.set()
+    with _LOCK:
+        active = list(_ACTIVE.values())
+    for response, fired in active:
+        _cut(response, fired)
 
 
 def _cut(response, fired):
