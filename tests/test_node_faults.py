@@ -72,7 +72,9 @@ def test_running_out_of_file_descriptors_does_not_end_forwarding(tmp_path):
 # -- 9: memory is admitted, not discovered -----------------------------------------------------------
 @pytest.mark.slow
 def test_eight_large_instances_at_once_stay_within_the_in_flight_budget(tmp_path):
-    n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER, OTHER_PEER),
+    senders = [f"127.0.0.{2 + k}" for k in range(8)]  # eight hosts: the whole budget in use
+    n = NodeProcess(tmp_path / "n", free_port(),
+                    allow=tuple(f"XRAYINFER@{host}" for host in senders),
                     extra=("--max-per-peer", 8, "--max-pending", 16)).start()
     try:
         big = []
@@ -85,7 +87,7 @@ def test_eight_large_instances_at_once_stay_within_the_in_flight_budget(tmp_path
         results = [None] * 8
 
         def one(k):
-            results[k] = store([big[k]], n.port)
+            results[k] = store([big[k]], n.port, bind=senders[k])
         threads = [threading.Thread(target=one, args=(k,)) for k in range(8)]
         for t in threads:
             t.start()

@@ -102,10 +102,25 @@ class Forwarder:
     # -- one batch -----------------------------------------------------------------------------
     def _due(self, pending):
         """The next batch of ``pending`` (the spool's listing): not delivered already, and not
-        waiting out a retry's backoff."""
+        waiting out a retry's backoff; at most ``batch_size`` instances and, past the first,
+        ``limits.max_object_mb`` of spooled bytes in all. Decoding and the scan-sized heatmaps
+        cost a few times an instance's bytes, so a batch costs what one large instance does,
+        not ``batch_size`` of them (eight 60 MiB instances took the node past 2 GB)."""
         now = time.monotonic()
-        return [p for p in pending if p.name not in self._delivered
-                and self._retry.get(p.name, (0, 0))[1] <= now][:self.batch_size]
+        batch, total = [], 0
+        for p in pending:
+            if p.name in self._delivered or self._retry.get(p.name, (0, 0))[1] > now:
+                continue
+            try:
+                size = p.stat().st_size
+            except OSError:  # gone meanwhile
+                continue
+            if batch and (len(batch) >= self.batch_size
+                          or total + size > self.limits.max_object_bytes):
+                break
+            batch.append(p)
+            total += size
+        return batch
 
     def _quarantine(self, path, reason):
         self._retry.pop(path.name, None)
