@@ -3,7 +3,6 @@ options the command line gave, gathered once."""
 from dataclasses import asdict
 from functools import partial
 
-from ..classifier import Classifier
 from ..options import ScoringOptions
 from ..scope import Scope, require_gate
 from . import dicomweb_options
@@ -39,6 +38,7 @@ class Engine:
             distributed.connect(run.address)
             distributed.plan(o.workers, run.gpus_per_worker or 0.0, run.cpus_per_worker)
         else:
+            from ..classifier import Classifier  # onnxruntime: once a run goes ahead
             self.clf = Classifier.from_options(self.options)
             self.spec, self.variant = self.clf.spec, self.clf.variant
 
