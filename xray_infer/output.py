@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .inputs import input_key, is_uri
-from .result import Status, arrow_schema, columns, header
+from .result import LEADING, Status, arrow_schema, columns, header
 
 FORMATS = ("csv", "jsonl", "parquet")
 #: A CSV cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV
@@ -175,7 +175,7 @@ class Existing:
             self.fmt = "csv"
             reader = csv.reader(io.StringIO(self.complete))
             self.columns = next(reader)
-            if self.columns[:2] != ["path", "label"] or "error" not in self.columns:
+            if tuple(self.columns[:2]) != LEADING or "error" not in self.columns:
                 raise UsageError(f"{path}: first line is neither a CSV header of this program "
                                  f"nor a JSON row; refusing to append to it")
             # Files of earlier versions have no status column (they are refused below, by
@@ -197,7 +197,7 @@ class Existing:
             raise UsageError(f"{path}: cannot read the Parquet file to resume: {e}") from None
         self.fmt, self.complete, self.partial = "parquet", "", ""
         self.columns = self.table.column_names
-        if self.columns[:2] != ["path", "label"] or "status" not in self.columns:
+        if tuple(self.columns[:2]) != LEADING or "status" not in self.columns:
             raise UsageError(f"{path}: not a results file of this program; refusing to resume")
         self.paths = self.table.column("path").to_pylist()
         statuses = self.table.column("status").to_pylist()

@@ -7,7 +7,7 @@ Out of scope is not a failure: the input was read and the model declined it, as 
 (the exit status, the summary and ``classify_dataset``'s counts all say so).
 """
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 from enum import Enum
 
 import numpy as np
@@ -64,26 +64,49 @@ class Result:
                 "status": self.status.value, "error": self.reason, "scope": self.scope}
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of the result rows: its ``name``, its Arrow type, and how a Result gives its
+    value (None where the row has none). CSV, JSON Lines' flat rows, Parquet and reading an
+    earlier output back are derived from ``row_columns``, the one place the columns are
+    spelled."""
+    name: str
+    arrow: str  # the pyarrow type's name: "string" or "float64"
+    value: Callable[["Result"], object]
+
+
+def _probability(name):
+    return lambda r: r.probabilities[name] if r.ok else None
+
+
+def row_columns(class_names) -> "list[Column]":
+    """The columns of a row, in order: path, label, one probability a class, error, status,
+    scope."""
+    return [Column("path", "string", lambda r: r.source),
+            Column("label", "string", lambda r: r.label),
+            *[Column(f"p_{n}", "float64", _probability(n)) for n in class_names],
+            Column("error", "string", lambda r: r.reason),
+            Column("status", "string", lambda r: r.status.value),
+            Column("scope", "string", lambda r: r.scope)]
+
+
+#: The columns every output starts with, whatever the classes: how an earlier output is
+#: recognised as this program's (``output.Existing``).
+LEADING = ("path", "label")
+
+
 def header(class_names):
-    return ["path", "label"] + [f"p_{n}" for n in class_names] + ["error", "status", "scope"]
+    return [c.name for c in row_columns(class_names)]
 
 
 def columns(results, class_names):
     """{column: values} of ``results`` (None where a row has no value)."""
-    out = {"path": [r.source for r in results], "label": [r.label for r in results]}
-    for n in class_names:
-        out[f"p_{n}"] = [r.probabilities[n] if r.ok else None for r in results]
-    out["error"] = [r.reason for r in results]
-    out["status"] = [r.status.value for r in results]
-    out["scope"] = [r.scope for r in results]
-    return out
+    return {c.name: [c.value(r) for r in results] for c in row_columns(class_names)}
 
 
 def arrow_schema(class_names):
     import pyarrow as pa
-    return pa.schema([("path", pa.string()), ("label", pa.string())] +
-                     [(f"p_{n}", pa.float64()) for n in class_names] +
-                     [("error", pa.string()), ("status", pa.string()), ("scope", pa.string())])
+    return pa.schema([(c.name, getattr(pa, c.arrow)()) for c in row_columns(class_names)])
 
 
 def result_from_row(row):
