@@ -8,6 +8,8 @@ import threading
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import urlsplit
+
+from ..destinations import WEB
 from ..errors import XrayInferError
 
 AUTH_ENV = "XRAY_INFER_DICOMWEB_AUTH"
@@ -19,8 +21,8 @@ MAX_ANSWER_BYTES = (512 << 20) + (1 << 20)
 MAX_JSON_BYTES = 32 << 20
 #: Parts in one multipart answer (an instance retrieved is one): counted as they arrive.
 MAX_PARTS = 16
-#: Seconds from the first byte of an answer to its last: a server that trickles is cut.
-ANSWER_DEADLINE = 300.0
+#: Seconds from the first byte of an answer to its last (``destinations.WEB``).
+ANSWER_DEADLINE = WEB.answer_deadline
 
 
 def is_dicomweb(text):
@@ -79,7 +81,7 @@ class Access:
     cert: str = None
     key: str = None
     auth_file: str = None
-    timeout: float = 60.0
+    timeout: float = WEB.timeout
 
     def check(self):
         """ValueError for a set-up that cannot work, before anything is sent."""

@@ -7,6 +7,7 @@ one-shot run."""
 import time
 from enum import Enum
 
+from ..destinations import WEB
 from .access import Redirected, TooLarge, _phrase
 from ..errors import XrayInferError
 
@@ -14,9 +15,8 @@ from ..errors import XrayInferError
 SERVER_BUSY = (429, 503)
 #: Answers that say this client may not store or read there: its set-up, not the instance.
 NOT_ALLOWED = (401, 403, 404, 405, 407)
-#: The longest a server's Retry-After is honoured, in seconds: a server cannot park the node for
-#: longer than this at a time.
-MAX_RETRY_AFTER = 600.0
+#: The longest a busy server's Retry-After parks the node (``destinations.WEB``).
+MAX_RETRY_AFTER = WEB.node_retry_after
 
 
 class Outcome(Enum):
@@ -129,7 +129,8 @@ def store(client, datasets):
     return out
 
 
-def store_results(client, datasets, attempts=3, wait=1.0, longest=60.0):
+def store_results(client, datasets, attempts=WEB.attempts, wait=WEB.wait,
+                  longest=WEB.run_retry_after):
     """``store`` for a one-shot run: what is to be retried is sent again, up to ``attempts``
     times in all, waiting ``wait`` seconds, then twice that, or as long as a busy server asks
     (up to ``longest``). Returns None when every data set was stored, else why not (one line);

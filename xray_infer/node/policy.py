@@ -6,6 +6,7 @@ import socket
 from dataclasses import dataclass, field
 
 from ..peer import check_ae_title
+from ..destinations import DICOM
 
 DEFAULT_AE_TITLE = "XRAYINFER"
 DEFAULT_HOST = "127.0.0.1"
@@ -63,7 +64,7 @@ class Limits:
     max_pending_per_peer: int = 2    # connections not yet associated, from one address
     setup_timeout: float = 10.0      # connect -> associated (TLS handshake and RQ): a deadline
     network_timeout: float = 30.0    # associated: each message completes within this of the last
-    dimse_timeout: float = 30.0      # waiting on a peer's DIMSE answer (forwarding)
+    dimse_timeout: float = DICOM.timeout  # waiting on the destination (destinations.py)
     max_object_mb: int = 64          # one data set as received; also bounds the declared image
     max_command_bytes: int = 65536   # one command set (a C-STORE's is about 200 bytes)
     max_pdu_bytes: int = 1 << 20     # one PDU, whatever it declares (an A-ASSOCIATE-RQ with many

@@ -6,6 +6,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 
 from .network import AssociationError, associate, is_stored, response_status
+from ..destinations import DICOM
 from ..peer import Peer
 from .policy import DEFAULT_AE_TITLE
 
@@ -21,7 +22,7 @@ def _header(path):
 
 def send(paths: "Iterable[str]", peer: Peer, ae_title: str = DEFAULT_AE_TITLE,
          report: "Callable[[str], object]" = print, tls: "ssl.SSLContext | None" = None,
-         timeout: float = 30.0) -> "dict[str, int | str]":
+         timeout: float = DICOM.timeout) -> "dict[str, int | str]":
     """C-STORE each file to ``peer``.
 
     Parameters
