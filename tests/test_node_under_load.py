@@ -213,20 +213,16 @@ def test_a_codestream_declaring_more_than_rows_and_columns_is_refused_undecoded(
 
 
 # -- 12: identifiers checked against their VR; no Error Comment echoes the object ----------------
-@pytest.mark.parametrize("patient", ["A\\B", "A\x00B", "A\r\nB", "P" * 65])
-def test_a_patient_id_that_is_no_lo_value_is_refused(node, tmp_path, patient):
+@pytest.mark.parametrize("attribute, value, comment", [
+    *[("PatientID", v, "PatientID not a valid LO: one value, 64 chars, no controls")
+      for v in ("A\\B", "A\x00B", "A\r\nB", "P" * 65)],
+    *[("Modality", v, "Modality not a valid CS: capitals, digits, 16 chars")
+      for v in ("DX\n", "dx", "DX\\CR", "D" * 17)]])
+def test_an_identifier_that_is_no_value_of_its_vr_is_refused(node, tmp_path, attribute, value,
+                                                              comment):
     ds = dataset(tmp_path, "VALID")
-    ds.PatientID = patient
-    assert store([ds], node.port) == \
-        [(0xC000, "PatientID not a valid LO: one value, 64 chars, no controls")]
-
-
-@pytest.mark.parametrize("modality", ["DX\n", "dx", "DX\\CR", "D" * 17])
-def test_a_modality_that_is_no_cs_value_is_refused(node, tmp_path, modality):
-    ds = dataset(tmp_path, "VALID")
-    ds.Modality = modality
-    assert store([ds], node.port) == \
-        [(0xC000, "Modality not a valid CS: capitals, digits, 16 chars")]
+    setattr(ds, attribute, value)
+    assert store([ds], node.port) == [(0xC000, comment)]
 
 
 def test_no_error_comment_carries_a_value_from_the_object(node, tmp_path):
