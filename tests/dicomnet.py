@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEGLSLossless, RLELossless, generate_uid
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import DigitalXRayImageStorageForPresentation, Verification
-from test_dicom import chest_dicoms  # noqa: F401 (the node tests import it from here)
+from dicomfiles import chest_dicoms  # noqa: F401 (the node tests import it from here)
 
 from helpers import wait_for  # noqa: F401 (the node tests import it from here)
 from orthanc import free_port

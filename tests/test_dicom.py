@@ -5,66 +5,20 @@ import numpy as np
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid  # noqa: E402
+from pydicom.uid import JPEG2000Lossless, generate_uid  # noqa: E402
 
 from xray_infer import Classifier  # noqa: E402
 from xray_infer.decode import read_image  # noqa: E402
 from xray_infer.errors import DecodeError  # noqa: E402
-from helpers import PROBABILITY_TOLERANCE, SAMPLES, run_cli  # noqa: E402
+from dicomfiles import chest_dicoms, write_dicom  # noqa: E402,F401 (used here too)
+from helpers import PROBABILITY_TOLERANCE, run_cli  # noqa: E402
 
 SCANS = ["IM-0001-0001.jpeg", "person100_bacteria_475.jpeg", "person10_virus_35.jpeg"]  # samples
-
-
-def write_dicom(path, pixels, bits_stored, photometric="MONOCHROME2", syntax=ExplicitVRLittleEndian,
-                **extra):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel = extra.pop("SamplesPerPixel", 1)
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    for k, v in extra.items():
-        setattr(ds, k, v)
-    if syntax.is_compressed:  # not a valid codestream: decoding must fail with a clear error
-        from pydicom.encaps import encapsulate
-        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51 not a real JPEG 2000 codestream"])
-    else:
-        ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture(scope="module")
 def clf(precision):
     return Classifier(providers=["CPUExecutionProvider"], precision=precision)
-
-
-def chest_dicoms(folder, n, patient):
-    """``n`` DX instances of the sample scans, one study, unique UIDs, patient ``patient``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    study = pydicom.uid.generate_uid()
-    series = pydicom.uid.generate_uid()
-    out = []
-    for i in range(n):
-        scan = SAMPLES[i % len(SAMPLES)]
-        out.append(write_dicom(
-            folder / f"{patient}-{i:03d}.dcm", read_image(scan).pixels, 8, PatientName="Test^Child",
-            PatientID=patient, PatientBirthDate="20200101", PatientSex="O", StudyInstanceUID=study,
-            SeriesInstanceUID=series, StudyDate="20230101", StudyTime="120000",
-            AccessionNumber=patient[:16], ReferringPhysicianName="", StudyID="1", SeriesNumber=1,
-            InstanceNumber=i + 1))
-    return out
 
 
 def variants(tmp_path, gray, i):

@@ -13,7 +13,7 @@ pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("dicomweb_client")
 
 from helpers import free_port, run_cli  # noqa: E402
-from test_dicom import chest_dicoms  # noqa: E402
+from dicomfiles import chest_dicoms  # noqa: E402
 
 from xray_infer import dicomweb  # noqa: E402
 from xray_infer.dicomweb import Access, Outcome, TooLarge, Unavailable  # noqa: E402

@@ -20,7 +20,7 @@ pytest.importorskip("dicomweb_client")
 from dicomnet import NodeProcess, chest_dicoms, send, wait_for  # noqa: E402
 from helpers import free_port  # noqa: E402
 from orthanc import BINARY, DICOMWEB_PLUGIN, Orthanc  # noqa: E402
-from test_node_tls import make_ca, make_leaf  # noqa: E402
+from certificates import make_ca, make_leaf  # noqa: E402
 
 FORGED = "FORGED-PHRASE \x1b[2J"
 needs_orthanc = pytest.mark.skipif(BINARY is None or DICOMWEB_PLUGIN is None,

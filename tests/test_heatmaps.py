@@ -120,7 +120,7 @@ def test_cli_writes_one_overlay_per_classified_input(tmp_path):
 
 def _dicom_sources(tmp_path):
     pytest.importorskip("pydicom")
-    from test_dicom import chest_dicoms
+    from dicomfiles import chest_dicoms
     return chest_dicoms(tmp_path / "sources", 3, "XRI-1")
 
 

@@ -24,7 +24,7 @@ GOOD_PEER = "XRAYINFER@127.0.0.1"
 OTHER_PEER = "OTHER@127.0.0.2"
 
 
-# -- 4: file descriptors running out do not end forwarding ------------------------------------------
+# -- File descriptors running out do not end forwarding -------------------------------------------
 SUPERVISED = """
 import json, resource, sys, time
 sys.path.insert(0, {tests!r})
@@ -69,7 +69,7 @@ def test_running_out_of_file_descriptors_does_not_end_forwarding(tmp_path):
     assert "Too many open files" in p.stderr
 
 
-# -- 9: memory is admitted, not discovered -----------------------------------------------------------
+# -- Memory is admitted, not discovered -----------------------------------------------------------
 @pytest.mark.slow
 def test_eight_large_instances_at_once_stay_within_the_in_flight_budget(tmp_path):
     senders = [f"127.0.0.{2 + k}" for k in range(8)]  # eight hosts: the whole budget in use

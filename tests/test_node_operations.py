@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid  # noqa: E402
 GOOD_PEER = "XRAYINFER@127.0.0.1"
 
 
-# -- 8 and 9: the spool ---------------------------------------------------------------------------
+# -- The spool ------------------------------------------------------------------------------------
 def test_spool_files_are_private_and_partial_files_are_swept_at_start(tmp_path):
     folder = tmp_path / "n"
     stale = folder / "spool" / "incoming" / ".abc.dcm.1.2.tmp"
@@ -81,7 +81,7 @@ def test_a_spool_that_turns_read_only_sends_each_result_once_and_leaks_no_path(t
     assert "cannot be removed from the spool" in n.log.read_text()
 
 
-# -- 12: send -------------------------------------------------------------------------------------
+# -- Send -----------------------------------------------------------------------------------------
 def test_send_to_a_peer_that_aborts_reports_every_file(tmp_path):
     d = Destination(abort_after=2)
     try:
@@ -130,7 +130,7 @@ def test_send_finds_extensionless_dicom_files_and_holds_one_file_at_a_time(tmp_p
         d.close()
 
 
-# -- 13 and 14: operations --------------------------------------------------------------------------
+# -- Operations -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("option, message", [
     (("--port", "70000"), "is not a port"),
     (("--ae-title", "A" * 25), "is not an AE title"),

@@ -53,7 +53,7 @@ def node(dest, tmp_path_factory):
     n.stop()
 
 
-# -- 1: the spool file is named after a hash, never the UID's text ------------------------------
+# -- The spool file is named after a hash, never the UID's text -----------------------------------
 def test_a_uid_that_is_a_path_is_refused_and_nothing_is_written_outside_the_spool(node, tmp_path):
     target = node.spool.parent / "x"  # beside the spool: incoming/../../x
     target.mkdir()
@@ -70,7 +70,7 @@ def test_a_uid_that_is_a_path_is_refused_and_nothing_is_written_outside_the_spoo
     assert all(str(good.SOPInstanceUID) not in n for n in names)  # hashed names only
 
 
-# -- 2: only listed callers; the called AE title must be the node's -----------------------------
+# -- Only listed callers; the called AE title must be the node's ----------------------------------
 def test_unknown_callers_are_rejected_at_association_and_nothing_is_relayed(node, dest, tmp_path):
     mark = len(node.log.read_text())
     ds = dataset(tmp_path, "RELAY")
@@ -101,7 +101,7 @@ def test_listen_needs_an_allowlist_and_listens_on_loopback_by_default(tmp_path):
     assert args.host == "127.0.0.1"
 
 
-# -- 3: memory a peer chooses ---------------------------------------------------------------------
+# -- Memory a peer chooses ------------------------------------------------------------------------
 def rle_bomb(tmp_path, rows, cols):
     """A DX whose RLE pixel data (about 2 MB) decodes to rows x cols 16-bit zeros."""
     run = b""
@@ -156,7 +156,7 @@ def test_other_sop_classes_are_refused_in_negotiation(node, tmp_path):
     assert p.returncode == 1 and "accepts none of what was offered: CT Image Storage" in p.stderr
 
 
-# -- 4: one host cannot lock everyone out ---------------------------------------------------------
+# -- One host cannot lock everyone out ------------------------------------------------------------
 def test_idle_and_silent_connections_from_one_host_do_not_lock_out_others(node):
     held = [ae().associate("127.0.0.1", node.port, ae_title=NODE_AET) for _ in range(6)]
     try:
@@ -208,7 +208,7 @@ def test_dcmtk_storescu_is_accepted_from_a_listed_caller(node, dest, tmp_path):
     wait_for(lambda: "DCMTK" in dest.patients("SR"), timeout=120, what="the SR of DCMTK")
 
 
-# -- 5: a refused result is retried with backoff, then quarantined; the rest go on --------------
+# -- A refused result is retried with backoff, then quarantined; the rest go on -------------------
 def test_a_result_the_destination_refuses_does_not_hold_back_the_others(node, dest, tmp_path):
     poison = dataset(tmp_path, "POISON")
     good = [dataset(tmp_path, f"GOOD-{i}") for i in range(5)]
@@ -226,7 +226,7 @@ def test_a_result_the_destination_refuses_does_not_hold_back_the_others(node, de
     assert len(attempts) == 2  # --max-refusals 2: tried twice, not every 2 s forever
 
 
-# -- 6: acknowledged means deliverable ------------------------------------------------------------
+# -- Acknowledged means deliverable ---------------------------------------------------------------
 @pytest.mark.parametrize("missing, reason", [("StudyInstanceUID", "no StudyInstanceUID"),
                                              ("SeriesInstanceUID", "no SeriesInstanceUID"),
                                              ("PatientID", "no PatientID")])
@@ -244,7 +244,7 @@ def test_a_result_without_type_2_attributes_is_still_delivered(node, dest, tmp_p
     wait_for(lambda: "NO-ACCESSION" in dest.patients("SR"), timeout=120, what="its SR")
 
 
-# -- 7: log lines a peer cannot write, without patient data -------------------------------------
+# -- Log lines a peer cannot write, without patient data ------------------------------------------
 def test_log_lines_cannot_be_forged_and_carry_no_patient_data(node, tmp_path):
     mark = len(node.log.read_text())
     forged = dataset(tmp_path, SOPInstanceUID="1.2.3\n2026-01-01 00:00:00 INFO forged line")
@@ -278,7 +278,7 @@ def test_metrics_and_health(node):
         urllib.request.urlopen(base + "/other", timeout=30)
 
 
-# -- 15: own results are known by their derived UIDs, not a name --------------------------------
+# -- Own results are known by their derived UIDs, not a name --------------------------------------
 def test_own_results_are_recognised_by_uid_and_a_manufacturer_name_proves_nothing(node, dest,
                                                                                    tmp_path):
     ds = dataset(tmp_path, "NAMED", Manufacturer="xray-infer")

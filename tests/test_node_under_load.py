@@ -47,7 +47,7 @@ def node(dest, tmp_path_factory):
     n.stop()
 
 
-# -- 1 and 11: trickling connections cannot lock a listed peer out; refusals counted, summed --
+# -- Trickling connections cannot lock a listed peer out; refusals counted, summed ----------------
 def test_trickled_association_requests_neither_lock_out_nor_flood_the_log(node):
     mark = len(node.log.read_text())
     before = {r: metric(node, "refused_total", reason=r) for r in ("setup_deadline", "pending")}
@@ -146,7 +146,7 @@ def _closed(sock):
         return True
 
 
-# -- 10: a listed peer trickling a PDU is cut off at the idle deadline ----------------------------
+# -- A listed peer trickling a PDU is cut off at the idle deadline --------------------------------
 def test_a_listed_peer_trickling_a_pdu_is_cut_off(node):
     before = metric(node, "refused_total", reason="idle")
     assoc = ae().associate("127.0.0.1", node.port, ae_title=NODE_AET)
@@ -160,7 +160,7 @@ def test_a_listed_peer_trickling_a_pdu_is_cut_off(node):
     assert metric(node, "refused_total", reason="idle") == before + 1
 
 
-# -- 3: the command set counts ---------------------------------------------------------------------
+# -- The command set counts -----------------------------------------------------------------------
 def test_an_endless_command_set_is_cut_off(node):
     mark = len(node.log.read_text())
     assoc = ae().associate("127.0.0.1", node.port, ae_title=NODE_AET)
@@ -181,7 +181,7 @@ def test_an_endless_command_set_is_cut_off(node):
     wait_for(lambda: not assoc.is_established, timeout=30, what="the association aborted")
 
 
-# -- 2: a codestream that declares more than the header ----------------------------------------------
+# -- A codestream that declares more than the header ----------------------------------------------
 def test_a_codestream_declaring_more_than_rows_and_columns_is_refused_undecoded(node, tmp_path):
     import jpeg_ls
     from pynetdicom import AE
@@ -212,7 +212,7 @@ def test_a_codestream_declaring_more_than_rows_and_columns_is_refused_undecoded(
         node.log.read_text()
 
 
-# -- 12: identifiers checked against their VR; no Error Comment echoes the object ----------------
+# -- Identifiers checked against their VR; no Error Comment echoes the object ---------------------
 @pytest.mark.parametrize("attribute, value, comment", [
     *[("PatientID", v, "PatientID not a valid LO: one value, 64 chars, no controls")
       for v in ("A\\B", "A\x00B", "A\r\nB", "P" * 65)],
@@ -231,7 +231,7 @@ def test_no_error_comment_carries_a_value_from_the_object(node, tmp_path):
     assert code == 0xC000 and "PWNED" not in comment
 
 
-# -- 7: two objects under one UID ------------------------------------------------------------------
+# -- Two objects under one UID --------------------------------------------------------------------
 def test_a_second_object_under_a_spooled_uid_is_refused_and_a_resend_is_one(tmp_path):
     n = NodeProcess(tmp_path / "n", free_port(), allow=(GOOD_PEER, OTHER_PEER)).start()
     try:  # the destination is down: what is acknowledged stays in the spool to be counted
@@ -249,7 +249,7 @@ def test_a_second_object_under_a_spooled_uid_is_refused_and_a_resend_is_one(tmp_
         n.stop()
 
 
-# -- 6: a destination that aborts on one instance holds back no other ----------------------------
+# -- A destination that aborts on one instance holds back no other --------------------------------
 def test_an_abort_on_one_instance_costs_that_instance_alone(node, dest, tmp_path):
     aborts = dataset(tmp_path, "ABORTS")
     others = [dataset(tmp_path, f"AFTER-ABORT-{i}") for i in range(4)]
@@ -261,7 +261,7 @@ def test_an_abort_on_one_instance_costs_that_instance_alone(node, dest, tmp_path
              timeout=180, what="the aborting instance quarantined")
 
 
-# -- 5 and 12: the metrics server is bounded and local; health tells the truth -------------------
+# -- The metrics server is bounded and local; health tells the truth ------------------------------
 def test_a_metrics_flood_costs_nothing_else_and_health_answers(node, tmp_path):
     # 127.0.0.1 only, whatever --host says: another local address does not reach it
     with pytest.raises(OSError):
@@ -318,7 +318,7 @@ def test_health_is_503_below_the_spool_reserve(tmp_path):
         n.stop()
 
 
-# -- 8: SIGTERM does not wait on anyone --------------------------------------------------------------
+# -- SIGTERM does not wait on anyone --------------------------------------------------------------
 def test_sigterm_exits_promptly_whatever_the_peers_do(tmp_path):
     import signal
     # peers given 600 s: a node that waited on them would outlast the wait below

@@ -17,7 +17,7 @@ VALIDATION_PASS = trainer_scope.VALIDATION_PASS
 pydicom = pytest.importorskip("pydicom")
 from helpers import SAMPLES  # noqa: E402
 from helpers import run_cli as run  # noqa: E402
-from test_dicom import write_dicom  # noqa: E402
+from dicomfiles import write_dicom  # noqa: E402
 
 
 
