@@ -22,7 +22,7 @@ from .options import ScoringOptions as _O
 from .decode import Decoded
 from .result import Result
 from .scope import Gate, Scope, require_gate
-from .spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, softmax
+from .spec import DECODE_MODES, batch_size_for, softmax
 
 
 def _check_count(name, value, optional=False):
@@ -134,7 +134,7 @@ class Classifier:
             precision=self.variant.precision, spin=not on_cpu)
         self.providers = self.session.get_providers()
         self._on_cpu = self.providers[0] == "CPUExecutionProvider"
-        self.batch_size = batch_size or (CPU_BATCH_SIZE if self._on_cpu else DEFAULT_BATCH_SIZE)
+        self.batch_size = batch_size_for(self._on_cpu, batch_size)
         # On CUDA a batch goes to the device once and the outputs stay there until the small
         # arrays are copied back (ONNX Runtime's I/O binding); elsewhere plain session.run.
         self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else None

@@ -24,7 +24,7 @@ from .options import ScoringOptions
 from .output import Output, format_for
 from .result import Result, Status, arrow_schema, columns, result_from_row
 from .scope import Scope
-from .spec import DEFAULT_BATCH_SIZE
+from .spec import batch_size_for
 
 try:
     import pyarrow as pa
@@ -190,7 +190,9 @@ def build_dataset(inputs, *, workers=None, gpus_per_worker=0.0, cpus_per_worker=
     ds.context.execution_options.preserve_order = True  # rows come back in input order
     ds.context.enable_progress_bars = False  # the caller reports progress
     return ds.map_batches(
-        ClassifyBatch, batch_size=(options.batch_size or DEFAULT_BATCH_SIZE) * BATCHES_PER_CALL,
+        # a Ray block: a few of the workers' batches, by the classifier's own rule
+        ClassifyBatch, batch_size=batch_size_for(
+            not gpus_per_worker, options.batch_size) * BATCHES_PER_CALL,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus,
         num_gpus=gpus_per_worker or None,

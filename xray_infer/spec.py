@@ -37,6 +37,12 @@ DEFAULT_BATCH_SIZE = 32
 CPU_BATCH_SIZE = 8
 
 
+def batch_size_for(on_cpu, asked=None):
+    """The one batch-size rule: what was asked for, else ``CPU_BATCH_SIZE`` on the CPU and
+    ``DEFAULT_BATCH_SIZE`` on another provider."""
+    return asked or (CPU_BATCH_SIZE if on_cpu else DEFAULT_BATCH_SIZE)
+
+
 def softmax(logits):
     """Row-wise softmax of ``(N, C)`` logits in float64 (stable for any finite input)."""
     z = np.asarray(logits, np.float64)
