@@ -166,17 +166,33 @@ def load_model(path: "str | os.PathLike[str] | None" = None, *,
                providers: "Sequence[str] | None" = None, threads: Optional[int] = None,
                precision: str = "auto",
                spin: bool = True) -> "tuple[ort.InferenceSession, ModelSpec]":
-    """Open an exported model: ``(onnxruntime.InferenceSession, ModelSpec)``.
+    """Open an exported model.
 
-    ``path`` defaults to the bundled model, which must match its SHA-256 file; another model is
-    checked against ``<model>.sha256`` where one exists. ``providers`` as in
-    ``providers.resolve`` (default: CUDA when available, else CPU); ``threads`` sets ONNX
-    Runtime's intra-op thread count; ``spin=False`` lets those threads sleep between runs
-    instead of spin-waiting (for a session that shares the CPUs with decoding threads).
-    ``precision`` picks the variant (``choose_variant``):
-    ``"auto"``, ``"float32"`` (the model itself), ``"float16"`` or ``"int8"`` (its variants
-    beside it, ``variant_path``). Raises ModelError for a file that is missing, corrupted, not
-    ONNX, without valid metadata, or whose graph does not match its metadata.
+    Parameters
+    ----------
+    path : str or path-like, optional
+        The model; by default the bundled one, which must match its SHA-256 file (another
+        model is checked against ``<model>.sha256`` where one exists).
+    providers : sequence of str, optional
+        As in ``providers.resolve`` (default: CUDA when available, else CPU).
+    threads : int, optional
+        ONNX Runtime's intra-op thread count.
+    precision : str
+        The variant (``choose_variant``): ``"auto"``, ``"float32"`` (the model itself),
+        ``"float16"`` or ``"int8"`` (its variants beside it, ``variant_path``).
+    spin : bool
+        False lets ONNX Runtime's threads sleep between runs instead of spin-waiting (for a
+        session that shares the CPUs with decoding threads).
+
+    Returns
+    -------
+    (onnxruntime.InferenceSession, ModelSpec)
+
+    Raises
+    ------
+    ModelError
+        A file that is missing, corrupted, not ONNX, without valid metadata, or whose graph
+        does not match its metadata.
     """
     path = Path(path) if path is not None else DEFAULT_MODEL
     requested = _providers.resolve(providers)

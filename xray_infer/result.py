@@ -27,13 +27,29 @@ class Status(str, Enum):
 class Result:
     """The outcome for one input: a prediction, or the reason there is none.
 
-    ``source`` is the path as given (or ``<array i>`` / ``<bytes i>`` for in-memory input i).
-    ``status`` is ``"classified"`` (``label`` and ``probabilities`` set: every class name to its
-    probability), ``"out_of_scope"`` (the model was not made for this input: ``refusal`` says
-    why, ``refused_by`` names the gate, a DICOM attribute or ``"image"``) or ``"failed"``
-    (``error`` says why). ``heatmap`` (only when asked for) is the predicted class's activation
-    map, float32 in [0, 1], at the scan's own size. ``scope`` records the gate's setting
-    (``"on"``, ``"off"``, or the widened ages) under which the input was scored.
+    ``status`` is ``"classified"`` (``label`` and ``probabilities`` set), ``"out_of_scope"``
+    (``refusal`` and ``refused_by`` set) or ``"failed"`` (``error`` set).
+
+    Attributes
+    ----------
+    source : str
+        The path as given (``<array i>`` / ``<bytes i>`` for in-memory input i).
+    label : str or None
+        The predicted class, when classified.
+    probabilities : dict of str to float, or None
+        Every class name to its probability, when classified.
+    error : str or None
+        Why the input failed.
+    heatmap : numpy.ndarray or None
+        Only when asked for: the predicted class's activation map, float32 in [0, 1], at the
+        scan's own size.
+    refusal : str or None
+        Why the model was not made for this input.
+    refused_by : str or None
+        The gate that refused it: a DICOM attribute, or ``"image"``.
+    scope : str
+        The gate's setting under which the input was scored: ``"on"``, ``"off"``, or the
+        widened ages.
     """
     source: str
     label: Optional[str] = None
