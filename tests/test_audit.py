@@ -60,7 +60,7 @@ def test_every_message_kind_is_valid_and_carries_only_what_the_schema_asks(tmp_p
     ds = pydicom.Dataset()
     ds.PatientID, ds.PatientName = "AUDIT-1", "Secret^Name"
     ds.StudyInstanceUID, ds.SOPClassUID = "1.2.3", "1.2.840.10008.5.1.4.1.1.1.1"
-    trail = audit.AuditTrail([str(tmp_path / "a.log")], "NODE@host", "NODE")
+    trail = audit.AuditTrail([str(tmp_path / "a.log")], "NODE", hostname="host")
     trail.start()
     trail.received("MODALITY", "127.0.0.1", ds)
     trail.sent(pydicom.Dataset(), [ds, ds])
@@ -270,3 +270,16 @@ def test_a_tls_collector_gets_the_messages_and_an_untrusted_one_gets_none(tmp_pa
     wait_for(lambda: collector.handshakes_failed >= 1, what="the handshake refused")
     assert collector.frames == []
     collector.close()
+
+
+def test_a_collector_that_is_down_costs_one_log_line_and_never_holds_the_stop(caplog):
+    import logging
+    trail = audit.AuditTrail([f"tcp://127.0.0.1:{free_port()}"], "NODE")  # nothing listens
+    with caplog.at_level(logging.WARNING, logger="xray_infer.audit"):
+        trail.start()
+        for _ in range(20):
+            trail.peer_refused("10.0.0.9", "not on the allowlist")
+        trail.close(timeout=30)
+    lines = [r.getMessage() for r in caplog.records if "not written to" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert trail.failed == 22 and trail.written == 0  # start, 20 refusals, stop: all counted

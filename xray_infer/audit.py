@@ -132,33 +132,17 @@ def message(event, outcome, participants, source_id, *, event_type=None, action=
     return ET.tostring(root, encoding="unicode")
 
 
-def patient_object(patient_id):
+def participant_object(object_id, type_code, role, id_type, sop_classes=None):
+    """A ParticipantObjectIdentification for ``message``: ``type_code`` 1 a person, 2 a system
+    object; ``role`` 1 patient, 3 report, 13 security resource; ``sop_classes`` (a study's):
+    ``{SOP class UID: how many of its instances}``."""
     def make(root):
         item = ET.SubElement(root, "ParticipantObjectIdentification", {
-            "ParticipantObjectID": patient_id or "unknown", "ParticipantObjectTypeCode": "1",
-            "ParticipantObjectTypeCodeRole": "1"})
-        _code(item, "ParticipantObjectIDTypeCode", PATIENT_NUMBER)
-    return make
-
-
-def study_object(study_uid, sop_classes):
-    """The study, with each SOP class and how many of its instances (``{uid: count}``)."""
-    def make(root):
-        item = ET.SubElement(root, "ParticipantObjectIdentification", {
-            "ParticipantObjectID": study_uid or "unknown", "ParticipantObjectTypeCode": "2",
-            "ParticipantObjectTypeCodeRole": "3"})
-        _code(item, "ParticipantObjectIDTypeCode", STUDY_UID)
-        for uid, count in sop_classes.items():
+            "ParticipantObjectID": object_id or "unknown", "ParticipantObjectTypeCode": type_code,
+            "ParticipantObjectTypeCodeRole": role})
+        _code(item, "ParticipantObjectIDTypeCode", id_type)
+        for uid, count in (sop_classes or {}).items():
             ET.SubElement(item, "SOPClass", {"UID": uid, "NumberOfInstances": str(count)})
-    return make
-
-
-def node_object(address):
-    def make(root):
-        item = ET.SubElement(root, "ParticipantObjectIdentification", {
-            "ParticipantObjectID": address, "ParticipantObjectTypeCode": "2",
-            "ParticipantObjectTypeCodeRole": "13"})
-        _code(item, "ParticipantObjectIDTypeCode", NODE_ID)
     return make
 
 
@@ -178,6 +162,7 @@ class _Sink:
         self.destination, self.tls = destination, tls
         self.kind = urlsplit(destination).scheme if "://" in destination else "file"
         self.sock, self.file, self.next_try = None, None, 0.0
+        self.failing = False  # the last write failed (logged once until one succeeds)
 
     def write(self, data):
         if self.kind == "file":
@@ -232,12 +217,13 @@ def tls_context(ca=None, cert=None, key=None):
 
 
 class AuditTrail:
-    """Audit messages of one process (``source_id`` names it: its host and AE title), to
-    every destination in ``destinations``; ``None`` destinations: nothing is written."""
+    """Audit messages of one process, ``user`` (an AE title, or the command) on this host, to
+    every destination in ``destinations`` (none: nothing is written). The audit source is
+    named ``user@host``."""
 
-    def __init__(self, destinations, source_id, user, tls=None, hostname=None):
-        self.source_id, self.user = source_id, user
-        self.hostname = hostname or socket.gethostname()
+    def __init__(self, destinations, user, tls=None, hostname=None):
+        self.user, self.hostname = user, hostname or socket.gethostname()
+        self.source_id = f"{user}@{self.hostname}"
         self.sinks = [_Sink(d, tls) for d in destinations]
         self.queue = queue.Queue(QUEUE_SIZE)
         self.dropped = self.written = self.failed = 0
@@ -258,7 +244,10 @@ class AuditTrail:
         """The stop message, then what waits is written (for ``timeout`` seconds at most)."""
         self.application(started=False)
         if self._thread is not None:
-            self.queue.put(None)
+            try:  # a full queue behind a stuck collector must not hold the stop
+                self.queue.put(None, timeout=timeout)
+            except queue.Full:
+                pass
             self._thread.join(timeout)
         for sink in self.sinks:
             sink.close()
@@ -283,10 +272,16 @@ class AuditTrail:
                 try:
                     sink.write(item)
                     self.written += 1
+                    if sink.failing:
+                        sink.failing = False
+                        log.warning("audit: %s takes messages again", sink.destination)
                 except (OSError, ssl.SSLError) as e:
                     self.failed += 1
-                    log.warning("audit: not written to %s: %s", sink.destination,
-                                getattr(e, "strerror", None) or type(e).__name__)
+                    if not sink.failing:  # one line an outage, not one a message
+                        sink.failing = True
+                        log.warning("audit: not written to %s: %s (counted until it takes "
+                                    "messages again)", sink.destination,
+                                    getattr(e, "strerror", None) or type(e).__name__)
 
     # -- the events ----------------------------------------------------------------------------
     def application(self, started):
@@ -314,7 +309,7 @@ class AuditTrail:
         certificate. ``why``: this program's own words."""
         event, kind = (SECURITY_ALERT, NODE_AUTHENTICATION) if certificate \
             else (USER_AUTHENTICATION, LOGIN)
-        objects = [node_object(address)] if certificate else []
+        objects = [participant_object(address, "2", "13", NODE_ID)] if certificate else []
         self._emit(message(event, MINOR_FAILURE, [Participant(address, address, True), self.me],
                            self.source_id, event_type=kind, action="E", objects=objects,
                            description=why))
@@ -327,5 +322,7 @@ class AuditTrail:
             classes[uid] = classes.get(uid, 0) + 1
         return message(INSTANCES_TRANSFERRED, outcome, [source, destination], self.source_id,
                        action="C", description=description,
-                       objects=[study_object(str(first.get("StudyInstanceUID", "")), classes),
-                                patient_object(str(first.get("PatientID", "") or ""))])
+                       objects=[participant_object(str(first.get("StudyInstanceUID", "")), "2",
+                                                   "3", STUDY_UID, classes),
+                                participant_object(str(first.get("PatientID", "") or ""), "1",
+                                                   "1", PATIENT_NUMBER)])

@@ -1,5 +1,7 @@
 """``--audit`` of ``listen`` and ``classify``: where the audit trail (``xray_infer.audit``)
 goes, checked before anything starts."""
+from urllib.parse import urlsplit
+
 from .. import audit
 from ..errors import UsageError
 from ._common import check_resolves, checked
@@ -7,22 +9,22 @@ from ._common import check_resolves, checked
 
 def audit_trail(args, user):
     """The AuditTrail ``--audit`` asks for (None without one), its destinations checked."""
-    if not args.audit:
-        if args.audit_tls_ca or args.audit_tls_cert:
-            raise UsageError("--audit-tls-*: no tls:// --audit destination to use them for")
+    destinations = args.audit or []
+    over_tls = any(d.startswith("tls://") for d in destinations)
+    if (args.audit_tls_ca or args.audit_tls_cert or args.audit_tls_key) and not over_tls:
+        raise UsageError("--audit-tls-*: no tls:// --audit destination to use them for")
+    if not destinations:
         return None
-    from urllib.parse import urlsplit
-    for dest in args.audit:
+    for dest in destinations:
         if "://" in dest:
             check_resolves(urlsplit(dest).hostname, "--audit")
     tls = None
-    if any(d.startswith("tls://") for d in args.audit):
+    if over_tls:
         try:
             tls = audit.tls_context(args.audit_tls_ca, args.audit_tls_cert, args.audit_tls_key)
         except (OSError, ValueError) as e:
             raise UsageError(f"--audit-tls-*: {e}") from None
-    import socket
-    return audit.AuditTrail(args.audit, f"{user}@{socket.gethostname()}", user, tls=tls)
+    return audit.AuditTrail(destinations, user, tls=tls)
 
 
 def add_audit_options(parser):
