@@ -169,6 +169,7 @@ class Connection:
     def __init__(self, host, sock, deadline):
         self.host, self.sock, self.deadline = host, sock, deadline
         self.pending, self.requested, self.expired, self.listed = True, False, False, False
+        self.closed = False  # its socket is closed; its thread may still be winding down
         self.reason = Refusal.SETUP_DEADLINE
 
     def close(self):
@@ -248,7 +249,8 @@ class GuardedServer(ThreadedAssociationServer):
         listed = self.allow.knows(host)
         evicted = []
         with self._lock:
-            mine = [c for c in self._conns.values() if c.host == host and not c.expired]
+            mine = [c for c in self._conns.values()
+                    if c.host == host and not (c.expired or c.closed)]
             unknown = [c for c in self._conns.values() if c.pending and not c.listed]
             if listed and len(mine) >= self.limits.max_per_peer:
                 # silent connections never lock a listed address out: at its cap, the oldest
@@ -257,10 +259,11 @@ class GuardedServer(ThreadedAssociationServer):
                 opened_before = time.monotonic() + self.limits.setup_timeout - SILENT_AFTER
                 silent = sorted((c for c in mine if c.pending and c.deadline <= opened_before),
                                 key=lambda c: c.deadline)
-                if silent:
-                    silent[0].expired = True
-                    evicted.append(silent[0])
-                    mine.remove(silent[0])
+                while silent and len(mine) >= self.limits.max_per_peer:  # a closing one may
+                    oldest = silent.pop(0)                                # still be counted
+                    oldest.expired = True
+                    evicted.append(oldest)
+                    mine.remove(oldest)
             if len(mine) >= self.limits.max_per_peer:
                 refusal = Refusal.PER_PEER
             elif not listed and (sum(c.pending for c in mine) >= self.limits.max_pending_per_peer
@@ -285,6 +288,14 @@ class GuardedServer(ThreadedAssociationServer):
         if conn is not None:
             conn.pending, conn.reason = False, Refusal.IDLE
             conn.deadline = time.monotonic() + self.limits.network_timeout
+
+    def closed(self, assoc):
+        """The connection is closed: it no longer counts against its address's cap, though
+        its thread may take a moment more to end (a peer that releases and reconnects at
+        once met its own closed connection at the cap)."""
+        conn = getattr(assoc, "xray_conn", None)
+        if conn is not None:
+            conn.closed = True
 
     def malformed(self, assoc):
         """What arrived before any association request was no PDU of one: the reaper closes

@@ -124,6 +124,8 @@ class Receiver:
         self.metrics.associations.labels("accepted").inc()
 
     def _on_closed(self, event):
+        if self.server is not None:
+            self.server.closed(event.assoc)
         with self._lock:
             visit = self._visits.pop(event.assoc, None)
         if visit is None:
