@@ -6,7 +6,8 @@ refuses of the images it was not, and what it costs.
 In-distribution: the validation split (the threshold was set on it), the test split and the 240
 full-resolution originals. Out of scope, in two collections kept apart:
 - development (``ood-dev/`` beside the dataset): looked at while building the gate; never used
-  to set anything, reported for completeness;
+  to set anything, reported for completeness; with it, the adult head's development sets (the
+  adult films its fit held out, and ``peds-other-dev``'s children of another hospital);
 - independent: pydicom's bundled test files (less any file also in ``ood-dev``), the images
   bundled with scikit-image and scikit-learn, and synthetic cases made from test scans (rotated
   90 degrees, upside down, inverted polarity, a heavy crop, blank, noise, text).
@@ -159,6 +160,18 @@ def scope(a):
         by_folder.setdefault(os.path.basename(os.path.dirname(f)), []).append(f)
     for folder, files in sorted(by_folder.items()):
         add("development", folder, clf.classify(files))
+
+    # The adult head's development sets: adults it never saw (by patient, as its fit held them
+    # out), view by view, and another hospital's children by age band (kept is what it should do).
+    from trainer.adult_head import AGE_BANDS, films, held_out_adult
+    adults = [f for f in films(common.DATA / "adult-dev") if held_out_adult(f.patient)]
+    for view in ("PA", "AP"):
+        add("development", f"adult films held out of the adult head's fit, {view}",
+            clf.classify([f.path for f in adults if f.view == view]))
+    children = films(common.DATA / "peds-other-dev")
+    for lo, hi in AGE_BANDS:
+        add("development", f"another hospital's children aged {lo}-{hi} (peds-other-dev)",
+            clf.classify([f.path for f in children if lo <= f.age <= hi]))
 
     exclude = {_digest(f) for f in dev}
     pyd = _pydicom_files(exclude)

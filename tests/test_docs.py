@@ -72,12 +72,11 @@ def _accuracy_cells(r):
 
 def quoted_figures():
     """(page, text it must hold), each text made from the record that holds the figure."""
-    acc, vnni = _bench("accuracy.json")["rows"], _bench("accuracy-vnni.json")["rows"]
+    acc = _bench("accuracy.json")["rows"]
     v2 = _bench("accuracy-2.0.0.json")["rows"]["float32"]
     f32 = acc["float32"]
     yield "README.md", _accuracy_cells(f32)
     yield "README.md", _accuracy_cells(acc["int8"])
-    yield "README.md", _accuracy_cells(vnni["int8"])
     yield "README.md", _accuracy_cells(acc["float16"])
     yield "README.md", (f"{f32['normals_called_pneumonia']} of the {f32['normals']} labelled "
                         f"normal scans are called pneumonia")

@@ -131,6 +131,28 @@ def cmd_scope(a):
           f"{s['fitted_on']}), graph parity {s['parity_max_rel_diff']:.1e}")
 
 
+def cmd_adult_head(a):
+    from xray_infer.model import load_model
+
+    from .export import add_adult_head
+    spec = load_model(a.model, providers=["CPUExecutionProvider"], precision="float32")[1]
+    splits = load_splits(a.data, scheme=spec.validation_split)
+    data = load_arrays(splits, spec.input_size, spec.mean, spec.std)
+    spec = add_adult_head(a.model, data, [r.patient for r in splits["train"]], a.data)
+    h, dev = spec.adult_head, spec.adult_head["development"]
+    held = dev["held_out_adults_refused"]
+    print(f"wrote {a.model}: adult head threshold {h['threshold']:.3f} ({h['threshold_rule']}; "
+          f"C {h['regularisation']['C']:.0e}), graph parity {h['parity_max_abs_diff']:.1e}")
+    print("  held-out adults refused: " + ", ".join(
+        f"{k} {v['share']:.3f} of {v['n']}" for k, v in held.items() if v["n"]))
+    print("  peds-other-dev kept (each by a head fitted without it): " + ", ".join(
+        f"ages {k} {v['share']:.3f} of {v['n']}" for k, v in dev["peds_other_kept_leave_one_out"].items()
+        if v["n"]))
+    for key in ("test_kept", "fullres_kept"):
+        if key in dev:
+            print(f"  {key.replace('_', ' ')}: {dev[key]['share']:.4f} of {dev[key]['n']}")
+
+
 def cmd_quantize(a):
     from .quantize import export_int8
     try:
@@ -258,6 +280,12 @@ def main(argv=None):
                              "(export fits it for new models)")
     sc.add_argument("--model", required=True)
     sc.set_defaults(fn=cmd_scope)
+
+    ah = sub.add_parser("adult-head", parents=[common],
+                        help="fit the adult head of an exported model that has none, in place, "
+                             "with its variants (export fits it for new models)")
+    ah.add_argument("--model", required=True)
+    ah.set_defaults(fn=cmd_adult_head)
 
     q = sub.add_parser("quantize", parents=[common],
                        help="write the int8 variant of an exported model (export writes it for "

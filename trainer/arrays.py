@@ -23,7 +23,7 @@ def preprocess_records(records, size, mean, std, threads=None):
     """
     spec = ModelSpec(class_names=CLASS_NAMES, input_size=size, mean=mean, std=std)
     with ThreadPoolExecutor(threads or os.cpu_count()) as pool:
-        x, errors, _ = preprocess_batch([r.path for r in records], spec, executor=pool)
+        x, errors, *_ = preprocess_batch([r.path for r in records], spec, executor=pool)
     bad = [f"{r.path}: {e.reason}" for r, e in zip(records, errors) if e is not None]
     if bad:
         raise ValueError(f"{len(bad)} dataset image(s) cannot be used: " + "; ".join(bad[:5]))

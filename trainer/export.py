@@ -22,7 +22,7 @@ from xray_infer.spec import PRECISIONS, ModelSpec
 
 from .classes import CLASS_NAMES
 
-from . import scope
+from . import adult_head, scope
 from .dataset import VAL_SPLITS, fullres_scans
 from .metrics import softmax, summarize
 from .model import build
@@ -98,6 +98,37 @@ def add_scope_gate(model_path, data):
     return spec
 
 
+def fit_adult_head(proto, spec, data, train_patients, data_root):
+    """``proto`` (a model with ``spec``'s input) with the adult head fitted (``adult_head.fit``),
+    and the spec fields it sets; ``data``: {train, val, test} arrays at its input size."""
+    from .arrays import cached_arrays
+    geometry = (spec.input_size, spec.mean, spec.std)
+    scans = [adult_head.Film(p, -1, "", 0, "") for p in fullres_scans(Path(data_root) / "fullres")]
+    fullres = cached_arrays(scans, *geometry)[0] if scans else None
+    proto, record = adult_head.fit(proto, data["train"], train_patients, data["val"], data_root,
+                                   *geometry, test=data["test"][0], fullres=fullres)
+    return proto, {"adult_output": adult_head.ADULT_OUTPUT, "adult_head": record}
+
+
+def add_adult_head(model_path, data, train_patients, data_root):
+    """Fit the adult head of an exported model that has none and rewrite it in place, with its
+    float16 and int8 variants where there are such. Returns the new spec."""
+    spec = load_model(model_path, providers=["CPUExecutionProvider"], precision="float32")[1]
+    if spec.adult_output:
+        from .selection import RequestError
+        raise RequestError(f"{model_path} already has an adult head")
+    proto, fields = fit_adult_head(onnx.load(str(model_path)), spec, data, train_patients,
+                                   data_root)
+    spec = replace(spec, **fields)
+    write_model(proto, spec, model_path)
+    if variant_path(model_path, "float16").exists():
+        export_fp16(model_path, data)
+    if variant_path(model_path, "int8").exists():
+        from .quantize import export_int8
+        export_int8(model_path, data)
+    return spec
+
+
 def graph_session(path):
     """A CPU session on a bare exported graph (no metadata yet); finished models are opened
     with ``xray_infer.model.load_model``."""
@@ -117,12 +148,13 @@ def _member(cfg, state):
     return model.eval()
 
 
-def export(members, out_path, data, *, model_version, provenance):
+def export(members, out_path, data, *, model_version, provenance, adult=None):
     """Write ``out_path`` (+ ``.sha256``); returns (ModelSpec, torch module).
 
     ``members`` is a list of ``(RunConfig, state_dict)`` sharing input size, normalisation and
     validation split (temperatures are fitted on it).
-    ``data`` maps ``val``/``test`` to ``(x, labels)`` preprocessed at that input size.
+    ``data`` maps ``train``/``val``/``test`` to ``(x, labels)`` preprocessed at that input
+    size. ``adult``: (training patients, data root) to fit the adult head with, or None.
     """
     out_path = Path(out_path)
     cfgs = [c for c, _ in members]
@@ -165,6 +197,9 @@ def export(members, out_path, data, *, model_version, provenance):
     proto, scope_record = scope.fit(proto, data["train"], data["val"])
     spec = replace(spec, scope_output=scope.SCOPE_OUTPUT, scope=scope_record,
                    population=scope.POPULATION)
+    if adult is not None:
+        proto, fields = fit_adult_head(proto, spec, data, *adult)
+        spec = replace(spec, **fields)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     metrics = {"temperatures": temperatures, "export_parity_max_abs_diff": diff}
     for split in ("val", "test"):
@@ -208,7 +243,8 @@ def export_fp16(fp32_path, data):
         warnings.simplefilter("ignore")
         source = onnx.load(str(fp32_path))
         proto = float16.convert_float_to_float16(source, keep_io_types=True,
-                                                 node_block_list=scope.scope_nodes(source))
+                                                 node_block_list=scope.scope_nodes(source)
+                                                 + adult_head.head_nodes(source))
     out = variant_path(fp32_path, "float16")
     sess16 = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     metrics, parity = dict(spec.metrics), {}
@@ -268,7 +304,9 @@ def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, int8=True
     # refuses a variant, or a crash, leaves the earlier model as it was.
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as stage:
         staged = Path(stage) / out.name
-        spec, _ = export(members, staged, data, model_version=version, provenance=provenance)
+        adult = None if limit else ([r.patient for r in splits["train"]], data_root)
+        spec, _ = export(members, staged, data, model_version=version, provenance=provenance,
+                         adult=adult)
         parity = export_fp16(staged, data)["test"] if fp16 else None
         if int8:
             from .quantize import export_int8

@@ -34,11 +34,17 @@ MAX_LEADING_FLOAT = 8
 
 
 def _outputs(session, spec, x, batch_size=128):
-    """(logits, scope distances) of a session over a preprocessed array."""
-    names = [spec.output_name, spec.scope_output]
+    """(logits, scope decisions) of a session over a preprocessed array: a decision is True
+    where every image gate of the model (distance, adult head) admits the image."""
+    names = [spec.output_name, spec.scope_output] + ([spec.adult_output] if spec.adult_output
+                                                     else [])
     runs = [session.run(names, {spec.input_name: np.ascontiguousarray(x[i:i + batch_size])})
             for i in range(0, len(x), batch_size)]
-    return tuple(np.concatenate([r[k] for r in runs]) for k in range(2))
+    out = [np.concatenate([r[k] for r in runs]) for k in range(len(names))]
+    admitted = out[1] <= spec.scope["threshold"]
+    if spec.adult_output:
+        admitted &= out[2] <= spec.adult_head["threshold"]
+    return out[0], out[1], admitted
 
 
 def calibration_set(train):
@@ -98,19 +104,19 @@ def quantize(fp32_path, spec, calibration, leading=1):
 
 
 def parity(spec32, sess32, sess8, data):
-    """{split: agreement of labels and scope decisions, accuracy and macro-F1 of both} for
+    """{split: agreement of labels and scope decisions (every image gate), accuracy and macro-F1
+    of both} for
     ``data`` = {split: (x, labels)}, and the int8 model's own metrics."""
-    threshold = spec32.scope["threshold"]
     record, metrics = {}, {}
     for split, (x, y) in data.items():
-        (l32, d32), (l8, d8) = _outputs(sess32, spec32, x), _outputs(sess8, spec32, x)
+        (l32, d32, in32), (l8, d8, in8) = _outputs(sess32, spec32, x), _outputs(sess8, spec32, x)
         p32, p8 = softmax(l32), softmax(l8)
         metrics[split] = summarize(y, p8)
         reference = summarize(y, p32)
         record[split] = {
             "n": int(len(y)),
             "agreement": float((p32.argmax(1) == p8.argmax(1)).mean()),
-            "scope_agreement": float(((d32 <= threshold) == (d8 <= threshold)).mean()),
+            "scope_agreement": float((in32 == in8).mean()),
             "accuracy_float32": reference["accuracy"], "accuracy_int8": metrics[split]["accuracy"],
             "macro_f1_float32": reference["macro_f1"], "macro_f1_int8": metrics[split]["macro_f1"],
             "max_abs_probability_diff": float(np.abs(p32 - p8).max()),
@@ -155,7 +161,7 @@ def export_int8(fp32_path, data):
     record["method"] = (f"ONNX Runtime static QDQ: int8 per-channel weights, uint8 activations, "
                         f"MinMax ranges on {CALIBRATION_IMAGES} training images (seed "
                         f"{CALIBRATION_SEED}); the first {leading} convolution(s), last feature "
-                        f"convolution, head, class maps and scope gate in float32")
+                        f"convolution, head, class maps, scope gate and adult head in float32")
     record["leading_float"], record["rejected"] = leading, tried
     # int8 arithmetic differs between CPUs with and without int8 dot products: say which ran
     from xray_infer.cpu import int8_dot_product

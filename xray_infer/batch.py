@@ -9,6 +9,7 @@ from . import bitdepth
 from .decode import Decoded, decode_bytes, read_image
 from .errors import DecodeError, InputError
 from .preprocess import check_radiograph, preprocess_into
+from .scope import age_years
 
 
 class Encoded(NamedTuple):
@@ -69,9 +70,11 @@ def prepare_input(item, out, spec, source, gate=None, reduced=True, max_value=No
     decoded at a reduced size (``preprocess.jpeg_scale``), else always at full size;
     ``max_value``: the maximum of 16-bit inputs that declare none (``xray_infer.bitdepth``).
 
-    Returns ``(error, shape)``: ``(None, (height, width))`` of the scan, or ``(InputError,
-    None)``, an ``OutOfScope`` where ``gate`` (a ``scope.Gate``) refused its DICOM metadata.
-    Never raises for a bad input: one bad scan must not sink a batch.
+    Returns ``(error, shape, age)``: ``(None, (height, width), age)`` of the scan, where
+    ``age`` is the patient's age in years its DICOM header states (None: no header, or no age
+    in it; only computed with a ``gate``, a ``scope.Gate``), or ``(InputError, None, None)``,
+    an ``OutOfScope`` where ``gate`` refused its DICOM metadata. Never raises for a bad input:
+    one bad scan must not sink a batch.
     """
     try:
         try:
@@ -86,22 +89,24 @@ def prepare_input(item, out, spec, source, gate=None, reduced=True, max_value=No
         check_radiograph(decoded.pixels, source, decoded.shape)
         preprocess_into(decoded.pixels, out, mean=spec.mean, std=spec.std,
                         maxval=decoded.maxval, source=source)  # also checks shape and values
-        if gate is not None:
-            gate.check_image(decoded.pixels, source, decoded.colour)
-        return None, decoded.shape
+        if gate is None:
+            return None, decoded.shape, None
+        gate.check_image(decoded.pixels, source, decoded.colour)
+        return None, decoded.shape, age_years(decoded.attributes or {})
     except InputError as e:
-        return e, None
+        return e, None, None
     except Exception as e:  # anything else a decoder throws is still this input's failure
-        return InputError(source, f"{type(e).__name__}: {e}"), None
+        return InputError(source, f"{type(e).__name__}: {e}"), None, None
 
 
 def preprocess_batch(items, spec, *, executor=None, start=0, gate=None, reduced=True,
                      max_value=None):
     """Preprocess ``items`` into a new float32 ``(N, 1, S, S)`` batch for ``spec``.
 
-    Returns ``(batch, errors, shapes)``: ``errors[i]`` is None, or the InputError for item ``i``
-    (its slot in ``batch`` is then undefined; an OutOfScope where ``gate`` refused it);
-    ``shapes[i]`` is the scan's ``(height, width)`` before resizing (None for a failed item).
+    Returns ``(batch, errors, shapes, ages)``: ``errors[i]`` is None, or the InputError for item
+    ``i`` (its slot in ``batch`` is then undefined; an OutOfScope where ``gate`` refused it);
+    ``shapes[i]`` is the scan's ``(height, width)`` before resizing (None for a failed item);
+    ``ages[i]`` the age its DICOM header states (``prepare_input``).
     ``executor`` spreads the items over its threads (the kernel releases the GIL); ``start`` is
     the index of ``items[0]`` in a longer input, for the ``<array i>`` names; ``reduced`` and
     ``max_value`` as in ``prepare_input``.
@@ -115,4 +120,5 @@ def preprocess_batch(items, spec, *, executor=None, start=0, gate=None, reduced=
 
     run = executor.map if executor is not None else map
     done = list(run(one, range(len(items))))
-    return batch, [e for e, _ in done], [shape for _, shape in done]
+    errors, shapes, ages = zip(*done) if done else ((), (), ())
+    return batch, list(errors), list(shapes), list(ages)

@@ -166,15 +166,19 @@ class Classifier:
         return self._run(batch)[0]
 
     def _run(self, batch, rows=None):
-        """(probabilities, class maps or None, scope distances or None) for a batch; maps only
-        with ``heatmaps``, distances only with the scope gate on. ``rows``: with padding on,
-        the batch goes to the session padded to this many rows."""
+        """(probabilities, class maps or None, gate outputs or None) for a batch; maps only
+        with ``heatmaps``; with the scope gate on, the gate outputs are (scope distances, adult
+        scores or None). ``rows``: with padding on, the batch goes to the session padded to this
+        many rows."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         n = len(batch)
         if self._pad and rows and n < rows:
             batch = np.concatenate([batch, np.zeros((rows - n, *batch.shape[1:]), np.float32)])
+        gates = [self.spec.scope_output] if self.gate else []
+        if self.gate and self.gate.adult_threshold is not None:
+            gates.append(self.spec.adult_output)
         names = [self.spec.output_name] + ([self.spec.heatmap_output] if self.heatmaps else []) \
-            + ([self.spec.scope_output] if self.gate else [])
+            + gates
         if self._device:
             outputs = self._run_on_device(batch, names)
         else:
@@ -184,7 +188,10 @@ class Classifier:
         probs = np.full(logits.shape, np.nan)
         probs[finite] = softmax(logits[finite])
         maps = outputs[1][:n] if self.heatmaps else None
-        return probs, maps, (outputs[-1][:n].astype(np.float64) if self.gate else None)
+        if not gates:
+            return probs, maps, None
+        scores = [o[:n].astype(np.float64) for o in outputs[len(names) - len(gates):]]
+        return probs, maps, (scores[0], scores[1] if len(scores) > 1 else None)
 
     def _run_on_device(self, batch, names):
         binding = self.session.io_binding()
@@ -196,30 +203,34 @@ class Classifier:
         return [value.numpy() for value in binding.get_outputs()]
 
     def _prepare(self, start, chunk, executor=None):
-        """(batch, errors, shapes) of ``preprocess_batch`` for a chunk of inputs."""
+        """(batch, errors, shapes, header ages) of ``preprocess_batch`` for a chunk of inputs."""
         return preprocess_batch(chunk, self.spec, executor=executor, start=start, gate=self.gate,
                                 reduced=self.decode == "reduced", max_value=self.max_value)
 
     def _infer(self, prepared, rows):
-        """(errors, shapes, indices of the good inputs, ``_run``'s outputs for them)."""
-        batch, errors, shapes = prepared
+        """(errors, shapes, header ages, indices of the good inputs, ``_run``'s outputs for
+        them)."""
+        batch, errors, shapes, ages = prepared
         good = [i for i, e in enumerate(errors) if e is None]
         if len(good) == len(errors):
             outputs = self._run(batch, rows)  # the common case: no copy
         else:
             outputs = self._run(batch[good], rows) if good else (None, None, None)
-        return errors, shapes, good, outputs
+        return errors, shapes, ages, good, outputs
 
     def _results(self, start, chunk, scored):
-        errors, shapes, good, (probs, maps, dist) = scored
+        errors, shapes, ages, good, (probs, maps, gates) = scored
         row = dict(zip(good, range(len(good))))
         names, scope = self.spec.class_names, self.scope.label()
         for i, item in enumerate(chunk):
             source = source_name(item, start + i)
             error = errors[i]
-            if error is None and dist is not None:
+            if error is None and gates is not None:
+                distances, adult = gates
                 try:
-                    self.gate.check_distance(dist[row[i]], source)
+                    self.gate.check_distance(distances[row[i]], source)
+                    if adult is not None:
+                        self.gate.check_adult(adult[row[i]], source, ages[i])
                 except OutOfScope as e:
                     error = e
             if isinstance(error, OutOfScope):

@@ -154,12 +154,14 @@ def check_signature(session, spec, source):
         if len(maps) != 4 or maps[1] != len(spec.class_names):
             raise ModelError(f"{source}: heatmap output shape {maps} is not (N, "
                              f"{len(spec.class_names)}, h, w)")
-    if spec.scope_output:
-        if spec.scope_output not in names_out:
-            raise ModelError(f"{source}: metadata names a scope output {spec.scope_output!r} "
-                             f"that the graph lacks ({names_out})")
-        if len(outputs[names_out.index(spec.scope_output)].shape) != 1:
-            raise ModelError(f"{source}: scope output {spec.scope_output!r} is not (N,)")
+    for what, name in (("scope", spec.scope_output), ("adult head", spec.adult_output)):
+        if not name:
+            continue
+        if name not in names_out:
+            raise ModelError(f"{source}: metadata names a {what} output {name!r} that the graph "
+                             f"lacks ({names_out})")
+        if len(outputs[names_out.index(name)].shape) != 1:
+            raise ModelError(f"{source}: {what} output {name!r} is not (N,)")
 
 
 def load_model(path: "str | os.PathLike[str] | None" = None, *,

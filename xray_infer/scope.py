@@ -1,7 +1,7 @@
 """The scope gate: no label for an input the model was not made for.
 
-Two checks, both read from the model's metadata (``ModelSpec.population`` and
-``ModelSpec.scope``), so nothing here is a constant of its own:
+Three checks, all read from the model's metadata (``ModelSpec.population``, ``ModelSpec.scope``
+and ``ModelSpec.adult_head``), so nothing here is a constant of its own:
 
 - the metadata gate, for DICOM inputs, first and cheapest: Modality, BodyPartExamined,
   ViewPosition and the patient's age (PatientAge, else PatientBirthDate and the study date)
@@ -9,7 +9,11 @@ Two checks, both read from the model's metadata (``ModelSpec.population`` and
   an input (the image gate still applies);
 - the image gate, for every input: the distance of the image's features from the training
   radiographs', an output of the graph, against the threshold fitted with it (and, before
-  that, an image of one value throughout holds no radiograph, nor does a colour image).
+  that, an image of one value throughout holds no radiograph, nor does a colour image);
+- the adult head, for every input whose header states no age: how much the image's features
+  look like an adult's film, an output of the graph, against its threshold. Where the header
+  states an age, the metadata gate has judged it; where the accepted ages reach ADULT_AGE, the
+  caller has asked for adults, and the head refuses none.
 
 Two rules belong to no model: a DICOM object whose Contributing Equipment names a processing
 algorithm (IHE AI Results) is an algorithm's result, this program's heatmaps included, not an
@@ -32,6 +36,9 @@ ATTRIBUTES = ("Modality", "BodyPartExamined", "ViewPosition", "PatientAge", "Pat
 #: The largest share of pixels in colour an image the gate admits may have; fixed before any
 #: image was measured against it (docs/scope.md).
 COLOUR_SHARE = 0.05
+#: The age from which a patient is an adult, for the adult head (``--ages`` reaching it turns the
+#: head off: adults are then asked for).
+ADULT_AGE = 18
 
 
 def parse_ages(text):
@@ -65,7 +72,7 @@ def age_years(attributes):
 
 @dataclass(frozen=True)
 class Scope:
-    """What the classifier refuses: ``enabled`` (both gates) and ``ages``, the accepted age
+    """What the classifier refuses: ``enabled`` (every gate) and ``ages``, the accepted age
     range in whole years (None: the model's ``accepted_ages``)."""
     enabled: bool = True
     ages: tuple = None
@@ -97,12 +104,15 @@ def require_gate(spec, scope, source):
 
 
 class Gate:
-    """The two checks for one model (``spec``) and one ``Scope``."""
+    """The checks for one model (``spec``) and one ``Scope``."""
 
     def __init__(self, spec, scope):
         self.scope, self.population = scope, spec.population or {}
         self.threshold = spec.scope.get("threshold") if spec.scope_output else None
         self.ages = scope.ages or tuple(self.population.get("accepted_ages") or ()) or None
+        adults_asked = bool(self.ages) and self.ages[1] >= ADULT_AGE
+        self.adult_threshold = (spec.adult_head.get("threshold")
+                                if spec.adult_output and not adults_asked else None)
 
     def check_metadata(self, attributes, source):
         """Raise OutOfScope when a DICOM attribute places the input outside the population."""
@@ -158,3 +168,13 @@ class Gate:
             raise OutOfScope(source, f"out of scope: the image is unlike the training "
                                      f"radiographs (feature distance {distance:.0f} > "
                                      f"{self.threshold:.0f})", "image")
+
+    def check_adult(self, score, source, header_age=None):
+        """Raise OutOfScope when the adult head's score exceeds its threshold, unless the DICOM
+        header stated the patient's age (``header_age``, years: the metadata gate's to judge)."""
+        if not self.scope.enabled or self.adult_threshold is None or header_age is not None:
+            return
+        if not score <= self.adult_threshold:  # NaN is out of scope too
+            raise OutOfScope(source, f"out of scope: looks like an adult's film (adult score "
+                                     f"{score:.2f} > {self.adult_threshold:.2f}; the model was "
+                                     f"made for children)", "adult_head")

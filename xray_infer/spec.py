@@ -69,6 +69,11 @@ class ModelSpec:
     read by the DICOM metadata gate: ``modalities`` (gated on metadata), ``image_modalities``
     (no modality claim: left to the image gate), ``views``, ``body_parts``, ``training_ages``
     and ``accepted_ages`` (``[low, high]`` in whole years, inclusive: the default range).
+
+    Adult head: where ``adult_output`` is set, that output holds ``(N,)`` scores of how much each
+    image looks like an adult's film; one over ``adult_head["threshold"]`` is out of scope,
+    unless the DICOM header gives the patient's age (the metadata gate decides then).
+    ``adult_head`` records the method, the threshold and the data it was fitted on.
     """
     class_names: tuple
     input_size: int
@@ -91,6 +96,8 @@ class ModelSpec:
     scope_output: str = ""
     scope: dict = field(default_factory=dict)
     population: dict = field(default_factory=dict)
+    adult_output: str = ""
+    adult_head: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     _REQUIRED = ("class_names", "input_size", "mean", "std", "resize", "schema_version")
@@ -146,11 +153,14 @@ class ModelSpec:
                 raise ModelError(f"{source}: {key} must be a finite number, got {v!r}")
         if not raw["std"] > 0:
             raise ModelError(f"{source}: std must be positive, got {raw['std']!r}")
-        if raw.get("scope_output"):
-            t = (raw.get("scope") or {}).get("threshold")
-            if not (isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t)):
-                raise ModelError(f"{source}: a scope output needs a finite scope threshold, "
-                                 f"got {t!r}")
+        for output, record, what in (("scope_output", "scope", "scope"),
+                                     ("adult_output", "adult_head", "adult head")):
+            if raw.get(output):
+                t = (raw.get(record) or {}).get("threshold")
+                if not (isinstance(t, (int, float)) and not isinstance(t, bool)
+                        and np.isfinite(t)):
+                    raise ModelError(f"{source}: {output} needs a finite {what} threshold, "
+                                     f"got {t!r}")
         ages = (raw.get("population") or {}).get("accepted_ages")
         if ages is not None and not (isinstance(ages, list) and len(ages) == 2
                                      and all(isinstance(a, (int, float)) for a in ages)

@@ -77,6 +77,15 @@ def cmd_info(args):
               f"fitted on {s.scope['fitted_on']})")
     else:
         print("scope gate     none (classify with --scope off)")
+    if s.adult_output:
+        h, dev = s.adult_head, s.adult_head.get("development", {})
+        held = dev.get("held_out_adults_refused", {}).get("all", {})
+        figures = (f"; refused {held['share']:.0%} of {held['n']} adult films held out of its fit"
+                   if held.get("n") else "")
+        print(f"adult head     threshold {h['threshold']:.2f} ({h['threshold_rule']}{figures}; "
+              f"decides where a DICOM header states no age)")
+    else:
+        print("adult head     none (adults' films are refused only by a DICOM header's age)")
     print(f"pipeline       on the CPU {clf.workers} worker thread(s), each decoding and scoring "
           f"batches of {clf.batch_size} with {clf.threads} ONNX Runtime thread(s) per call "
           f"(classify: --workers, --batch-size, --threads)")
