@@ -167,8 +167,9 @@ def _pixels(ds, source, max_pixels):
                 colour_share(stored, 2 ** bits - 1))
     if stored.ndim != 2:
         raise DecodeError(source, f"unexpected pixel array shape {stored.shape}")
-    x = np.asarray(apply_modality_lut(stored, ds), np.float64)
+    x = apply_modality_lut(stored, ds)  # the stored array itself where it is the identity
     if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+        x = np.asarray(x, np.float64)
         # pydicom's VOI transform: the VOI LUT where there is one, else the first window with
         # its VOI LUT Function. [0, 1] spans the range it maps to, probed at input extremes
         # (which a LUT clamps to its end entries and the window functions saturate at).
@@ -178,6 +179,7 @@ def _pixels(ds, source, max_pixels):
         else:
             ends = np.array([-1e300, 1e300])
         y = np.asarray(apply_voi_lut(x, ds, index=0), np.float64)
+        del x
         with np.errstate(over="ignore"):
             lo, hi = np.asarray(apply_voi_lut(ends, ds, index=0), np.float64)
     else:
@@ -190,12 +192,13 @@ def _pixels(ds, source, max_pixels):
     if not (np.isfinite([lo, hi]).all() and lo != hi):
         raise DecodeError(source, f"DICOM intensity transform maps everything to one value "
                                   f"({lo:g} to {hi:g}); check its window or VOI LUT")
-    # in place on one copy: the same arithmetic as (y - lo) / (hi - lo), without a temporary
-    # of 8 bytes a pixel for each step (a 30-megapixel scan's was 250 MB)
-    y = np.subtract(y, lo, dtype=np.float64)
-    del x
-    y /= hi - lo
-    np.clip(y, 0.0, 1.0, out=y)
+    # (y - lo) / (hi - lo) in place on one float32 copy, the output: float64 temporaries of 8
+    # bytes a pixel cost 600 MB to decode a 60 MB scan, which a node pays per instance it checks
+    out = np.array(y, np.float32)
+    del y
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+    np.clip(out, 0.0, 1.0, out=out)
     if photometric == "MONOCHROME1":
-        np.subtract(1.0, y, out=y)
-    return np.ascontiguousarray(y, np.float32), None
+        np.subtract(np.float32(1.0), out, out=out)
+    return out, None

@@ -12,7 +12,9 @@ import logging
 import threading
 import time
 from collections import Counter
+from io import BytesIO
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import ALL_TRANSFER_SYNTAXES
@@ -240,8 +242,11 @@ class Receiver:
         """Check and spool one C-STORE: (the UID spooled, or None for an own result; the data
         set), or Refused."""
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+            # The object as sent, with its file meta: what is spooled. Only its header is
+            # parsed here (the pixels are decoded once, below, under the decoders' bound), so an
+            # instance in the handler costs its received bytes and this copy, no more.
+            encoded = event.encoded_dataset()
+            ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
             uid = str(ds.get("SOPInstanceUID", ""))
         except Exception:  # a data set pydicom cannot parse
             raise Refused(Refusal.UNDECODABLE, "unreadable data set") from None
@@ -249,12 +254,12 @@ class Receiver:
             if not is_uid(uid):
                 raise Refused(Refusal.IDENTIFIERS, "SOP Instance UID missing or not a valid UID",
                               tell=True)
-            return self._check_and_spool(ds, event, uid), ds
+            return self._check_and_spool(ds, encoded, uid), ds
         except Refused as e:
             e.uid = uid  # logged escaped: it may be anything the peer sent
             raise
 
-    def _check_and_spool(self, ds, event, uid):
+    def _check_and_spool(self, ds, encoded, uid):
         if is_own_result(ds, self.digest):
             self.metrics.own_results.inc()
             log.info("instance %s is a result of this model: acknowledged, not classified", uid)
@@ -277,7 +282,6 @@ class Receiver:
         if rows * cols * depth > self.limits.max_object_bytes:
             raise Refused(Refusal.TOO_LARGE, f"declared image over "
                                              f"{self.limits.max_object_mb} MB", tell=True)
-        encoded = event.encoded_dataset()
         try:
             with self._decoding:  # bounds the memory decoding takes, whatever many peers send
                 check_radiograph(decode_bytes(encoded, uid).pixels, uid)
