@@ -147,3 +147,15 @@ def test_v4_cross_validation_runs_resumes_and_refuses_a_soup_before_it_is_done(t
                           cwd=ROOT)
     assert soup.returncode == 1 and "finished folds [0, 1] of 5" in soup.stderr, soup.stderr
     assert "Traceback" not in soup.stderr
+    # What an export of the soup writes into the model's metadata: the soup and the protocol's
+    # own table, read from the run's folder.
+    from trainer.export import protocol_record
+    soup_run = tmp_path / "soup" / "runs" / "r-jsd-soup.json"
+    soup_run.parent.mkdir(parents=True)
+    made = {"recipe": "r-jsd", "members": ["a", "b"], "seeds": [0, 1], "probe": "p"}
+    record = protocol_record([soup_run], [{"soup": made}])
+    assert record["soup"] == made
+    assert record["protocol"]["cv"]["choice"]["recipe"] == "r-jsd"
+    assert record["protocol"]["cv"]["recipes"]["r-jsd"]["macro_f1"]["mean"] == \
+        table["recipes"]["r-jsd"]["macro_f1"]["mean"]
+    assert protocol_record([soup_run], [{}]) == {}

@@ -297,6 +297,7 @@ def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, int8=True
                   "selection": selection, "command": command,
                   "trained_on": sorted({r.get("device", "") for r in results}),
                   "best_epochs": [r["best_epoch"] for r in results], "code_commit": commit}
+    provenance.update(protocol_record(paths, results))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Every variant is made, measured and completed in a staging folder beside ``out``; only a
@@ -325,6 +326,27 @@ def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, int8=True
     if checkpoint:
         save_checkpoint(checkpoint, members, spec.metrics["temperatures"])
     return spec, parity, int8 or None
+
+
+def protocol_record(paths, results):
+    """How a soup was made, for its metadata: {"soup": its members, seeds, recipe and probe;
+    "protocol": the cross-validation table (means and standard errors of every recipe, the
+    rule's steps) and the holdout comparison (``trainer.protocol.compare``'s record)}, read from
+    the run's own files; {} for a run that is no soup."""
+    soups = [r["soup"] for r in results if "soup" in r]
+    if not soups:
+        return {}
+    from .protocol import cv_table
+    out = Path(paths[0]).resolve().parent.parent.parent  # <out>/soup/runs/<run>.json
+    table = cv_table(out)
+    protocol = {"cv": {"folds": table["folds"], "choice": table["choice"],
+                       "recipes": {n: {k: v for k, v in rec.items() if k != "folds"}
+                                   for n, rec in table["recipes"].items()}}}
+    compared = out / "protocol.json"
+    if compared.exists():
+        import json
+        protocol["holdout"] = json.loads(compared.read_text())
+    return {"soup": soups[0] if len(soups) == 1 else soups, "protocol": protocol}
 
 
 def save_checkpoint(path, members, temperatures):
