@@ -92,12 +92,14 @@ class Classifier:
     scope : bool or str
         On (the default): inputs the model was not made for get no label (``status``
         ``"out_of_scope"``): DICOM whose Modality, BodyPartExamined, ViewPosition or patient age
-        lie outside the population the model declares, and any image unlike its training
-        radiographs. Off (``False`` / ``"off"``): every decodable radiograph gets a label, for
+        lie outside the population the model declares, any image unlike its training
+        radiographs, and, where no DICOM header states the patient's age, a film that looks like
+        an adult's (the model's adult head). Off (``False`` / ``"off"``): every decodable radiograph gets a label, for
         research on other populations; each Result records which.
     ages : (int, int), optional
         With scope on: the accepted patient ages in whole years, inclusive, instead of the
-        model's ``population["accepted_ages"]``.
+        model's ``population["accepted_ages"]``; a range reaching 18 (``scope.ADULT_AGE``)
+        also turns the adult head off.
     """
 
     @classmethod

@@ -310,12 +310,14 @@ def add_parser(subparsers):
     dicomweb_options.add_options(g_web, "dicomweb-", "the DICOMweb server(s)")
     g_scope.add_argument("--scope", choices=("on", "off"), default="on",
                    help="on: no label for inputs the model was not made for (other body parts, "
-                        "views, modalities, ages; images unlike its training radiographs), "
+                        "views, modalities, ages; images unlike its training radiographs; films "
+                        "that look like an adult's), "
                         "status out_of_scope; off: label every decodable radiograph (research "
                         "on other populations; recorded in each row) (default %(default)s)")
     g_scope.add_argument("--ages", type=ages, metavar="LOW-HIGH",
                    help="with --scope on: accept DICOM patients of these ages in years "
-                        "(default: the model's accepted range, its training range)")
+                        "(default: the model's accepted range, its training range); a range "
+                        "reaching 18 also turns the adult head off")
     g_side.add_argument("--report", metavar="HTML",
                    help="also write a results page here: one self-contained HTML file (its "
                         "thumbnails in HTML_files/ beside it) with a row per input of this run, "

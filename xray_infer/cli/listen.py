@@ -207,7 +207,8 @@ def add_parser(subparsers):
                          "is forwarded for them (logged, counted); off: every radiograph is "
                          "classified (default %(default)s)")
     g_scope.add_argument("--ages", type=ages, metavar="LOW-HIGH",
-                    help="with --scope on: accepted patient ages in years")
+                    help="with --scope on: accepted patient ages in years (a range reaching "
+                         "18 also turns the adult head off)")
     add_audit_options(li)
     g_log.add_argument("--log", metavar="FILE", help="also write the log here")
     g_log.add_argument("-v", "--verbose", action="store_true",
