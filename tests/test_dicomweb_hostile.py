@@ -177,6 +177,47 @@ def test_an_answer_that_trickles_is_cut_at_its_deadline(serve, monkeypatch):
     assert time.monotonic() - t0 < 4
 
 
+def test_a_listing_is_scored_as_it_is_listed_and_one_that_breaks_off_keeps_its_rows(serve,
+                                                                                     tmp_path):
+    """Two studies match; the second's listing waits (up to 60 s) for the first's first instance
+    to be retrieved, then fails. Listed up front, nothing would be retrieved before it; streamed,
+    the first study's instances are scored, their rows written, and the run ends with a usage
+    error that says how far it got."""
+    files = chest_dicoms(tmp_path / "dcm", 2, "STREAM")
+    blobs = {str(pydicom.dcmread(f).SOPInstanceUID): f.read_bytes() for f in files}
+    retrieved = threading.Event()
+    waited = []
+
+    def answer(method, path, query):
+        if path.endswith("/studies"):
+            rows = [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid in ("1.2.3", "1.2.4")]
+            return 200, {"Content-Type": JSON}, json.dumps(rows).encode()
+        if path.endswith("/studies/1.2.3/instances"):
+            rows = [{"00080018": {"vr": "UI", "Value": [uid]},
+                     "0020000E": {"vr": "UI", "Value": ["1.2.3.1"]},
+                     "00080016": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.1.1"]}}
+                    for uid in blobs]
+            return 200, {"Content-Type": JSON}, json.dumps(rows).encode()
+        if path.endswith("/studies/1.2.4/instances"):
+            waited.append(retrieved.wait(60))
+            return 500, {}, b"the archive behind this proxy is down"
+        retrieved.set()
+        blob = blobs[path.rsplit("/", 1)[1]]
+        body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + blob + b"\r\n--b--\r\n")
+        return 200, {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}, \
+            body
+    server = serve(answer)
+    p = run_cli("classify", server.base, "--query", "PatientID=STREAM", "--format", "jsonl",
+                "--batch-size", "1", "--workers", "1", "-o", tmp_path / "rows.jsonl", timeout=300)
+    assert waited == [True], "the first study was not scored while the second was listed"
+    assert p.returncode == 2, p.stderr
+    assert "stopped after 2 inputs" in p.stderr and "cannot list: HTTP 500" in p.stderr
+    assert "rows written so far are complete" in p.stderr and "Traceback" not in p.stderr
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in rows) == sorted(blobs)
+    assert all(r["status"] == "classified" for r in rows), rows
+
+
 def test_a_listing_past_its_bounds_is_too_large(serve, monkeypatch):
     monkeypatch.setattr(dicomweb.reading, "MAX_INSTANCES", 150)
 

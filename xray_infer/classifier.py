@@ -1,5 +1,4 @@
 """Batched, pipelined classification through one ONNX Runtime session."""
-import itertools
 import os
 from collections import deque
 from collections.abc import Iterable, Sequence, Sized
@@ -33,8 +32,23 @@ def _check_count(name, value, optional=False):
 
 
 def _chunks(iterable, n):
-    it = iter(iterable)
-    while chunk := list(itertools.islice(it, n)):
+    """Lists of ``n`` inputs, the last shorter. Where the iterable fails part way (a listing
+    that breaks off), the inputs it gave before come first, then its error."""
+    it, chunk = iter(iterable), []
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            break
+        except Exception as e:
+            if chunk:
+                yield chunk
+            raise e
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
         yield chunk
 
 
@@ -93,9 +107,9 @@ class Classifier:
         On (the default): inputs the model was not made for get no label (``status``
         ``"out_of_scope"``): DICOM whose Modality, BodyPartExamined, ViewPosition or patient age
         lie outside the population the model declares, any image unlike its training
-        radiographs, and, where no DICOM header states the patient's age, a film that looks like
-        an adult's (the model's adult head). Off (``False`` / ``"off"``): every decodable radiograph gets a label, for
-        research on other populations; each Result records which.
+        radiographs, and, where no DICOM header states the patient's age, a film that looks
+        like an adult's (the model's adult head). Off (``False`` / ``"off"``): every decodable
+        radiograph gets a label, for research on other populations; each Result records which.
     ages : (int, int), optional
         With scope on: the accepted patient ages in whole years, inclusive, instead of the
         model's ``population["accepted_ages"]``; a range reaching 18 (``scope.ADULT_AGE``)
@@ -268,7 +282,8 @@ class Classifier:
         return lambda: self._results(start, chunk, self._infer(_result(prepared), rows))
 
     def iter_classify(self, inputs, batch_size=None):
-        """Yield one Result per input, in input order, for any iterable of inputs.
+        """Yield one Result per input, in input order, for any iterable of inputs (one that
+        raises part way gives the Results of the inputs it gave before, then its error).
 
         Inputs are paths, encoded file contents (``bytes``, or ``Encoded(bytes, name)`` to be
         named and checked as that file), 2-D arrays (uint8, uint16, or float32 in [0, 1]) or
@@ -289,8 +304,16 @@ class Classifier:
         pending = deque()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="xray-prep") as workers, \
                 ThreadPoolExecutor(1, thread_name_prefix="xray-batch") as device_queue:
-            start = 0
-            for chunk in _chunks(inputs, n):
+            start, chunks = 0, _chunks(inputs, n)
+            while True:
+                try:
+                    chunk = next(chunks, None)
+                except Exception:  # the inputs broke off: what was taken is still scored
+                    while pending:
+                        yield from pending.popleft()()
+                    raise
+                if chunk is None:
+                    break
                 pending.append(self._submit(start, chunk, n, workers, device_queue))
                 start += len(chunk)
                 if len(pending) > ahead:

@@ -2,10 +2,13 @@
 filesystems read (``s3://``, ``gs://``, ``file://`` ...), expanded into one ordered list.
 
 Both engines (in-process and Ray) start from this list, so they score the same inputs under
-the same names.
+the same names. A DICOMweb listing may instead be streamed: listed a page at a time as its
+instances are scored.
 """
+import itertools
 import os
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from .dicomweb import is_dicomweb
 from .errors import UsageError
@@ -33,11 +36,27 @@ def _has_image_extension(name):
 class Inputs:
     """A run's inputs: ``files`` in order, how many ``repeats`` were dropped, the folder
     entries ``skipped`` as ``(path, reason)``, and how many ``subfolders`` were not descended
-    into (without ``recursive``)."""
-    files: list = field(default_factory=list)
+    into (without ``recursive``). ``streamed``: ``files`` is an iterator that lists DICOMweb
+    instances as it goes (``repeats`` and ``skipped`` grow with it)."""
+    files: Iterable = field(default_factory=list)
     repeats: int = 0
     skipped: list = field(default_factory=list)
     subfolders: int = 0
+    streamed: bool = False
+
+
+def _started(listing):
+    """``listing`` (an iterator) with its first item already taken, so that a server that
+    cannot list says so now, before anything is scored."""
+    first = next(listing, None)
+    return [] if first is None else itertools.chain([first], listing)
+
+
+def peek(iterable):
+    """(whether ``iterable`` holds anything, an iterable of all of it)."""
+    it = iter(iterable)
+    first = next(it, None)
+    return first is not None, ([] if first is None else itertools.chain([first], it))
 
 
 def _head(path):
@@ -108,7 +127,7 @@ def _expand_uri(uri, recursive):
     return [f"{scheme}://{p}" for p in paths]
 
 
-def collect_inputs(sources, recursive=False, remote=None):
+def collect_inputs(sources, recursive=False, remote=None, stream=False):
     """Expand files, folders and URIs into the run's ``Inputs``.
 
     A path named explicitly is always included, whatever it holds, so that a bad file given by
@@ -118,9 +137,12 @@ def collect_inputs(sources, recursive=False, remote=None):
     everything else in it is skipped and listed with the reason. ``remote(url, skipped)``
     lists a DICOMweb study, series or query as instance URLs (``xray_infer.dicomweb``). An
     input reached twice (named twice, or named and inside a named folder) is kept once.
-    Raises UsageError for a source that does not exist or cannot be listed.
+    Raises UsageError for a source that does not exist or cannot be listed. With ``stream``,
+    a DICOMweb listing is not listed up front: ``files`` is an iterator, each listing's first
+    page read here and the rest as the run takes them (a listing that fails on a later page
+    raises UsageError from the iterator).
     """
-    out, seen = Inputs(), set()
+    out, parts = Inputs(), []
     for source in sources:
         source = os.fspath(source)
         if is_dicomweb(source):
@@ -128,6 +150,8 @@ def collect_inputs(sources, recursive=False, remote=None):
                 raise UsageError(f"{source}: a DICOMweb URL is read by xray-infer classify "
                                  f"with the local engine")
             found = remote(source, out.skipped)
+            if stream:
+                found, out.streamed = _started(iter(found)), True
         elif is_uri(source):
             found = _expand_uri(source, recursive)
         elif os.path.isdir(source):
@@ -140,11 +164,21 @@ def collect_inputs(sources, recursive=False, remote=None):
             found = [source]
         else:
             raise UsageError(f"{source}: no such file or directory")
+        parts.append(found)
+    out.files = _unique(parts, out)
+    if not out.streamed:
+        out.files = list(out.files)
+    return out
+
+
+def _unique(parts, out):
+    """The inputs of ``parts`` in order, each once (``out.repeats`` counts the rest)."""
+    seen = set()
+    for found in parts:
         for f in found:
             key = input_key(f)
             if key in seen:
                 out.repeats += 1
                 continue
             seen.add(key)
-            out.files.append(f)
-    return out
+            yield f

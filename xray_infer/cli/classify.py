@@ -8,7 +8,7 @@ import sys
 from ..bitdepth import check_max_value
 from ..errors import UsageError, XrayInferError
 from ..formats import IMAGE_EXTENSIONS
-from ..inputs import collect_inputs, is_uri
+from ..inputs import collect_inputs, is_uri, peek
 from ..output import FORMATS, Existing, Output, format_for, output_exists
 from ..scope import parse_ages
 from ..spec import CPU_BATCH_SIZE, DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
@@ -134,11 +134,14 @@ def no_inputs(args, inputs):
 def cmd_classify(args):
     fmt, existing, web = check_arguments(args)
     audit = audit_trail(args, "xray-infer-classify")  # checked before the model loads
-    inputs = collect_inputs(args.paths, args.recursive,
-                            web.instances if web else None)
-    files = inputs.files
-    if not files:
+    # A DICOMweb listing is scored as it is listed, unless --resume needs every input first.
+    inputs = collect_inputs(args.paths, args.recursive, web.instances if web else None,
+                            stream=existing is None)
+    found, files = peek(inputs.files)
+    if not found:
         raise no_inputs(args, inputs)
+    if not inputs.streamed:
+        files = inputs.files  # the list itself: resuming reads it more than once
     if existing is not None and existing.fmt:
         check_resume_names(existing, files)
     plan = resume_plan(files, existing, args.retry_failed)
@@ -158,7 +161,8 @@ def cmd_classify(args):
     except UsageError as e:
         return fail(e, EXIT_USAGE)
     files = plan.files
-    progress = Progress(len(files), not args.quiet and sys.stderr.isatty() and len(files) > 0)
+    total = None if inputs.streamed else len(files)  # a listing's end is not known before
+    progress = Progress(total, not args.quiet and sys.stderr.isatty() and total != 0)
     overlays = Overlays(run.heatmaps, run.heatmap_size) if run.heatmaps else None
     dicom_out = DicomResults(run.dicom_out, engine.clf, web, audit) if run.dicom_out \
         else None
@@ -174,9 +178,14 @@ def cmd_classify(args):
                           [w for w in (overlays, dicom_out) if w], page.page, ctrl_c)
     except KeyboardInterrupt:
         progress.close()
-        interrupted = f"interrupted after {progress.done} of {len(files)} inputs"
+        interrupted = f"interrupted after {progress.of()} inputs"
         return fail(f"{interrupted}; rows written so far are complete ("
                     f"{resume_hint(args)})", EXIT_INTERRUPTED)
+    except UsageError as e:  # a DICOMweb listing that failed on a later page
+        progress.close()
+        interrupted = f"stopped after {progress.done} inputs: {e}"
+        return fail(f"{interrupted}; rows written so far are complete ({resume_hint(args)})",
+                    EXIT_USAGE)
     except BrokenPipeError:
         return pipe_closed()
     except Exception as e:
@@ -184,7 +193,7 @@ def cmd_classify(args):
             raise
         from ..distributed import COLOUR, failure_reason
         progress.close()  # a read that failed for good, a lost worker node, a lost row
-        interrupted = f"the Ray job failed after {progress.done} of {len(files)} inputs"
+        interrupted = f"the Ray job failed after {progress.of()} inputs"
         # The whole account (workers' tracebacks included) into the log: what Ray prints of it
         # on its own may still be in transit when the process exits.
         log.error("the Ray job failed: %s", COLOUR.sub("", str(e)))

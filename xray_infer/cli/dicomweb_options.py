@@ -81,19 +81,25 @@ class Remote:
 
     def instances(self, url, skipped):
         """The instance URLs ``url`` names (a study, series or instance; the base with
-        ``query``), or UsageError when they cannot be listed."""
+        ``query``), listed a page at a time as they are taken; UsageError as soon as they
+        cannot be listed."""
         import requests
 
         from ..dicomweb import Address, TooLarge, list_instances
         address = Address.parse(url)
-        try:
-            return list(list_instances(self.client(address.base), address, self.query, skipped))
-        except requests.HTTPError as e:
-            raise UsageError(f"{url}: cannot list: HTTP {e.response.status_code}") from None
-        except TooLarge as e:
-            raise UsageError(f"{url}: cannot list: {e}") from None
-        except (requests.RequestException, ValueError, KeyError) as e:  # unreachable, garbled
-            raise UsageError(f"{url}: cannot list: {type(e).__name__}") from None
+        listing = list_instances(self.client(address.base), address, self.query, skipped)
+        while True:
+            try:
+                instance = next(listing)
+            except StopIteration:
+                return
+            except requests.HTTPError as e:
+                raise UsageError(f"{url}: cannot list: HTTP {e.response.status_code}") from None
+            except TooLarge as e:
+                raise UsageError(f"{url}: cannot list: {e}") from None
+            except (requests.RequestException, ValueError, KeyError) as e:  # unreachable, garbled
+                raise UsageError(f"{url}: cannot list: {type(e).__name__}") from None
+            yield instance
 
     def _retrieve(self, url):
         from ..dicomweb import Address, retrieve

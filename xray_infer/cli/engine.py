@@ -46,8 +46,9 @@ class Engine:
         if self.clf is not None:
             if self.run.remote is not None:  # DICOMweb instances: each read in its turn
                 from ..batch import Fetched
-                files = [Fetched(f, partial(self.run.remote.fetch, f))
-                         if dicomweb_options.is_dicomweb(f) else f for f in files]
+                fetched = (Fetched(f, partial(self.run.remote.fetch, f))
+                           if dicomweb_options.is_dicomweb(f) else f for f in files)
+                files = list(fetched) if isinstance(files, list) else fetched
             return self.clf.iter_classify(files)
         from .. import distributed
         run = self.run

@@ -16,10 +16,16 @@ log = logging.getLogger("xray_infer.cli")
 
 
 class Progress:
+    """A line on stderr, redrawn; ``total`` None: not known (a streamed listing)."""
+
     def __init__(self, total, enabled):
         self.total, self.enabled = total, enabled
         self.done = self.failed = 0
         self.t0 = self.last = time.perf_counter()
+
+    def of(self):
+        """How far the run got, in words."""
+        return f"{self.done}" if self.total is None else f"{self.done} of {self.total}"
 
     def update(self, ok):
         self.done += 1
@@ -28,9 +34,13 @@ class Progress:
         if self.enabled and (now - self.last > 0.2 or self.done == self.total):
             self.last = now
             rate = self.done / max(now - self.t0, 1e-9)
-            eta = (self.total - self.done) / rate if rate > 0 else 0
-            sys.stderr.write(f"\r{self.done}/{self.total} ({100 * self.done / self.total:.0f}%) "
-                             f"{rate:.0f} img/s, {self.failed} failed, ETA {eta:.0f}s  ")
+            if self.total is None:
+                where = f"{self.done} (listing as it goes)"
+                eta = ""
+            else:
+                where = f"{self.done}/{self.total} ({100 * self.done / self.total:.0f}%)"
+                eta = f", ETA {(self.total - self.done) / rate if rate > 0 else 0:.0f}s"
+            sys.stderr.write(f"\r{where} {rate:.0f} img/s, {self.failed} failed{eta}  ")
             sys.stderr.flush()
 
     def close(self):
