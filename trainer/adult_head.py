@@ -179,6 +179,34 @@ def _share(mask):
     return {"n": int(len(mask)), "share": float(np.mean(mask)) if len(mask) else None}
 
 
+def _leave_one_out(fit_set, head, others, f_others, f_val):
+    """Each of the other hospital's children scored by a head fitted without it (same C, same
+    threshold rule), less that head's threshold: the shipped head saw them all, so only these
+    say how it treats a child of a hospital it never saw."""
+    margins = np.empty(len(others))
+    for i, child in enumerate(others):
+        alone = fit_head(fit_set.without_other(child.patient), head.c)
+        margins[i] = alone.score(f_others[i:i + 1])[0] - np.quantile(alone.score(f_val),
+                                                                     VALIDATION_KEEP)
+    return margins
+
+
+def _with_output(proto, head, x_val, s_val):
+    """A copy of ``proto`` with the head's output, checked against its float64 formula on
+    real validation images; (the copy, the largest difference)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    add_adult_output(out, head)
+    sess = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
+    check = np.ascontiguousarray(np.asarray(x_val[:64], np.float32))
+    got = sess.run([ADULT_OUTPUT], {sess.get_inputs()[0].name: check})[0].astype(np.float64)
+    parity = float(np.max(np.abs(got - s_val[:64])))
+    if parity > PARITY_ATOL:
+        raise RuntimeError(f"the adult score output disagrees with its float64 formula: "
+                           f"{parity:.1e} > {PARITY_ATOL:.0e}")
+    return out, parity
+
+
 def fit(proto, train, train_patients, val, data_root, size, mean, std, test=None,
         fullres=None):
     """Fit the head on the model ``proto`` (with its feature tensor) and set its threshold.
@@ -195,68 +223,48 @@ def fit(proto, train, train_patients, val, data_root, size, mean, std, test=None
     adults = films(data_root / "adult-dev")
     fit_adults = [a for a in adults if not held_out_adult(a.patient)]
     held = [a for a in adults if held_out_adult(a.patient)]
-    peds = films(data_root / "peds-other-dev")
-    x_fit_adults, x_held, x_peds = arrays(fit_adults), arrays(held), arrays(peds)
-    x_train = np.asarray(train[0])
-    kids_jit = jittered(x_train, COPIES["children"], SEED, mean, std)
-    adults_jit = jittered(x_fit_adults, COPIES["adults"], SEED + 1, mean, std)
-    extra = [a for a in (test, fullres) if a is not None]
-    peds_jit = jittered(x_peds, COPIES["adults"], SEED + 2, mean, std)
-    (f_kids, f_kids_jit, f_adults, f_adults_jit, f_peds, f_peds_jit, f_val, f_held,
-     *f_extra) = features(proto, x_train, kids_jit, x_fit_adults, adults_jit, x_peds, peds_jit,
-                          np.asarray(val[0]), x_held, *extra)
+    others = films(data_root / "peds-other-dev")
+    x_train, x_adults, x_others = np.asarray(train[0]), arrays(fit_adults), arrays(others)
+    reported = {name: x for name, x in (("test_kept", test), ("fullres_kept", fullres))
+                if x is not None}
+    (f_kids, f_kids_jit, f_adults, f_adults_jit, f_others, f_others_jit, f_val, f_held,
+     *f_reported) = features(
+        proto, x_train, jittered(x_train, COPIES["children"], SEED, mean, std),
+        x_adults, jittered(x_adults, COPIES["adults"], SEED + 1, mean, std),
+        x_others, jittered(x_others, COPIES["adults"], SEED + 2, mean, std),
+        np.asarray(val[0]), arrays(held), *reported.values())
     copies = lambda ids, n: np.tile(np.asarray(ids, str), 1 + n)  # noqa: E731
     fit_set = FitSet(np.concatenate([f_kids, f_kids_jit]),
                      copies(train_patients, COPIES["children"]),
-                     np.concatenate([f_peds, f_peds_jit]),
-                     copies([p.patient for p in peds], COPIES["adults"]),
+                     np.concatenate([f_others, f_others_jit]),
+                     copies([c.patient for c in others], COPIES["adults"]),
                      np.concatenate([f_adults, f_adults_jit]),
                      copies([a.patient for a in fit_adults], COPIES["adults"]))
     head = fit_head(fit_set)
     s_val = head.score(f_val)
     threshold = float(np.quantile(s_val, VALIDATION_KEEP))
-    # Each of the other hospital's children scored by a head fitted without it (same C, same
-    # threshold rule): the shipped head saw them all, so only these say how it treats a child of
-    # a hospital it never saw.
-    s_peds = np.empty(len(peds))
-    for i, child in enumerate(peds):
-        alone = fit_head(fit_set.without_other(child.patient), head.c)
-        s_peds[i] = alone.score(f_peds[i:i + 1])[0] - np.quantile(alone.score(f_val),
-                                                                   VALIDATION_KEEP)
-
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    add_adult_output(out, head)
-    sess = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"])
-    check = np.ascontiguousarray(np.asarray(val[0][:64], np.float32))
-    got = sess.run([ADULT_OUTPUT], {sess.get_inputs()[0].name: check})[0].astype(np.float64)
-    parity = float(np.max(np.abs(got - s_val[:64])))
-    if parity > PARITY_ATOL:
-        raise RuntimeError(f"the adult score output disagrees with its float64 formula: "
-                           f"{parity:.1e} > {PARITY_ATOL:.0e}")
+    out, parity = _with_output(proto, head, val[0], s_val)
 
     refused = lambda f: head.score(f) > threshold  # noqa: E731
-    s_held, s_peds = refused(f_held), s_peds > 0
-    views = np.array([a.view for a in held])
-    ages = np.array([a.age for a in peds])
+    kept_alone = _leave_one_out(fit_set, head, others, f_others, f_val) <= 0
+    held_refused, views = refused(f_held), np.array([a.view for a in held])
+    ages = np.array([c.age for c in others])
     development = {
-        "held_out_adults_refused": {"all": _share(s_held),
-                                    **{v: _share(s_held[views == v]) for v in ("PA", "AP")}},
+        "held_out_adults_refused": {"all": _share(held_refused),
+                                    **{v: _share(held_refused[views == v]) for v in ("PA", "AP")}},
         "peds_other_kept_leave_one_out": {
-            f"{lo}-{hi}": _share(~s_peds[(ages >= lo) & (ages <= hi)]) for lo, hi in AGE_BANDS},
+            f"{lo}-{hi}": _share(kept_alone[(ages >= lo) & (ages <= hi)]) for lo, hi in AGE_BANDS},
         "fit_adults_refused": _share(refused(f_adults)),
+        **{name: _share(~refused(f)) for name, f in zip(reported, f_reported)},
     }
-    for name, f in zip([n for n, a in (("test_kept", test), ("fullres_kept", fullres))
-                        if a is not None], f_extra):
-        development[name] = _share(~refused(f))
     record = {
         "method": "logistic regression on the classifier layer's input features, adult films "
                   "of another hospital as negatives (outlier exposure, Hendrycks et al. 2019), "
-                  "both populations also under the model's training jitter",
+                  "every set also under the model's training jitter",
         "threshold": threshold,
         "threshold_rule": f"{VALIDATION_KEEP:.1%} of the validation split scores at or under it",
         "validation_kept": float((s_val <= threshold).mean()),
-        "fitted_on": (f"{len(f_kids)} training-split images and {len(peds)} children of "
+        "fitted_on": (f"{len(f_kids)} training-split images and {len(others)} children of "
                       f"another hospital (peds-other-dev, {OTHER_CHILDREN_WEIGHT:.0%} of the "
                       f"children's weight) against {len(fit_adults)} adult frontal films "
                       f"(adult-dev; NIH ChestX-ray14), each also in {COPIES['children']}, "
