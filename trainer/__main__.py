@@ -114,12 +114,23 @@ def cmd_export(a):
               f"normal-vs-pneumonia accuracy {s['binary_accuracy']:.4f} AUC {s['binary_auc']:.4f}")
 
 
-def _model_arrays(a):
-    """{train, val, test} arrays for the exported model ``a.model``: its validation split, at
-    its input size and normalisation."""
+def _model_splits(a):
+    """(spec, {train, val, test} records) of the exported model ``a.model``: its validation
+    split; with ``--limit``, the records its arrays hold (``_model_arrays``)."""
     from xray_infer.model import load_model
+
+    from .dataset import limit_per_class
     spec = load_model(a.model, providers=["CPUExecutionProvider"], precision="float32")[1]
     splits = load_splits(a.data, scheme=spec.validation_split)
+    if a.limit:
+        splits = {k: limit_per_class(v, a.limit) for k, v in splits.items()}
+    return spec, splits
+
+
+def _model_arrays(a, model_splits=None):
+    """{train, val, test} arrays for the exported model ``a.model``: its validation split, at
+    its input size and normalisation."""
+    spec, splits = model_splits or _model_splits(a)
     return load_arrays(splits, spec.input_size, spec.mean, spec.std, a.limit)
 
 
@@ -132,22 +143,19 @@ def cmd_scope(a):
 
 
 def cmd_adult_head(a):
-    from xray_infer.model import load_model
-
     from .export import add_adult_head
-    spec = load_model(a.model, providers=["CPUExecutionProvider"], precision="float32")[1]
-    splits = load_splits(a.data, scheme=spec.validation_split)
-    data = load_arrays(splits, spec.input_size, spec.mean, spec.std)
-    spec = add_adult_head(a.model, data, [r.patient for r in splits["train"]], a.data)
+    model_splits = _model_splits(a)
+    spec = add_adult_head(a.model, _model_arrays(a, model_splits),
+                          [r.patient for r in model_splits[1]["train"]], a.data)
     h, dev = spec.adult_head, spec.adult_head["development"]
     held = dev["held_out_adults_refused"]
     print(f"wrote {a.model}: adult head threshold {h['threshold']:.3f} ({h['threshold_rule']}; "
           f"C {h['regularisation']['C']:.0e}), graph parity {h['parity_max_abs_diff']:.1e}")
     print("  held-out adults refused: " + ", ".join(
         f"{k} {v['share']:.3f} of {v['n']}" for k, v in held.items() if v["n"]))
+    alone = dev["peds_other_kept_leave_one_out"]
     print("  peds-other-dev kept (each by a head fitted without it): " + ", ".join(
-        f"ages {k} {v['share']:.3f} of {v['n']}" for k, v in dev["peds_other_kept_leave_one_out"].items()
-        if v["n"]))
+        f"ages {k} {v['share']:.3f} of {v['n']}" for k, v in alone.items() if v["n"]))
     for key in ("test_kept", "fullres_kept"):
         if key in dev:
             print(f"  {key.replace('_', ' ')}: {dev[key]['share']:.4f} of {dev[key]['n']}")

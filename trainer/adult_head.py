@@ -7,8 +7,7 @@ hospital (``adult-dev/``, NIH ChestX-ray14), are the negatives; the training spl
 (validation patients held out) are the positives, with the children of the adults' hospital
 (``peds-other-dev/``), so that the head cannot tell ages apart by telling hospitals apart (each
 of those children is reported as scored by a head fitted without it). All are seen as they are
-and under the
-jitter the model trains with (``train.augment``, ``acquisition_jitter``,
+and under the jitter the model trains with (``train.augment``, ``acquisition_jitter``,
 ``presentation_jitter``: proportions, sharpness, noise, window, gamma, bit depth, JPEG), so
 that how a hospital exports a film is no cue. A share of the adult patients
 (``held_out_adult``) is kept out of the fit for the development figures. The regularisation

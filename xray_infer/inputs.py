@@ -45,13 +45,6 @@ class Inputs:
     streamed: bool = False
 
 
-def _started(listing):
-    """``listing`` (an iterator) with its first item already taken, so that a server that
-    cannot list says so now, before anything is scored."""
-    first = next(listing, None)
-    return [] if first is None else itertools.chain([first], listing)
-
-
 def peek(iterable):
     """(whether ``iterable`` holds anything, an iterable of all of it)."""
     it = iter(iterable)
@@ -150,8 +143,8 @@ def collect_inputs(sources, recursive=False, remote=None, stream=False):
                 raise UsageError(f"{source}: a DICOMweb URL is read by xray-infer classify "
                                  f"with the local engine")
             found = remote(source, out.skipped)
-            if stream:
-                found, out.streamed = _started(iter(found)), True
+            if stream:  # its first item taken now: a server that cannot list says so first
+                found, out.streamed = peek(found)[1], True
         elif is_uri(source):
             found = _expand_uri(source, recursive)
         elif os.path.isdir(source):

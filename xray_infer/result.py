@@ -46,7 +46,7 @@ class Result:
     refusal : str or None
         Why the model was not made for this input.
     refused_by : str or None
-        The gate that refused it: a DICOM attribute, or ``"image"``.
+        The gate that refused it: a DICOM attribute, ``"image"`` or ``"adult_head"``.
     scope : str
         The gate's setting under which the input was scored: ``"on"``, ``"off"``, or the
         widened ages.

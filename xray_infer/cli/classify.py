@@ -137,11 +137,9 @@ def cmd_classify(args):
     # A DICOMweb listing is scored as it is listed, unless --resume needs every input first.
     inputs = collect_inputs(args.paths, args.recursive, web.instances if web else None,
                             stream=existing is None)
-    found, files = peek(inputs.files)
+    found, files = peek(inputs.files) if inputs.streamed else (bool(inputs.files), inputs.files)
     if not found:
         raise no_inputs(args, inputs)
-    if not inputs.streamed:
-        files = inputs.files  # the list itself: resuming reads it more than once
     if existing is not None and existing.fmt:
         check_resume_names(existing, files)
     plan = resume_plan(files, existing, args.retry_failed)
