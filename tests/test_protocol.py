@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer import protocol  # noqa: E402
+from trainer import protocol, protocol_report  # noqa: E402
 from trainer.dataset import load_splits  # noqa: E402
 from trainer.stress import TRANSFORMS, flip_shares, stressed  # noqa: E402
 from trainer.train import js_divergence  # noqa: E402
@@ -126,6 +126,46 @@ def test_the_paired_bootstrap_sees_noise_as_noise_and_a_clear_win_as_a_win():
     assert won["low"] > 0 and won["low"] < won["difference"] < won["high"]
 
 
+def test_resamples_keep_a_patients_films_together():
+    patients = ["a", "a", "b", "c", "c", "c"]
+    for idx in protocol.patient_resamples(patients, n=50, seed=3):
+        drawn = [patients[i] for i in idx]
+        assert all(drawn.count(p) % patients.count(p) == 0 for p in set(drawn))
+
+
+# The report
+
+
+def test_mcnemar_counts_the_films_only_one_model_gets_right():
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    a = np.array([0, 1, 2, 0, 1, 2, 1, 2])  # wrong on the last two
+    b = np.array([0, 2, 0, 1, 1, 2, 0, 1])  # wrong on 1, 2, 3
+    out = protocol_report.mcnemar(labels, a, b)
+    assert (out["only_a_right"], out["only_b_right"]) == (3, 2)
+    assert out["p"] == pytest.approx(1.0)
+    lopsided = protocol_report.mcnemar(np.zeros(40, int), np.zeros(40, int), np.ones(40, int))
+    assert lopsided["only_a_right"] == 40 and lopsided["p"] < 1e-9
+    assert protocol_report.mcnemar(labels, a, a) == {"only_a_right": 0, "only_b_right": 0,
+                                                     "p": 1.0}
+
+
+def test_report_figures_hold_their_point_inside_the_interval_and_count_normals():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    probs = np.full((200, 3), 0.1)
+    probs[np.arange(200), np.where(rng.random(200) < 0.8, labels, (labels + 1) % 3)] = 0.8
+    row = protocol_report.figures(labels, probs, [f"p{i // 3}" for i in range(200)], n=300)
+    for k in ("accuracy", "macro_f1", "binary_accuracy"):
+        assert row[f"{k}_95"][0] <= row[k] <= row[f"{k}_95"][1] < 1
+    called = ((probs.argmax(1) != 0) & (labels == 0)).sum()
+    assert row["normals_called_pneumonia"] == called and row["normals"] == (labels == 0).sum()
+    assert 0 < row["ece"] < 1 and 0 < row["brier"] < 2 and row["log_loss"] > 0
+    perfect = protocol_report.figures(labels, np.eye(3)[labels], list(range(200)), n=50)
+    assert perfect["accuracy"] == 1 and perfect["ece"] == pytest.approx(0, abs=1e-6)
+    assert protocol_report.targets(perfect)["accuracy"]["met"]
+    assert not protocol_report.targets(row)["accuracy"]["met"]
+
+
 # The command line
 
 
@@ -159,3 +199,21 @@ def test_v4_cross_validation_runs_resumes_and_refuses_a_soup_before_it_is_done(t
     assert record["protocol"]["cv"]["recipes"]["r-jsd"]["macro_f1"]["mean"] == \
         table["recipes"]["r-jsd"]["macro_f1"]["mean"]
     assert protocol_record([soup_run], [{}]) == {}
+    # The rest of the protocol on the smoke runs: a soup of two, the holdout comparison, the
+    # report (whose test split is that of the limited data).
+    for step in (["soup", "--recipe", "r-jsd", "--members", "2"], ["compare", "--recipe", "r-jsd"],
+                 ["report", "--json", str(tmp_path / "r.json"), "--md", str(tmp_path / "r.md")]):
+        p = subprocess.run(cmd + step + common, capture_output=True, text=True, timeout=600,
+                           cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+    import json
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert [r["run"] for r in rec["soup_runs"]] == ["r-jsd-probe_s0", "r-jsd-member_s0",
+                                                    "r-jsd-member_s1", "r-jsd-soup_s0"]
+    assert {(r["recipe"], r["fold"]) for r in rec["cv"]["runs"]} == {("r-jsd", 0), ("r-jsd", 1)}
+    assert rec["holdout_decision"]["ship"] in ("v4-soup", "2.0.0", "3.0.0")
+    test = rec["models"]["bundled"]["test"]
+    assert test["n"] == 18 and test["normals"] == 6  # --limit 6: six of each class
+    assert set(rec["mcnemar_test"]) == {"2.0.0", "3.0.0"}
+    page = (tmp_path / "r.md").read_text()
+    assert "| r-jsd | 0 |" in page and "McNemar" in page and "chosen: **r-jsd**" in page

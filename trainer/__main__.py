@@ -69,6 +69,10 @@ def cmd_v4(a):
         protocol.print_table(protocol.cv_table(a.out), log)
     elif a.step == "table":
         protocol.print_table(table, log)
+    elif a.step == "report":
+        from .protocol_report import write
+        write(a.out, a.model, a.data, a.json, a.md, "python -m trainer v4 report", a.limit,
+              log=log)
     else:
         recipe = a.recipe or (table["choice"] or {}).get("recipe")
         if recipe is None or (not a.recipe and len(table["folds"]) < protocol.FOLDS):
@@ -76,7 +80,7 @@ def cmd_v4(a):
                                f"{table['folds']} of {protocol.FOLDS}: finish it (v4 cv) or "
                                f"name --recipe")
         if a.step == "soup":
-            protocol.run_soup(a.out, recipe, device=device, **kw)
+            protocol.run_soup(a.out, recipe, members=a.members or protocol.SOUP_MEMBERS, device=device, **kw)
         else:
             protocol.compare(a.out, recipe, **kw)
 
@@ -255,12 +259,18 @@ def main(argv=None):
                        help="model v4's protocol (docs/experiments-notes.md): cross-validation "
                             "of the recipes, the table and the rule's choice, the soup of the "
                             "chosen recipe, its holdout comparison; resumable")
-    v.add_argument("step", choices=("cv", "table", "soup", "compare"))
+    v.add_argument("step", choices=("cv", "table", "soup", "compare", "report"))
     v.add_argument("--out", default="runs/v4", help="the protocol's folder (default: %(default)s)")
     v.add_argument("--recipes", nargs="+", metavar="NAME", help="cv: only these recipes")
     v.add_argument("--folds", type=int, nargs="+", metavar="K", help="cv: only these folds")
     v.add_argument("--recipe", help="soup/compare: this recipe instead of the rule's choice "
                                     "(smoke runs)")
+    v.add_argument("--members", type=int,
+                   help="soup: fine-tunes averaged (default: the protocol's 5; fewer: smoke runs)")
+    v.add_argument("--model", default="xray_infer/models/default.onnx",
+                   help="report: the bundled model (default: %(default)s)")
+    v.add_argument("--json", default="docs/bench/protocol-v4.json", help="report: its record")
+    v.add_argument("--md", default="docs/protocol-v4.md", help="report: its page")
     v.add_argument("--device", default="auto")
     v.set_defaults(fn=cmd_v4)
 

@@ -51,7 +51,7 @@ SOUP_MEMBERS = 5
 SOUP_SLACK = 0.01
 BOOTSTRAP = 2000
 #: The models a challenger must beat on the holdout (ONNX, scored in float32).
-BASELINES = {"2.0.0": "benchmarks/models/v2.0.0.onnx", "3.0.0": "xray_infer/models/default.onnx"}
+BASELINES = {"2.0.0": "benchmarks/models/v2.0.0.onnx", "3.0.0": "benchmarks/models/v3.0.0.onnx"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -262,21 +262,28 @@ def _onnx_predictor(path):
     return predict, spec
 
 
-def paired_bootstrap(labels, preds_a, preds_b, patients, n=BOOTSTRAP, seed=0):
-    """95% interval (and mean) of macro-F1(a) - macro-F1(b) over resamples of patients."""
-    labels, preds_a, preds_b = map(np.asarray, (labels, preds_a, preds_b))
+def patient_resamples(patients, n=BOOTSTRAP, seed=0):
+    """``n`` index arrays, each the films of a resample (with replacement) of the patients."""
     ids = {p: i for i, p in enumerate(dict.fromkeys(patients))}
     which = np.array([ids[p] for p in patients])
     members = [np.flatnonzero(which == i) for i in range(len(ids))]
     rng = np.random.default_rng(seed)
-    f1 = lambda y, p: f1_score(y, p, labels=list(range(NUM_CLASSES)), average="macro",  # noqa
-                               zero_division=0)
-    diffs = []
     for _ in range(n):
-        idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-        diffs.append(f1(labels[idx], preds_a[idx]) - f1(labels[idx], preds_b[idx]))
+        yield np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
+
+
+def macro_f1(labels, preds):
+    return float(f1_score(labels, preds, labels=list(range(NUM_CLASSES)), average="macro",
+                          zero_division=0))
+
+
+def paired_bootstrap(labels, preds_a, preds_b, patients, n=BOOTSTRAP, seed=0):
+    """95% interval (and mean) of macro-F1(a) - macro-F1(b) over resamples of patients."""
+    labels, preds_a, preds_b = map(np.asarray, (labels, preds_a, preds_b))
+    diffs = [macro_f1(labels[i], preds_a[i]) - macro_f1(labels[i], preds_b[i])
+             for i in patient_resamples(patients, n, seed)]
     lo, hi = np.percentile(diffs, (2.5, 97.5))
-    return {"difference": float(f1(labels, preds_a) - f1(labels, preds_b)),
+    return {"difference": macro_f1(labels, preds_a) - macro_f1(labels, preds_b),
             "low": float(lo), "high": float(hi)}
 
 
