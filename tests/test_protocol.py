@@ -217,3 +217,14 @@ def test_v4_cross_validation_runs_resumes_and_refuses_a_soup_before_it_is_done(t
     assert set(rec["mcnemar_test"]) == {"2.0.0", "3.0.0"}
     page = (tmp_path / "r.md").read_text()
     assert "| r-jsd | 0 |" in page and "McNemar" in page and "chosen: **r-jsd**" in page
+    # The soup exported: its metadata says how it was made, and `info` prints it.
+    model = tmp_path / "m" / "default.onnx"
+    p = subprocess.run([sys.executable, "-m", "trainer", "export", "--run",
+                        str(tmp_path / "soup" / "runs" / "r-jsd-soup_s0.json"), "--out", str(model),
+                        "--version", "0.0.1", "--no-fp16", "--no-int8", "--data", str(data),
+                        "--limit", "6"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    info = subprocess.run([sys.executable, "-m", "xray_infer", "info", "--model", str(model)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert ("made as        a uniform weight average of 2 fine-tunes of recipe r-jsd (seeds 0, 1)"
+            in info.stdout), info.stdout
