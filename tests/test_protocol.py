@@ -212,9 +212,10 @@ def test_v4_cross_validation_runs_resumes_and_refuses_a_soup_before_it_is_done(t
                                                     "r-jsd-member_s1", "r-jsd-soup_s0"]
     assert {(r["recipe"], r["fold"]) for r in rec["cv"]["runs"]} == {("r-jsd", 0), ("r-jsd", 1)}
     assert rec["holdout_decision"]["ship"] in ("v4-soup", "2.0.0", "3.0.0")
-    test = rec["models"]["bundled"]["test"]
+    test = rec["models"][rec["bundled"]]["test"]
     assert test["n"] == 18 and test["normals"] == 6  # --limit 6: six of each class
-    assert set(rec["mcnemar_test"]) == {"2.0.0", "3.0.0"}
+    assert {"v4-soup vs 2.0.0", "v4-soup vs 3.0.0", "3.0.0 vs 2.0.0"} <= set(rec["mcnemar_test"])
+    assert rec["models"]["v4-soup"]["holdout"]["ece"] >= 0
     page = (tmp_path / "r.md").read_text()
     assert "| r-jsd | 0 |" in page and "McNemar" in page and "chosen: **r-jsd**" in page
     # The soup exported: its metadata says how it was made, and `info` prints it.

@@ -5,10 +5,12 @@ test split, read here for the first time: the bundled model against 2.0.0 and 3.
 intervals, McNemar's exact test, calibration, the spread of the soup's members, and the targets
 met or missed. It reports; nothing in it chooses.
 """
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.stats import binomtest
 from sklearn.metrics import brier_score_loss, log_loss
 
@@ -16,8 +18,10 @@ from . import runs
 from .arrays import load_arrays
 from .classes import NUM_CLASSES
 from .metrics import NORMAL, reliability, softmax, summarize
-from .protocol import (BASELINES, BOOTSTRAP, ROOT, _onnx_predictor, _splits, cv_table,
-                       fold_indices, macro_f1, patient_resamples)
+from .export import fit_temperature
+from .protocol import (BASELINES, BOOTSTRAP, ROOT, _onnx_predictor, _splits, _torch_predictor,
+                       cv_table, fold_indices, macro_f1, patient_resamples)
+from .train import RunConfig
 
 #: The issue's targets on the test split, reported as met or missed (never used to choose).
 TARGETS = {"accuracy": (">=", 0.88), "binary_accuracy": (">=", 0.93),
@@ -127,23 +131,50 @@ def report(out, model, data_root, limit=0, log=print):
     rec["members_test_spread"] = spread([r["test"] for r in members]) if members else None
     log(f"soup: {len(soup_runs)} runs")
 
-    # The exported models, calibrated, on the holdout and (first read here) the test split.
-    models = {"bundled": ROOT / model, **{v: ROOT / p for v, p in BASELINES.items()}}
-    rec["models"], preds = {}, {}
-    for name, path in models.items():
+    # The models on the holdout and (first read here) the test split: the exported ones through
+    # ONNX, calibrated; the soup in torch with a temperature fitted on the holdout as an export
+    # fits it; the members' averaged outputs (five times the cost: the distillation's teacher).
+    models, digests = {}, {}
+    for name, path in {**{v: ROOT / p for v, p in BASELINES.items()}, "bundled": ROOT / model}.items():
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if digest in digests:
+            log(f"{name} is {digests[digest]} ({Path(path).name})")
+            rec["bundled"] = digests[digest]
+            continue
         predict, spec = _onnx_predictor(path)
         x = load_arrays({k: splits[k] for k in ("holdout", "test")}, spec.input_size, spec.mean,
                         spec.std, limit)
-        row = {"version": spec.model_version, "file": str(Path(path).relative_to(ROOT))}
-        for split in ("holdout", "test"):
-            probs = softmax(predict(x[split][0]))
-            row[split] = figures(y[split], probs, patients[split])
-            preds[name, split] = probs.argmax(1)
-        rec["models"][name] = row
-        log(f"{name} ({spec.model_version}): test accuracy {row['test']['accuracy']:.3f}")
-    rec["mcnemar_test"] = {b: mcnemar(y["test"], preds["bundled", "test"], preds[b, "test"])
-                           for b in BASELINES}
-    rec["targets"] = targets(rec["models"]["bundled"]["test"])
+        models[name] = {"what": f"{spec.model_version} ({Path(path).relative_to(ROOT)}), ONNX "
+                                "float32 with its temperature",
+                        **{k: softmax(predict(x[k][0])) for k in ("holdout", "test")}}
+        digests[digest] = rec["bundled"] = name
+    soup_run = next(r for r in soup_runs if r["config"]["name"].endswith("-soup"))
+    cfg = RunConfig.from_dict(soup_run["config"])
+    predict = _torch_predictor(cfg, torch.load(runs.weights_path(
+        runs.result_path(out / "soup", cfg)), weights_only=True))
+    x = load_arrays({k: splits[k] for k in ("holdout", "test")}, cfg.net.input_size, cfg.mean,
+                    cfg.std, limit)
+    logits = {k: predict(x[k][0]) for k in ("holdout", "test")}
+    t = fit_temperature(logits["holdout"], y["holdout"])
+    models["v4-soup"] = {"what": f"the soup ({cfg.name}), torch, temperature {t:.3f} fitted on "
+                                 "the holdout", **{k: softmax(v / t) for k, v in logits.items()}}
+    members_runs = [r for r in soup_runs if r["config"]["name"].endswith("-member")]
+    models["members' average"] = {
+        "what": f"the mean of the {len(members_runs)} members' probabilities, uncalibrated "
+                "(not a candidate: five times the cost)",
+        **{k: np.mean([r[f"{'val' if k == 'holdout' else 'test'}_probs"] for r in members_runs],
+                      0) for k in ("holdout", "test")}}
+    rec["models"] = {}
+    for name, m in models.items():
+        rec["models"][name] = {"what": m["what"], **{
+            k: figures(y[k], m[k], patients[k]) for k in ("holdout", "test")}}
+        log(f"{name}: test accuracy {rec['models'][name]['test']['accuracy']:.3f}")
+    preds = {name: np.asarray(m["test"]).argmax(1) for name, m in models.items()}
+    rec["mcnemar_test"] = {f"{a} vs {b}": mcnemar(y["test"], preds[a], preds[b])
+                           for a in models for b in BASELINES
+                           if a != b and a != "members' average" and not
+                           (a in BASELINES and list(BASELINES).index(a) < list(BASELINES).index(b))}
+    rec["targets"] = {n: targets(rec["models"][n]["test"]) for n in (rec["bundled"], "v4-soup")}
     return rec
 
 
@@ -207,23 +238,25 @@ def markdown(rec, command):
               for k, v in d["bootstrap"].items()]
     lines += ["", f"Soup used (holdout macro-F1 within 0.01 of its members' mean): "
               f"{'yes' if d['soup_used'] else 'no'}. Ships: **{d['ship']}** ({d['why']}).", "",
-              "## 3. After the export: the bundled model, 2.0.0 and 3.0.0", "",
-              "The exported ONNX models (float32, with their temperatures) on the same 160 px "
-              "inputs; the test split is read here for the first time.", ""]
+              "## 3. After the pick: the models on the holdout and the test split", "",
+              f"The bundled model is {rec['bundled']}. The test split is read here for the first "
+              "time; nothing below chose anything.", ""]
+    lines += [f"- {name}: {m['what']}" for name, m in rec["models"].items()]
+    lines.append("")
     for split in ("holdout", "test"):
         lines += [f"**{split.capitalize()}**", "",
                   f"| model | {MODEL_HEAD} | ECE | Brier | log loss |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, m in rec["models"].items():
             r = m[split]
-            lines.append(f"| {m['version']} ({m['file']}) | {_model_cols(r)} | {r['ece']:.3f} | "
-                         f"{r['brier']:.3f} | {r['log_loss']:.3f} |")
+            lines.append(f"| {name} | {_model_cols(r)} | {r['ece']:.3f} | {r['brier']:.3f} | "
+                         f"{r['log_loss']:.3f} |")
         lines.append("")
     lines += ["McNemar's exact test on the test split (3-class correct or not):", "",
-              "| against | only the bundled model right | only the other right | p |",
+              "| pair | only the first right | only the second right | p |",
               "|---|---|---|---|"]
-    lines += [f"| {b} | {v['only_a_right']} | {v['only_b_right']} | {v['p']:.3g} |"
-              for b, v in rec["mcnemar_test"].items()]
+    lines += [f"| {k} | {v['only_a_right']} | {v['only_b_right']} | {v['p']:.3g} |"
+              for k, v in rec["mcnemar_test"].items()]
     if rec["members_test_spread"]:
         lines += ["", f"The spread of the soup's {len(members)} members on the test split (uncalibrated, "
                   "torch; each a draw that could have shipped):", "",
@@ -235,11 +268,12 @@ def markdown(rec, command):
                   f"| run | {MODEL_HEAD} |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['run']} | {_model_cols(r['test'])} |"
                   for r in rec["soup_runs"] if "test" in r]
-    lines += ["", "Targets on the test split (the bundled model, float32 here):", "",
-              "| figure | value | target | met |", "|---|---|---|---|"]
-    for k, t in rec["targets"].items():
-        v = f"{t['value']:.3f}" if isinstance(t["value"], float) else t["value"]
-        lines.append(f"| {k} | {v} | {t['target']} | {'yes' if t['met'] else 'no'} |")
+    for name, tg in rec["targets"].items():
+        lines += ["", f"Targets on the test split, {name}:", "",
+                  "| figure | value | target | met |", "|---|---|---|---|"]
+        for k, t in tg.items():
+            v = f"{t['value']:.3f}" if isinstance(t["value"], float) else t["value"]
+            lines.append(f"| {k} | {v} | {t['target']} | {'yes' if t['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
