@@ -199,9 +199,11 @@ def test_v4_cross_validation_runs_resumes_and_refuses_a_soup_before_it_is_done(t
     assert record["protocol"]["cv"]["recipes"]["r-jsd"]["macro_f1"]["mean"] == \
         table["recipes"]["r-jsd"]["macro_f1"]["mean"]
     assert protocol_record([soup_run], [{}]) == {}
-    # The rest of the protocol on the smoke runs: a soup of two, the holdout comparison, the
-    # report (whose test split is that of the limited data).
-    for step in (["soup", "--recipe", "r-jsd", "--members", "2"], ["compare", "--recipe", "r-jsd"],
+    # The rest of the protocol on the smoke runs: a soup of two, a student distilled from them,
+    # the holdout comparisons, the report (whose test split is that of the limited data).
+    for step in (["soup", "--recipe", "r-jsd", "--members", "2"], ["student", "--recipe", "r-jsd"],
+                 ["compare", "--recipe", "r-jsd"],
+                 ["compare", "--recipe", "r-jsd", "--candidate", "student"],
                  ["report", "--json", str(tmp_path / "r.json"), "--md", str(tmp_path / "r.md")]):
         p = subprocess.run(cmd + step + common, capture_output=True, text=True, timeout=600,
                            cwd=ROOT)
@@ -209,23 +211,29 @@ def test_v4_cross_validation_runs_resumes_and_refuses_a_soup_before_it_is_done(t
     import json
     rec = json.loads((tmp_path / "r.json").read_text())
     assert [r["run"] for r in rec["soup_runs"]] == ["r-jsd-probe_s0", "r-jsd-member_s0",
-                                                    "r-jsd-member_s1", "r-jsd-soup_s0"]
+                                                    "r-jsd-member_s1", "r-jsd-soup_s0",
+                                                    "r-jsd-student_s0"]
     assert {(r["recipe"], r["fold"]) for r in rec["cv"]["runs"]} == {("r-jsd", 0), ("r-jsd", 1)}
-    assert rec["holdout_decision"]["ship"] in ("v4-soup", "2.0.0", "3.0.0")
+    assert set(rec["holdout_decisions"]) == {"soup", "student"}
+    assert rec["holdout_decisions"]["student"]["ship"] in ("v4-student", "2.0.0", "3.0.0")
     test = rec["models"][rec["bundled"]]["test"]
     assert test["n"] == 18 and test["normals"] == 6  # --limit 6: six of each class
-    assert {"v4-soup vs 2.0.0", "v4-soup vs 3.0.0", "3.0.0 vs 2.0.0"} <= set(rec["mcnemar_test"])
-    assert rec["models"]["v4-soup"]["holdout"]["ece"] >= 0
+    assert {"v4-soup vs 2.0.0", "v4-student vs 3.0.0", "3.0.0 vs 2.0.0"} <= set(rec["mcnemar_test"])
+    assert rec["models"]["v4-student"]["holdout"]["ece"] >= 0
     page = (tmp_path / "r.md").read_text()
     assert "| r-jsd | 0 |" in page and "McNemar" in page and "chosen: **r-jsd**" in page
-    # The soup exported: its metadata says how it was made, and `info` prints it.
+    # The student exported: its metadata says how it was made, and `info` prints it.
     model = tmp_path / "m" / "default.onnx"
     p = subprocess.run([sys.executable, "-m", "trainer", "export", "--run",
-                        str(tmp_path / "soup" / "runs" / "r-jsd-soup_s0.json"), "--out", str(model),
-                        "--version", "0.0.1", "--no-fp16", "--no-int8", "--data", str(data),
-                        "--limit", "6"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                        str(tmp_path / "soup" / "runs" / "r-jsd-student_s0.json"), "--out",
+                        str(model), "--version", "0.0.1", "--no-fp16", "--no-int8", "--data",
+                        str(data), "--limit", "6"], capture_output=True, text=True, timeout=600,
+                       cwd=ROOT)
     assert p.returncode == 0, p.stderr
     info = subprocess.run([sys.executable, "-m", "xray_infer", "info", "--model", str(model)],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert ("made as        a uniform weight average of 2 fine-tunes of recipe r-jsd (seeds 0, 1)"
-            in info.stdout), info.stdout
+    assert ("made as        a student distilled from the mean output of 2 fine-tunes of recipe "
+            "r-jsd" in info.stdout), info.stdout
+    from xray_infer.model import load_model
+    spec = load_model(model, providers=["CPUExecutionProvider"], precision="float32")[1]
+    assert set(spec.provenance["protocol"]["holdout"]) == {"soup", "student"}

@@ -80,9 +80,12 @@ def cmd_v4(a):
                                f"{table['folds']} of {protocol.FOLDS}: finish it (v4 cv) or "
                                f"name --recipe")
         if a.step == "soup":
-            protocol.run_soup(a.out, recipe, members=a.members or protocol.SOUP_MEMBERS, device=device, **kw)
+            protocol.run_soup(a.out, recipe, members=a.members or protocol.SOUP_MEMBERS,
+                              device=device, **kw)
+        elif a.step == "student":
+            protocol.run_student(a.out, recipe, device=device, **kw)
         else:
-            protocol.compare(a.out, recipe, **kw)
+            protocol.compare(a.out, recipe, candidate=a.candidate, **kw)
 
 
 def cmd_export(a):
@@ -259,7 +262,9 @@ def main(argv=None):
                        help="model v4's protocol (docs/experiments-notes.md): cross-validation "
                             "of the recipes, the table and the rule's choice, the soup of the "
                             "chosen recipe, its holdout comparison; resumable")
-    v.add_argument("step", choices=("cv", "table", "soup", "compare", "report"))
+    v.add_argument("step", choices=("cv", "table", "soup", "student", "compare", "report"))
+    v.add_argument("--candidate", choices=("soup", "student"), default="soup",
+                   help="compare: which of the recipe's averages (default: %(default)s)")
     v.add_argument("--out", default="runs/v4", help="the protocol's folder (default: %(default)s)")
     v.add_argument("--recipes", nargs="+", metavar="NAME", help="cv: only these recipes")
     v.add_argument("--folds", type=int, nargs="+", metavar="K", help="cv: only these folds")

@@ -5,6 +5,7 @@ Each member's logits are divided by a temperature fitted on validation; the grap
 probability. For a single member the argmax is that of its raw logits.
 Export fails when ONNX Runtime and torch disagree by more than ``PARITY_TOL`` on real inputs.
 """
+import json
 import os
 import tempfile
 from dataclasses import replace
@@ -329,24 +330,24 @@ def export_runs(paths, out, data_root, *, version, limit=0, fp16=True, int8=True
 
 
 def protocol_record(paths, results):
-    """How a soup was made, for its metadata: {"soup": its members, seeds, recipe and probe;
-    "protocol": the cross-validation table (means and standard errors of every recipe, the
-    rule's steps) and the holdout comparison (``trainer.protocol.compare``'s record)}, read from
-    the run's own files; {} for a run that is no soup."""
-    soups = [r["soup"] for r in results if "soup" in r]
-    if not soups:
+    """How a soup or a student was made, for its metadata: {"soup" or "student": its members
+    (or teachers), seeds, recipe and probe; "protocol": the cross-validation table (means and
+    standard errors of every recipe, the rule's steps) and the holdout comparisons
+    (``trainer.protocol.compare``'s records)}, read from the run's own files; {} for any other
+    run."""
+    kind = next((k for k in ("soup", "student") if any(k in r for r in results)), None)
+    if kind is None:
         return {}
-    from .protocol import cv_table
+    made = [r[kind] for r in results if kind in r]
+    from .protocol import CANDIDATES, cv_table, holdout_path
     out = Path(paths[0]).resolve().parent.parent.parent  # <out>/soup/runs/<run>.json
     table = cv_table(out)
     protocol = {"cv": {"folds": table["folds"], "choice": table["choice"],
                        "recipes": {n: {k: v for k, v in rec.items() if k != "folds"}
-                                   for n, rec in table["recipes"].items()}}}
-    compared = out / "protocol.json"
-    if compared.exists():
-        import json
-        protocol["holdout"] = json.loads(compared.read_text())
-    return {"soup": soups[0] if len(soups) == 1 else soups, "protocol": protocol}
+                                   for n, rec in table["recipes"].items()}},
+                "holdout": {c: json.loads(holdout_path(out, c).read_text())
+                            for c in CANDIDATES if holdout_path(out, c).exists()}}
+    return {kind: made[0] if len(made) == 1 else made, "protocol": protocol}
 
 
 def save_checkpoint(path, members, temperatures):

@@ -47,6 +47,8 @@ CONTENTION_SE = 2.0
 #: Differences of mean normal flip share below this are ties.
 FLIP_TIE = 0.005
 SOUP_MEMBERS = 5
+#: The student's schedule (step 3b): four times a member's fine-tune.
+STUDENT_EPOCHS = 12
 #: The soup is used only if its holdout macro-F1 is at least its members' mean less this.
 SOUP_SLACK = 0.01
 BOOTSTRAP = 2000
@@ -195,6 +197,25 @@ def soup_config(recipe):
     return replace(RECIPES[recipe], name=f"{recipe}-soup", seed=0)
 
 
+def student_config(recipe):
+    return replace(RECIPES[recipe], name=f"{recipe}-student", probe_epochs=0,
+                   epochs=STUDENT_EPOCHS, seed=0)
+
+
+def ensemble_teacher(cfg, states, device="cpu"):
+    """A batch -> the mean of the members' softmax outputs (eval mode, no gradient)."""
+    models = []
+    for state in states:
+        m = build(cfg.net, pretrained_weights=False)
+        m.load_state_dict(state)
+        models.append(m.to(device).eval())
+
+    @torch.no_grad()
+    def probs(xb):
+        return torch.stack([torch.softmax(m(xb).float(), 1) for m in models]).mean(0)
+    return probs
+
+
 def average_states(states):
     """The uniform average of state dicts; integer buffers (batch counters) from the first."""
     out = {}
@@ -204,33 +225,38 @@ def average_states(states):
     return out
 
 
+def _soup_data(recipe, data_root, limit):
+    cfg = RECIPES[recipe]
+    data = load_arrays(_splits(data_root, limit), cfg.net.input_size, cfg.mean, cfg.std, limit)
+    return {"train": data["pool"], "val": data["holdout"], "test": data["test"]}
+
+
+def _trained(folder, run_cfg, data, device, log, evaluate_test, **kw):
+    """A run of ``folder``: read back when finished, else trained and saved; (path, weights)."""
+    path = runs.result_path(folder, run_cfg)
+    if not path.exists():
+        log_file = runs.log_path(folder, run_cfg)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "w") as fh:
+            result, state = train_run(run_cfg, data, device, evaluate_test=evaluate_test,
+                                      log=lambda m: print(m, file=fh, flush=True), **kw)
+        runs.save(folder, run_cfg, result, state)
+        log(f"{run_cfg.name} s{run_cfg.seed}: holdout macro-F1 "
+            f"{result['val']['macro_f1']:.3f}, {result['train_seconds']:.0f}s")
+    return path, torch.load(runs.weights_path(path), weights_only=True)
+
+
 def run_soup(out, recipe, members=SOUP_MEMBERS, device="cpu", data_root=DATA_ROOT, limit=0,
              log=print):
     """Step 3: the probe, the members (resumable), and their soup in ``<out>/soup``."""
     folder = Path(out) / "soup"
-    cfg = RECIPES[recipe]
-    data = load_arrays(_splits(data_root, limit), cfg.net.input_size, cfg.mean, cfg.std, limit)
-    data = {"train": data["pool"], "val": data["holdout"], "test": data["test"]}
+    data = _soup_data(recipe, data_root, limit)
     _threads()
-
-    def trained(run_cfg, evaluate_test, init_state=None):
-        path = runs.result_path(folder, run_cfg)
-        if not path.exists():
-            log_file = runs.log_path(folder, run_cfg)
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_file, "w") as fh:
-                result, state = train_run(run_cfg, data, device, evaluate_test=evaluate_test,
-                                          init_state=init_state,
-                                          log=lambda m: print(m, file=fh, flush=True))
-            runs.save(folder, run_cfg, result, state)
-            log(f"{run_cfg.name} s{run_cfg.seed}: holdout macro-F1 "
-                f"{result['val']['macro_f1']:.3f}, {result['train_seconds']:.0f}s")
-        return path, torch.load(runs.weights_path(path), weights_only=True)
-
-    _, probe = trained(_probe_config(recipe), evaluate_test=False)
+    _, probe = _trained(folder, _probe_config(recipe), data, device, log, False)
     member_paths, states = [], []
     for seed in range(members):
-        path, state = trained(_member_config(recipe, seed), evaluate_test=True, init_state=probe)
+        path, state = _trained(folder, _member_config(recipe, seed), data, device, log, True,
+                               init_state=probe)
         member_paths.append(path)
         states.append(state)
     soup = average_states(states)
@@ -248,6 +274,38 @@ def run_soup(out, recipe, members=SOUP_MEMBERS, device="cpu", data_root=DATA_ROO
     result["best_epoch"] = None
     path = runs.save(folder, scfg, result, soup)
     log(f"wrote {path}: holdout macro-F1 {result['val']['macro_f1']:.3f}")
+    return path
+
+
+def _members(folder, recipe):
+    """The soup's finished members: [(path, weights)], seeds in order."""
+    found = sorted((p for p, r in runs.finished(folder)
+                    if r["config"]["name"] == _member_config(recipe, 0).name),
+                   key=lambda p: runs.load(p)["config"]["seed"])
+    return [(p, torch.load(runs.weights_path(p), weights_only=True)) for p in found]
+
+
+def run_student(out, recipe, device="cpu", data_root=DATA_ROOT, limit=0, log=print):
+    """Step 3b: a student distilled from the soup's members, from the soup's probe, in
+    ``<out>/soup`` beside them."""
+    folder = Path(out) / "soup"
+    probe_path = runs.result_path(folder, _probe_config(recipe))
+    members = _members(folder, recipe)
+    if not probe_path.exists() or not members:
+        raise RequestError(f"no probe or members of {recipe} under {folder}: run `v4 soup` first")
+    data = _soup_data(recipe, data_root, limit)
+    _threads()
+    cfg = student_config(recipe)
+    teacher = ensemble_teacher(cfg, [s for _, s in members], device)
+    path, _ = _trained(folder, cfg, data, device, log, True, teacher=teacher,
+                       init_state=torch.load(runs.weights_path(probe_path), weights_only=True))
+    result = runs.load(path)
+    if "student" not in result:
+        result["student"] = {"recipe": recipe, "teachers": [p.name for p, _ in members],
+                             "probe": _probe_config(recipe).name,
+                             "rule": "function matching on the same augmented view "
+                                     "(Beyer et al. 2022), KL to the members' mean output"}
+        runs.save(folder, cfg, result)
     return path
 
 
@@ -287,20 +345,28 @@ def paired_bootstrap(labels, preds_a, preds_b, patients, n=BOOTSTRAP, seed=0):
             "low": float(lo), "high": float(hi)}
 
 
-def compare(out, recipe, data_root=DATA_ROOT, limit=0, log=print):
-    """Step 4: the soup against the baselines on the holdout, and the decision; written to
-    ``<out>/protocol.json``."""
+CANDIDATES = {"soup": soup_config, "student": student_config}
+
+
+def holdout_path(out, candidate):
+    return Path(out) / f"holdout-{candidate}.json"
+
+
+def compare(out, recipe, candidate="soup", data_root=DATA_ROOT, limit=0, log=print):
+    """Step 4: the candidate (the soup, or step 3b's student) against the baselines on the
+    holdout, and the decision; written to ``holdout_path(out, candidate)``."""
     folder = Path(out) / "soup"
-    scfg = soup_config(recipe)
+    scfg = CANDIDATES[candidate](recipe)
     soup_path = runs.result_path(folder, scfg)
     if not soup_path.exists():
-        raise RequestError(f"no soup at {soup_path}: run `v4 soup` first")
+        raise RequestError(f"no {candidate} at {soup_path}: run `v4 {candidate}` first")
     soup = runs.load(soup_path)
+    name = f"v4-{candidate}"
     holdout = _splits(data_root, limit)["holdout"]
     x, y = load_arrays({"h": holdout}, scfg.net.input_size, scfg.mean, scfg.std, limit)["h"]
     patients = [r.patient for r in holdout]
     _threads()
-    predictors = {"v4-soup": _torch_predictor(
+    predictors = {name: _torch_predictor(
         scfg, torch.load(runs.weights_path(soup_path), weights_only=True))}
     for version, rel in BASELINES.items():
         predict, spec = _onnx_predictor(ROOT / rel)
@@ -313,28 +379,32 @@ def compare(out, recipe, data_root=DATA_ROOT, limit=0, log=print):
         models[name] = dict(held_out_figures(y, probs),
                             stress=flip_shares(predict, x, y, scfg.mean, scfg.std))
         models[name]["preds"] = probs.argmax(1).tolist()
-    members = [runs.load(folder / "runs" / m)["val"]["macro_f1"] for m in soup["soup"]["members"]]
-    soup_ok = models["v4-soup"]["macro_f1"] >= np.mean(members) - SOUP_SLACK
+    # The soup must stay near its members (else they left the probe's basin); a student has
+    # no such check.
+    members = [runs.load(folder / "runs" / m)["val"]["macro_f1"]
+               for m in soup.get("soup", {}).get("members", [])]
+    soup_ok = not members or models[name]["macro_f1"] >= np.mean(members) - SOUP_SLACK
     pairs = {f"{a} - {b}": paired_bootstrap(y, models[a]["preds"], models[b]["preds"], patients)
              for a, b in combinations(models, 2)}
     beats = lambda a, b: (pairs[f"{a} - {b}"]["low"] > 0 if f"{a} - {b}" in pairs  # noqa: E731
                           else pairs[f"{b} - {a}"]["high"] < 0)
-    clears = soup_ok and all(beats("v4-soup", b) for b in BASELINES)
+    clears = soup_ok and all(beats(name, b) for b in BASELINES)
     if clears:
-        ship, why = "v4-soup", "its holdout macro-F1 beats 2.0.0 and 3.0.0 beyond the bootstrap"
+        ship, why = name, "its holdout macro-F1 beats 2.0.0 and 3.0.0 beyond the bootstrap"
     else:
-        pool = [m for m in models if soup_ok or m != "v4-soup"]
+        pool = [m for m in models if soup_ok or m != name]
         contention = [m for m in pool if not any(beats(o, m) for o in pool if o != m)]
         lowest = min(models[m]["stress"]["normal_mean"] for m in contention)
         tied = [m for m in contention if models[m]["stress"]["normal_mean"] < lowest + FLIP_TIE]
         ship = "3.0.0" if "3.0.0" in tied else tied[0]
         why = (f"no clear win; in contention {contention}, lowest holdout normal flip share "
                f"{lowest:.4f}")
-    record = {"recipe": recipe, "members_macro_f1": members, "soup_used": bool(soup_ok),
+    record = {"recipe": recipe, "candidate": name, "members_macro_f1": members,
+              "candidate_used": bool(soup_ok),
               "models": {k: {kk: vv for kk, vv in v.items() if kk != "preds"}
                          for k, v in models.items()},
               "bootstrap": pairs, "ship": ship, "why": why}
-    (Path(out) / "protocol.json").write_text(json.dumps(record, indent=1))
+    holdout_path(out, candidate).write_text(json.dumps(record, indent=1))
     for name, m in models.items():
         log(f"{name}: holdout macro-F1 {m['macro_f1']:.4f}, normals called pneumonia "
             f"{m['normals_called_pneumonia']:.3f}, normal flips {m['stress']['normal_mean']:.4f}")

@@ -19,8 +19,9 @@ from .arrays import load_arrays
 from .classes import NUM_CLASSES
 from .metrics import NORMAL, reliability, softmax, summarize
 from .export import fit_temperature
-from .protocol import (BASELINES, BOOTSTRAP, ROOT, _onnx_predictor, _splits, _torch_predictor,
-                       cv_table, fold_indices, macro_f1, patient_resamples)
+from .protocol import (BASELINES, BOOTSTRAP, CANDIDATES, ROOT, _onnx_predictor, _splits,
+                       _torch_predictor, cv_table, fold_indices, holdout_path, macro_f1,
+                       patient_resamples)
 from .train import RunConfig
 
 #: The issue's targets on the test split, reported as met or missed (never used to choose).
@@ -111,11 +112,14 @@ def report(out, model, data_root, limit=0, log=print):
                             for n, t in table["recipes"].items()}
     log(f"cross-validation: {len(rec['cv']['runs'])} runs")
 
-    compared = json.loads((out / "protocol.json").read_text())
-    rec["holdout_decision"] = {k: compared[k] for k in ("recipe", "soup_used", "bootstrap",
-                                                        "ship", "why")}
-    rec["holdout_stress"] = {k: v["stress"] for k, v in compared["models"].items()}
-    order = ("-probe", "-member", "-soup")  # as they were made
+    rec["holdout_decisions"] = {}
+    for c in CANDIDATES:  # the soup's comparison, then the student's where it ran
+        if holdout_path(out, c).exists():
+            made = json.loads(holdout_path(out, c).read_text())
+            rec["holdout_decisions"][c] = dict(
+                {k: made[k] for k in ("candidate", "candidate_used", "bootstrap", "ship", "why")},
+                stress={k: v["stress"] for k, v in made["models"].items()})
+    order = ("-probe", "-member", "-soup", "-student")  # as they were made
     soup_runs = sorted((r for _, r in runs.finished(out / "soup")),
                        key=lambda r: ([r["config"]["name"].endswith(o) for o in order].index(True),
                                       r["config"]["seed"]))
@@ -148,16 +152,20 @@ def report(out, model, data_root, limit=0, log=print):
                                 "float32 with its temperature",
                         **{k: softmax(predict(x[k][0])) for k in ("holdout", "test")}}
         digests[digest] = rec["bundled"] = name
-    soup_run = next(r for r in soup_runs if r["config"]["name"].endswith("-soup"))
-    cfg = RunConfig.from_dict(soup_run["config"])
-    predict = _torch_predictor(cfg, torch.load(runs.weights_path(
-        runs.result_path(out / "soup", cfg)), weights_only=True))
-    x = load_arrays({k: splits[k] for k in ("holdout", "test")}, cfg.net.input_size, cfg.mean,
-                    cfg.std, limit)
-    logits = {k: predict(x[k][0]) for k in ("holdout", "test")}
-    t = fit_temperature(logits["holdout"], y["holdout"])
-    models["v4-soup"] = {"what": f"the soup ({cfg.name}), torch, temperature {t:.3f} fitted on "
-                                 "the holdout", **{k: softmax(v / t) for k, v in logits.items()}}
+    for c in CANDIDATES:
+        made = [r for r in soup_runs if r["config"]["name"].endswith(f"-{c}")]
+        if not made:
+            continue
+        cfg = RunConfig.from_dict(made[0]["config"])
+        predict = _torch_predictor(cfg, torch.load(runs.weights_path(
+            runs.result_path(out / "soup", cfg)), weights_only=True))
+        x = load_arrays({k: splits[k] for k in ("holdout", "test")}, cfg.net.input_size, cfg.mean,
+                        cfg.std, limit)
+        logits = {k: predict(x[k][0]) for k in ("holdout", "test")}
+        t = fit_temperature(logits["holdout"], y["holdout"])
+        models[f"v4-{c}"] = {"what": f"the {c} ({cfg.name}), torch, temperature {t:.3f} fitted "
+                                     "on the holdout",
+                             **{k: softmax(v / t) for k, v in logits.items()}}
     members_runs = [r for r in soup_runs if r["config"]["name"].endswith("-member")]
     models["members' average"] = {
         "what": f"the mean of the {len(members_runs)} members' probabilities, uncalibrated "
@@ -174,7 +182,9 @@ def report(out, model, data_root, limit=0, log=print):
                            for a in models for b in BASELINES
                            if a != b and a != "members' average" and not
                            (a in BASELINES and list(BASELINES).index(a) < list(BASELINES).index(b))}
-    rec["targets"] = {n: targets(rec["models"][n]["test"]) for n in (rec["bundled"], "v4-soup")}
+    rec["targets"] = {n: targets(rec["models"][n]["test"])
+                      for n in (rec["bundled"], *(f"v4-{c}" for c in CANDIDATES))
+                      if n in rec["models"]}
     return rec
 
 
@@ -227,17 +237,19 @@ def markdown(rec, command):
               f"| run | {MODEL_HEAD} |", "|---|---|---|---|---|---|"]
     for r in rec["soup_runs"]:
         lines.append(f"| {r['run']} | {_model_cols(r['holdout'])} |")
-    d = rec["holdout_decision"]
-    lines += ["", "Stress test on the holdout (mean share of labels flipped):", "",
-              "| model | normals | pneumonias |", "|---|---|---|"]
-    lines += [f"| {k} | {v['normal_mean']:.4f} | {v['pneumonia_mean']:.4f} |"
-              for k, v in rec["holdout_stress"].items()]
-    lines += ["", "Paired bootstrap of the macro-F1 difference (holdout patients):", "",
-              "| pair | difference | 95% interval |", "|---|---|---|"]
-    lines += [f"| {k} | {v['difference']:+.4f} | {v['low']:+.4f} to {v['high']:+.4f} |"
-              for k, v in d["bootstrap"].items()]
-    lines += ["", f"Soup used (holdout macro-F1 within 0.01 of its members' mean): "
-              f"{'yes' if d['soup_used'] else 'no'}. Ships: **{d['ship']}** ({d['why']}).", "",
+    for c, d in rec["holdout_decisions"].items():
+        lines += ["", f"**The {c} on the holdout.** Stress test (mean share of labels flipped):",
+                  "", "| model | normals | pneumonias |", "|---|---|---|"]
+        lines += [f"| {k} | {v['normal_mean']:.4f} | {v['pneumonia_mean']:.4f} |"
+                  for k, v in d["stress"].items()]
+        lines += ["", "Paired bootstrap of the macro-F1 difference (holdout patients):", "",
+                  "| pair | difference | 95% interval |", "|---|---|---|"]
+        lines += [f"| {k} | {v['difference']:+.4f} | {v['low']:+.4f} to {v['high']:+.4f} |"
+                  for k, v in d["bootstrap"].items()]
+        check = ("within 0.01 of its members' mean holdout macro-F1: "
+                 f"{'yes' if d['candidate_used'] else 'no'}. " if c == "soup" else "")
+        lines += ["", f"{d['candidate']}: {check}Ships: **{d['ship']}** ({d['why']})."]
+    lines += ["",
               "## 3. After the pick: the models on the holdout and the test split", "",
               f"The bundled model is {rec['bundled']}. The test split is read here for the first "
               "time; nothing below chose anything.", ""]

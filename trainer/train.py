@@ -230,14 +230,16 @@ def _end_epoch(cfg, model, phase, epoch, total_epochs, train_loss, train_accurac
 
 
 def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True,
-              init_state=None):
+              init_state=None, teacher=None):
     """Train one model.
 
     ``data`` maps ``train``/``val``/``test`` to ``(x, labels)`` arrays at ``cfg.net.input_size``.
     The checkpoint kept is the epoch with the best validation macro-F1 (ties: lower loss), or
     the last with ``cfg.keep_last``. ``init_state`` starts from those weights (a shared linear
-    probe). The test split is evaluated once, on that checkpoint; its figures are stored, never
-    logged. Returns (result dict, state_dict).
+    probe). ``teacher`` (a batch -> class probabilities) makes the loss the KL divergence from
+    the teacher's outputs on the same augmented batch to the student's, in place of the labels.
+    The test split is evaluated once, on that checkpoint; its figures are stored, never logged.
+    Returns (result dict, state_dict).
     """
     device = torch.device(device)
     seed_everything(cfg.seed, deterministic=device.type == "cpu")
@@ -301,8 +303,12 @@ def train_run(cfg: RunConfig, data, device="cpu", log=print, evaluate_test=True,
                     logits = model(xb).float()
                 if cfg.consistency:
                     logits, other = logits[:len(idx)], logits[len(idx):]
-                loss = F.cross_entropy(logits, yb, weight=w_dev,
-                                       label_smoothing=cfg.label_smoothing)
+                if teacher is not None:  # function matching: the teacher sees this very view
+                    loss = F.kl_div(F.log_softmax(logits, 1), teacher(xb[:len(idx)]),
+                                    reduction="batchmean")
+                else:
+                    loss = F.cross_entropy(logits, yb, weight=w_dev,
+                                           label_smoothing=cfg.label_smoothing)
                 if cfg.consistency:
                     loss = loss + cfg.consistency * js_divergence(logits, other)
                 opt.zero_grad(set_to_none=True)

@@ -66,11 +66,15 @@ def cmd_info(args):
             print(f"{split + ' metrics':<15}accuracy {m['accuracy']:.4f}, macro-F1 "
                   f"{m['macro_f1']:.4f}, normal-vs-pneumonia accuracy {m['binary_accuracy']:.4f}, "
                   f"AUC {m['binary_auc']:.4f} (n={m['n']})")
-    soup = s.provenance.get("soup")
+    soup, student = s.provenance.get("soup"), s.provenance.get("student")
     if isinstance(soup, dict):
         print(f"made as        a uniform weight average of {len(soup['members'])} fine-tunes of "
               f"recipe {soup['recipe']} (seeds {', '.join(map(str, soup['seeds']))}), one "
               f"linear probe their start")
+    elif isinstance(student, dict):
+        print(f"made as        a student distilled from the mean output of "
+              f"{len(student['teachers'])} fine-tunes of recipe {student['recipe']}, their "
+              f"linear probe its start")
     print(f"training data  {s.training_data}")
     p = s.population
     if p:
