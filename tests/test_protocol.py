@@ -215,6 +215,7 @@ def test_v4_cross_validation_runs_resumes_and_refuses_a_soup_before_it_is_done(t
                                                     "r-jsd-student_s0"]
     assert {(r["recipe"], r["fold"]) for r in rec["cv"]["runs"]} == {("r-jsd", 0), ("r-jsd", 1)}
     assert set(rec["holdout_decisions"]) == {"soup", "student"}
+    assert [d["candidate"] for d in rec["holdout_decisions"].values()] == ["v4-soup", "v4-student"]
     assert rec["holdout_decisions"]["student"]["ship"] in ("v4-student", "2.0.0", "3.0.0")
     test = rec["models"][rec["bundled"]]["test"]
     assert test["n"] == 18 and test["normals"] == 6  # --limit 6: six of each class

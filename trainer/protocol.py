@@ -374,11 +374,11 @@ def compare(out, recipe, candidate="soup", data_root=DATA_ROOT, limit=0, log=pri
             raise RequestError(f"{rel} takes other inputs than the recipe's")
         predictors[version] = predict
     models = {}
-    for name, predict in predictors.items():
+    for model, predict in predictors.items():
         probs = softmax(predict(x))
-        models[name] = dict(held_out_figures(y, probs),
-                            stress=flip_shares(predict, x, y, scfg.mean, scfg.std))
-        models[name]["preds"] = probs.argmax(1).tolist()
+        models[model] = dict(held_out_figures(y, probs),
+                             stress=flip_shares(predict, x, y, scfg.mean, scfg.std))
+        models[model]["preds"] = probs.argmax(1).tolist()
     # The soup must stay near its members (else they left the probe's basin); a student has
     # no such check.
     members = [runs.load(folder / "runs" / m)["val"]["macro_f1"]
@@ -397,7 +397,9 @@ def compare(out, recipe, candidate="soup", data_root=DATA_ROOT, limit=0, log=pri
         lowest = min(models[m]["stress"]["normal_mean"] for m in contention)
         tied = [m for m in contention if models[m]["stress"]["normal_mean"] < lowest + FLIP_TIE]
         ship = "3.0.0" if "3.0.0" in tied else tied[0]
-        why = (f"no clear win; in contention {contention}, lowest holdout normal flip share "
+        why = ((f"{name} not used: more than {SOUP_SLACK} below its members' mean; "
+                if not soup_ok else "") +
+               f"no clear win; in contention {contention}, lowest holdout normal flip share "
                f"{lowest:.4f}")
     record = {"recipe": recipe, "candidate": name, "members_macro_f1": members,
               "candidate_used": bool(soup_ok),
@@ -405,8 +407,8 @@ def compare(out, recipe, candidate="soup", data_root=DATA_ROOT, limit=0, log=pri
                          for k, v in models.items()},
               "bootstrap": pairs, "ship": ship, "why": why}
     holdout_path(out, candidate).write_text(json.dumps(record, indent=1))
-    for name, m in models.items():
-        log(f"{name}: holdout macro-F1 {m['macro_f1']:.4f}, normals called pneumonia "
+    for model, m in models.items():
+        log(f"{model}: holdout macro-F1 {m['macro_f1']:.4f}, normals called pneumonia "
             f"{m['normals_called_pneumonia']:.3f}, normal flips {m['stress']['normal_mean']:.4f}")
     for k, v in pairs.items():
         log(f"{k}: {v['difference']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}]")
