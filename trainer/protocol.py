@@ -5,12 +5,14 @@
    patients with the stress test (``trainer.stress``);
 2. ``cv_table`` / ``choose_recipe``: means with standard errors, and the recipe the rule picks;
 3. ``run_soup``: one linear probe on the pool, five fine-tunes from it, their uniform weight
-   average;
-4. ``compare``: the soup against 2.0.0 and 3.0.0 on the holdout (paired patient bootstrap) and
-   the shipping decision.
+   average; 3b. ``run_student`` (the soup having failed its check): a student distilled from
+   the five, from the same probe;
+4. ``compare``: a candidate (the soup or the student) against 2.0.0 and 3.0.0 on the holdout
+   (paired patient bootstrap) and the shipping decision.
 
 Every step resumes: a finished run is read back, never repeated. No step reads a test figure;
-the soup's members store their test probabilities for the report after the export.
+the soup's runs store their test probabilities for the report (``protocol_report``), made
+after the pick.
 """
 import json
 import os

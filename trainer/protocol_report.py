@@ -1,7 +1,7 @@
-"""Model v4's report, made after the pick is exported (docs/experiments-notes.md, "Reported after
-the export"): every cross-validation run and every run of the soup with 95% patient-bootstrap
-intervals on the films it was scored on, the holdout comparison and its decision, and then the
-test split, read here for the first time: the bundled model against 2.0.0 and 3.0.0 with
+"""Model v4's report, made after the pick (docs/experiments-notes.md, "Reported after the
+export"): every cross-validation run and every run of the soup with 95% patient-bootstrap
+intervals on the films it was scored on, the holdout comparisons and their decisions, and then
+the test split, read here for the first time: the candidates against 2.0.0 and 3.0.0 with
 intervals, McNemar's exact test, calibration, the spread of the soup's members, and the targets
 met or missed. It reports; nothing in it chooses.
 """
