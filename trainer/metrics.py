@@ -60,3 +60,14 @@ def reliability(confidence, correct, bins=ECE_BINS):
             ece += n / len(confidence) * abs(acc - conf)
             rows.append({"bin": b, "n": n, "confidence": conf, "accuracy": acc})
     return rows, ece
+
+
+def calibration(labels, probs):
+    """Expected calibration error of the top probability (``reliability``), the multi-class
+    Brier score and the log loss."""
+    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+    _, ece = reliability(probs.max(1), probs.argmax(1) == labels)
+    classes = list(range(NUM_CLASSES))
+    return {"ece": float(ece),
+            "brier": float(skm.brier_score_loss(labels, probs, labels=classes)),
+            "log_loss": float(skm.log_loss(labels, np.clip(probs, 1e-7, 1), labels=classes))}

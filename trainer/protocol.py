@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score, log_loss
+from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from . import runs
@@ -30,7 +30,7 @@ from .arrays import load_arrays
 from .classes import NUM_CLASSES
 from .dataset import DATA_ROOT, limit_per_class, load_splits
 from .experiments import V2, V3
-from .metrics import NORMAL, softmax, summarize
+from .metrics import NORMAL, calibration, softmax, summarize
 from .model import build
 from .selection import RequestError
 from .stress import flip_shares
@@ -84,19 +84,23 @@ def _torch_predictor(cfg, state, device="cpu"):
     return lambda x: predict_logits(model, x, device)
 
 
+def normalised(probs):
+    """float64 probabilities whose rows sum to 1 (stored ones are rounded)."""
+    probs = np.asarray(probs, np.float64)
+    return probs / probs.sum(1, keepdims=True)
+
+
 def held_out_figures(labels, probs):
     """What the protocol reads on held-out films: the headline metrics, normals called
     pneumonia (a share) and the log loss."""
-    labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
-    probs = probs / probs.sum(1, keepdims=True)  # stored probabilities are rounded
+    labels, probs = np.asarray(labels), normalised(probs)
     s = summarize(labels, probs)
     normal = labels == NORMAL
     called = (probs.argmax(1) != NORMAL) & normal
     return {"n": s["n"], "macro_f1": s["macro_f1"], "accuracy": s["accuracy"],
             "binary_accuracy": s["binary_accuracy"],
             "normals_called_pneumonia": float(called.sum() / max(normal.sum(), 1)),
-            "log_loss": float(log_loss(labels, np.clip(probs, 1e-7, 1),
-                                       labels=list(range(NUM_CLASSES))))}
+            "log_loss": calibration(labels, probs)["log_loss"]}
 
 
 def run_cv(out, recipes=None, folds=None, device="cpu", data_root=DATA_ROOT, limit=0,
@@ -233,8 +237,9 @@ def _soup_data(recipe, data_root, limit):
     return {"train": data["pool"], "val": data["holdout"], "test": data["test"]}
 
 
-def _trained(folder, run_cfg, data, device, log, evaluate_test, **kw):
-    """A run of ``folder``: read back when finished, else trained and saved; (path, weights)."""
+def _trained(folder, run_cfg, data, device, log, evaluate_test, made=None, **kw):
+    """A run of ``folder``: read back when finished, else trained and saved, with ``made`` (how
+    it was made) in its result; (path, weights)."""
     path = runs.result_path(folder, run_cfg)
     if not path.exists():
         log_file = runs.log_path(folder, run_cfg)
@@ -242,7 +247,7 @@ def _trained(folder, run_cfg, data, device, log, evaluate_test, **kw):
         with open(log_file, "w") as fh:
             result, state = train_run(run_cfg, data, device, evaluate_test=evaluate_test,
                                       log=lambda m: print(m, file=fh, flush=True), **kw)
-        runs.save(folder, run_cfg, result, state)
+        runs.save(folder, run_cfg, dict(result, **(made or {})), state)
         log(f"{run_cfg.name} s{run_cfg.seed}: holdout macro-F1 "
             f"{result['val']['macro_f1']:.3f}, {result['train_seconds']:.0f}s")
     return path, torch.load(runs.weights_path(path), weights_only=True)
@@ -281,10 +286,9 @@ def run_soup(out, recipe, members=SOUP_MEMBERS, device="cpu", data_root=DATA_ROO
 
 def _members(folder, recipe):
     """The soup's finished members: [(path, weights)], seeds in order."""
-    found = sorted((p for p, r in runs.finished(folder)
-                    if r["config"]["name"] == _member_config(recipe, 0).name),
-                   key=lambda p: runs.load(p)["config"]["seed"])
-    return [(p, torch.load(runs.weights_path(p), weights_only=True)) for p in found]
+    found = sorted(((r["config"]["seed"], p) for p, r in runs.finished(folder)
+                    if r["config"]["name"] == _member_config(recipe, 0).name))
+    return [(p, torch.load(runs.weights_path(p), weights_only=True)) for _, p in found]
 
 
 def run_student(out, recipe, device="cpu", data_root=DATA_ROOT, limit=0, log=print):
@@ -299,15 +303,12 @@ def run_student(out, recipe, device="cpu", data_root=DATA_ROOT, limit=0, log=pri
     _threads()
     cfg = student_config(recipe)
     teacher = ensemble_teacher(cfg, [s for _, s in members], device)
-    path, _ = _trained(folder, cfg, data, device, log, True, teacher=teacher,
+    made = {"student": {"recipe": recipe, "teachers": [p.name for p, _ in members],
+                        "probe": _probe_config(recipe).name,
+                        "rule": "function matching on the same augmented view (Beyer et al. "
+                                "2022), KL to the members' mean output"}}
+    path, _ = _trained(folder, cfg, data, device, log, True, made=made, teacher=teacher,
                        init_state=torch.load(runs.weights_path(probe_path), weights_only=True))
-    result = runs.load(path)
-    if "student" not in result:
-        result["student"] = {"recipe": recipe, "teachers": [p.name for p, _ in members],
-                             "probe": _probe_config(recipe).name,
-                             "rule": "function matching on the same augmented view "
-                                     "(Beyer et al. 2022), KL to the members' mean output"}
-        runs.save(folder, cfg, result)
     return path
 
 

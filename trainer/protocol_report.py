@@ -12,16 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import binomtest
-from sklearn.metrics import brier_score_loss, log_loss
 
 from . import runs
 from .arrays import load_arrays
-from .classes import NUM_CLASSES
-from .metrics import NORMAL, reliability, softmax, summarize
+from .metrics import NORMAL, calibration, softmax, summarize
 from .export import fit_temperature
 from .protocol import (BASELINES, BOOTSTRAP, CANDIDATES, ROOT, _onnx_predictor, _splits,
                        _torch_predictor, cv_table, fold_indices, holdout_path, macro_f1,
-                       patient_resamples)
+                       normalised, patient_resamples)
 from .train import RunConfig
 
 #: The issue's targets on the test split, reported as met or missed (never used to choose).
@@ -37,9 +35,7 @@ INTERVAL_METRICS = {
 def figures(labels, probs, patients, n=BOOTSTRAP):
     """Headline figures of ``probs`` on ``labels``, each with its 95% interval over resamples of
     the patients, normals called pneumonia (a count) and the calibration figures."""
-    labels = np.asarray(labels)
-    probs = np.asarray(probs, np.float64)
-    probs = probs / probs.sum(1, keepdims=True)  # stored probabilities are rounded
+    labels, probs = np.asarray(labels), normalised(probs)
     preds = probs.argmax(1)
     s = summarize(labels, probs)
     samples = {k: [] for k in INTERVAL_METRICS}
@@ -54,15 +50,6 @@ def figures(labels, probs, patients, n=BOOTSTRAP):
         out[f"{k}_95"] = [float(v) for v in np.percentile(samples[k], (2.5, 97.5))]
     out.update(calibration(labels, probs))
     return out
-
-
-def calibration(labels, probs):
-    """Expected calibration error of the top probability (``metrics.reliability``), the
-    multi-class Brier score and the log loss."""
-    _, ece = reliability(probs.max(1), probs.argmax(1) == labels)
-    classes = list(range(NUM_CLASSES))
-    return {"ece": float(ece), "brier": float(brier_score_loss(labels, probs, labels=classes)),
-            "log_loss": float(log_loss(labels, np.clip(probs, 1e-7, 1), labels=classes))}
 
 
 def mcnemar(labels, preds_a, preds_b):
@@ -178,10 +165,9 @@ def report(out, model, data_root, limit=0, log=print):
             k: figures(y[k], m[k], patients[k]) for k in ("holdout", "test")}}
         log(f"{name}: test accuracy {rec['models'][name]['test']['accuracy']:.3f}")
     preds = {name: np.asarray(m["test"]).argmax(1) for name, m in models.items()}
+    rivals = [m for m in models if m != "members' average"]  # baselines first
     rec["mcnemar_test"] = {f"{a} vs {b}": mcnemar(y["test"], preds[a], preds[b])
-                           for a in models for b in BASELINES
-                           if a != b and a != "members' average" and not
-                           (a in BASELINES and list(BASELINES).index(a) < list(BASELINES).index(b))}
+                           for i, a in enumerate(rivals) for b in rivals[:i] if b in BASELINES}
     rec["targets"] = {n: targets(rec["models"][n]["test"])
                       for n in (rec["bundled"], *(f"v4-{c}" for c in CANDIDATES))
                       if n in rec["models"]}
