@@ -126,6 +126,15 @@ def test_the_paired_bootstrap_sees_noise_as_noise_and_a_clear_win_as_a_win():
     assert won["low"] > 0 and won["low"] < won["difference"] < won["high"]
 
 
+def test_macro_f1_is_sklearns_to_the_last_bit_including_absent_classes():
+    from sklearn.metrics import f1_score
+    rng = np.random.default_rng(2)
+    for n in [1, 2, 5, 40] * 50:
+        labels, preds = rng.integers(0, 3, n), rng.integers(0, 3, n)
+        assert protocol.macro_f1(labels, preds) == f1_score(
+            labels, preds, labels=[0, 1, 2], average="macro", zero_division=0)
+
+
 def test_resamples_keep_a_patients_films_together():
     patients = ["a", "a", "b", "c", "c", "c"]
     for idx in protocol.patient_resamples(patients, n=50, seed=3):
