@@ -232,9 +232,9 @@ def markdown(rec, command):
                   "| pair | difference | 95% interval |", "|---|---|---|"]
         lines += [f"| {k} | {v['difference']:+.4f} | {v['low']:+.4f} to {v['high']:+.4f} |"
                   for k, v in d["bootstrap"].items()]
-        check = ("within 0.01 of its members' mean holdout macro-F1: "
+        check = (f"{d['candidate']} within 0.01 of its members' mean holdout macro-F1: "
                  f"{'yes' if d['candidate_used'] else 'no'}. " if c == "soup" else "")
-        lines += ["", f"{d['candidate']}: {check}Ships: **{d['ship']}** ({d['why']})."]
+        lines += ["", f"{check}Ships: **{d['ship']}** ({d['why']})."]
     lines += ["",
               "## 3. After the pick: the models on the holdout and the test split", "",
               f"The bundled model is {rec['bundled']}. The test split is read here for the first "
