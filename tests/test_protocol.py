@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 from trainer import protocol, protocol_report  # noqa: E402
 from trainer.dataset import load_splits  # noqa: E402
+from trainer.metrics import macro_f1  # noqa: E402
 from trainer.stress import TRANSFORMS, flip_shares, stressed  # noqa: E402
 from trainer.train import js_divergence  # noqa: E402
 
@@ -131,7 +132,7 @@ def test_macro_f1_is_sklearns_to_the_last_bit_including_absent_classes():
     rng = np.random.default_rng(2)
     for n in [1, 2, 5, 40] * 50:
         labels, preds = rng.integers(0, 3, n), rng.integers(0, 3, n)
-        assert protocol.macro_f1(labels, preds) == f1_score(
+        assert macro_f1(labels, preds) == f1_score(
             labels, preds, labels=[0, 1, 2], average="macro", zero_division=0)
 
 

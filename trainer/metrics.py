@@ -71,3 +71,15 @@ def calibration(labels, probs):
     return {"ece": float(ece),
             "brier": float(skm.brier_score_loss(labels, probs, labels=classes)),
             "log_loss": float(skm.log_loss(labels, np.clip(probs, 1e-7, 1), labels=classes))}
+
+
+def macro_f1(labels, preds):
+    """sklearn's ``f1_score(average="macro", zero_division=0)`` over the classes (``summarize``'s
+    figure) from one confusion matrix: the protocol's bootstraps call it thousands of times, and
+    sklearn's input checks cost a hundred times the arithmetic (same formula, same floats; tested)."""
+    k = NUM_CLASSES
+    confusion = np.bincount(np.asarray(labels) * k + np.asarray(preds),
+                            minlength=k * k).reshape(k, k)
+    denom = confusion.sum(0) + confusion.sum(1)
+    per_class = np.divide(2 * np.diag(confusion), denom, out=np.zeros(k), where=denom > 0)
+    return float(per_class.mean())

@@ -26,10 +26,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from . import runs
 from .arrays import load_arrays
-from .classes import NUM_CLASSES
 from .dataset import DATA_ROOT, limit_per_class, load_splits
 from .experiments import V2, V3
-from .metrics import NORMAL, calibration, softmax, summarize
+from .metrics import NORMAL, calibration, macro_f1, softmax, summarize
 from .model import build
 from .selection import RequestError
 from .stress import flip_shares
@@ -330,18 +329,6 @@ def patient_resamples(patients, n=BOOTSTRAP, seed=0):
     rng = np.random.default_rng(seed)
     for _ in range(n):
         yield np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
-
-
-def macro_f1(labels, preds):
-    """sklearn's ``f1_score(average="macro", zero_division=0)`` over the three classes, from one
-    confusion matrix: the bootstraps call it thousands of times, where sklearn's validation
-    costs a hundred times the arithmetic (the same formula, so the same floats; tested)."""
-    k = NUM_CLASSES
-    confusion = np.bincount(np.asarray(labels) * k + np.asarray(preds),
-                            minlength=k * k).reshape(k, k)
-    denom = confusion.sum(0) + confusion.sum(1)
-    per_class = np.divide(2 * np.diag(confusion), denom, out=np.zeros(k), where=denom > 0)
-    return float(per_class.mean())
 
 
 def paired_bootstrap(labels, preds_a, preds_b, patients, n=BOOTSTRAP, seed=0):

@@ -15,11 +15,11 @@ from scipy.stats import binomtest
 
 from . import runs
 from .arrays import load_arrays
-from .metrics import NORMAL, calibration, softmax, summarize
+from .metrics import NORMAL, calibration, macro_f1, softmax, summarize
 from .export import fit_temperature
 from .protocol import (BASELINES, BOOTSTRAP, CANDIDATES, ROOT, _onnx_predictor, _splits,
-                       _torch_predictor, cv_table, fold_indices, holdout_path, macro_f1,
-                       normalised, patient_resamples)
+                       _torch_predictor, cv_table, fold_indices, holdout_path, normalised,
+                       patient_resamples)
 from .train import RunConfig
 
 #: The issue's targets on the test split, reported as met or missed (never used to choose).
